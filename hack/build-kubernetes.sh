@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver, kube-controller-manager and kubectl 1.20.2 from Debian's source
+# package and caches them outside the checkout, keyed by version. Reruns reuse the cache.
+set -euo pipefail
+
+KUBE_VERSION=${KUBE_VERSION:-1.20.2}
+CACHE_ROOT=${SDO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/storage-driver-operator}
+BIN_DIR="$CACHE_ROOT/kubernetes-$KUBE_VERSION/bin"
+WORK_DIR="$CACHE_ROOT/kubernetes-$KUBE_VERSION/src"
+TARGETS=(kube-apiserver kube-controller-manager kubectl)
+GO_BIN=/usr/lib/go-1.19/bin
+REFLECT2=/usr/share/gocode/src/github.com/modern-go/reflect2
+
+log() { printf '[build-kubernetes] %s\n' "$*"; }
+fail() { log "FAILED at step '$1'. $2"; log "retry with: make kube-binaries (the step restarts; cached downloads are kept)"; exit 1; }
+
+have_all=1
+for t in "${TARGETS[@]}"; do [[ -x $BIN_DIR/$t ]] || have_all=0; done
+if ((have_all)); then
+  log "cached binaries for $KUBE_VERSION in $BIN_DIR"
+  exit 0
+fi
+
+[[ -x $GO_BIN/go ]] || fail "check toolchain" "Go 1.19 is missing; run 'make deps' first."
+[[ -d $REFLECT2 ]] || fail "check toolchain" "Debian's reflect2 sources are missing; run 'make deps' first."
+mkdir -p "$WORK_DIR" "$BIN_DIR"
+cd "$WORK_DIR"
+
+# Debian versions it as 1.20.5+really1.20.2 (a version bump that restored 1.20.2).
+find_src() { find . -maxdepth 1 -type d -name "kubernetes-*" | head -n1; }
+src_dir=$(find_src)
+if [[ -z $src_dir ]]; then
+  log "step 1/4: downloading Debian source package kubernetes ($KUBE_VERSION) with apt-get source"
+  apt-get source --download-only kubernetes >download.log 2>&1 \
+    || fail "download source" "See $WORK_DIR/download.log; the deb-src entry for bookworm must exist ('make deps')."
+  log "step 2/4: unpacking"
+  dsc=$(ls kubernetes_*.dsc | head -n1)
+  dpkg-source --no-check -x "$dsc" >unpack.log 2>&1 || fail "unpack source" "See $WORK_DIR/unpack.log."
+  src_dir=$(find_src)
+  grep -q "really$KUBE_VERSION\|^Version: $KUBE_VERSION" "$dsc" \
+    || fail "check version" "$dsc is not Kubernetes $KUBE_VERSION; bookworm's deb-src must be the source."
+else
+  log "steps 1-2/4: source already unpacked in $WORK_DIR/$src_dir"
+fi
+cd "$src_dir"
+
+log "step 3/4: replacing vendored reflect2 1.0.1 with Debian's 1.0.2 (1.0.1 crashes under Go 1.18+)"
+rm -rf vendor/github.com/modern-go/reflect2
+mkdir -p vendor/github.com/modern-go/reflect2
+rsync -a --exclude go.mod --exclude go.sum "$REFLECT2/" vendor/github.com/modern-go/reflect2/
+
+for t in "${TARGETS[@]}"; do
+  [[ -x $BIN_DIR/$t ]] && continue
+  log "step 4/4: building cmd/$t (a few minutes on 2 cores)"
+  PATH=$GO_BIN:$PATH make WHAT=cmd/$t >"$WORK_DIR/build-$t.log" 2>&1 \
+    || fail "build $t" "See $WORK_DIR/build-$t.log."
+  built=$(find _output -type f -name "$t" -perm -u+x | head -n1)
+  [[ -n $built ]] || fail "build $t" "make finished but no $t binary was found under _output."
+  install -m 0755 "$built" "$BIN_DIR/$t.tmp" && mv "$BIN_DIR/$t.tmp" "$BIN_DIR/$t"
+done
+log "built ${TARGETS[*]} into $BIN_DIR"
+# The unpacked tree is 2.4 GB; the downloaded source package stays for a rebuild.
+cd "$WORK_DIR" && rm -rf "$src_dir"
