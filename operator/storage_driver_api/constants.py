@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-from storage_driver_api.kube import Resource
+from storage_driver_api.resource import Resource
 
 GROUP: Final = "storage.datawarehouse.io"
 VERSION: Final = "v1alpha1"

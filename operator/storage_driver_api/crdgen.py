@@ -69,13 +69,30 @@ CRDS = (
         ["sd"],
         "A storage driver, the devices and nodes it is for, and where it is loaded.",
         [
-            {"name": "Version", "type": "string", "jsonPath": ".spec.version", "description": "Driver version."},
-            {"name": "Matching", "type": "integer", "jsonPath": ".status.matchingNodes",
-             "description": "Nodes with matching devices and platform."},
-            {"name": "Loaded", "type": "integer", "jsonPath": ".status.loadedNodes",
-             "description": "Nodes that run the driver."},
-            {"name": "Failed", "type": "integer", "jsonPath": ".status.failedNodes",
-             "description": "Nodes where the driver failed."},
+            {
+                "name": "Version",
+                "type": "string",
+                "jsonPath": ".spec.version",
+                "description": "Driver version.",
+            },
+            {
+                "name": "Matching",
+                "type": "integer",
+                "jsonPath": ".status.matchingNodes",
+                "description": "Nodes with matching devices and platform.",
+            },
+            {
+                "name": "Loaded",
+                "type": "integer",
+                "jsonPath": ".status.loadedNodes",
+                "description": "Nodes that run the driver.",
+            },
+            {
+                "name": "Failed",
+                "type": "integer",
+                "jsonPath": ".status.failedNodes",
+                "description": "Nodes where the driver failed.",
+            },
             _condition("Ready", "Ready"),
             _age(),
         ],
@@ -90,9 +107,19 @@ CRDS = (
         [
             {"name": "Node", "type": "string", "jsonPath": ".spec.nodeName", "description": "Node."},
             {"name": "Type", "type": "string", "jsonPath": ".spec.type", "description": "Device type."},
-            {"name": "Device", "type": "string", "jsonPath": ".spec.kernelName", "description": "Kernel name.",
-             "priority": 1},
-            {"name": "Size", "type": "integer", "jsonPath": ".spec.sizeBytes", "description": "Size in bytes."},
+            {
+                "name": "Device",
+                "type": "string",
+                "jsonPath": ".spec.kernelName",
+                "description": "Kernel name.",
+                "priority": 1,
+            },
+            {
+                "name": "Size",
+                "type": "integer",
+                "jsonPath": ".spec.sizeBytes",
+                "description": "Size in bytes.",
+            },
             {"name": "Model", "type": "string", "jsonPath": ".spec.model", "description": "Device model."},
             _condition("Present", "Present"),
             _age(),
@@ -106,12 +133,25 @@ CRDS = (
         ["ndc"],
         "The drivers one node must run (spec, from the operator) and runs (status, from its agent).",
         [
-            {"name": "Drivers", "type": "integer", "jsonPath": ".status.desiredCount",
-             "description": "Drivers the node must run."},
-            {"name": "Loaded", "type": "integer", "jsonPath": ".status.loadedCount",
-             "description": "Drivers loaded."},
-            {"name": "Failed", "type": "integer", "jsonPath": ".status.failedCount",
-             "description": "Drivers failed.", "priority": 1},
+            {
+                "name": "Drivers",
+                "type": "integer",
+                "jsonPath": ".status.desiredCount",
+                "description": "Drivers the node must run.",
+            },
+            {
+                "name": "Loaded",
+                "type": "integer",
+                "jsonPath": ".status.loadedCount",
+                "description": "Drivers loaded.",
+            },
+            {
+                "name": "Failed",
+                "type": "integer",
+                "jsonPath": ".status.failedCount",
+                "description": "Drivers failed.",
+                "priority": 1,
+            },
             _age(),
         ],
     ),
@@ -121,7 +161,7 @@ _DROP = {"title", "propertyNames", "discriminator"}
 
 
 def _is_empty_default(value: Any) -> bool:
-    return value is None or value == [] or value == {} or value == ""
+    return value is None or value in ([], {}, "")
 
 
 def structural(schema: Schema, defs: dict[str, Schema]) -> Schema:
@@ -248,7 +288,8 @@ _Dumper.add_representer(str, _str_presenter)
 def render() -> dict[str, str]:
     """File name -> YAML text for every CRD."""
     return {
-        f"{spec.plural}.yaml": HEADER + yaml.dump(crd_manifest(spec), Dumper=_Dumper, sort_keys=False, width=120)
+        f"{spec.plural}.yaml": HEADER
+        + yaml.dump(crd_manifest(spec), Dumper=_Dumper, sort_keys=False, width=120)
         for spec in CRDS
     }
 

@@ -17,10 +17,13 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
 
 import aiohttp
 import yaml
+
+from storage_driver_api.resource import Resource
+
+__all__ = ["ApiError", "Credentials", "KubeClient", "KubeConfigError", "Resource", "WatchEvent"]
 
 SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -56,32 +59,6 @@ class ApiError(Exception):
     @property
     def retryable(self) -> bool:
         return self.status in (429, 500, 502, 503, 504)
-
-
-@dataclass(frozen=True)
-class Resource:
-    """Where a kind lives in the API: enough to build every URL for it."""
-
-    group: str
-    version: str
-    plural: str
-    kind: str
-    namespaced: bool = False
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, name: str | None = None, namespace: str | None = None, subresource: str | None = None) -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced and namespace:
-            base += f"/namespaces/{quote(namespace, safe='')}"
-        base += f"/{self.plural}"
-        if name is not None:
-            base += f"/{quote(name, safe='')}"
-            if subresource:
-                base += f"/{subresource}"
-        return base
 
 
 NODES: Final = Resource("", "v1", "nodes", "Node")
@@ -184,7 +161,9 @@ def load_in_cluster() -> Credentials:
     port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
     token = SERVICE_ACCOUNT_DIR / "token"
     if not host or not token.exists():
-        raise KubeConfigError("not running in a cluster (no KUBERNETES_SERVICE_HOST or service-account token)")
+        raise KubeConfigError(
+            "not running in a cluster (no KUBERNETES_SERVICE_HOST or service-account token)"
+        )
     if ":" in host:
         host = f"[{host}]"
     return Credentials(
@@ -349,7 +328,12 @@ class KubeClient:
         return await self.request("POST", res.path(namespace=namespace), body=body)
 
     async def replace(
-        self, res: Resource, name: str, body: Obj, namespace: str | None = None, subresource: str | None = None
+        self,
+        res: Resource,
+        name: str,
+        body: Obj,
+        namespace: str | None = None,
+        subresource: str | None = None,
     ) -> Obj:
         return await self.request("PUT", res.path(name, namespace, subresource), body=body)
 
@@ -375,7 +359,11 @@ class KubeClient:
     async def delete(
         self, res: Resource, name: str, namespace: str | None = None, *, propagation: str | None = None
     ) -> Obj | None:
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation} if propagation else None
+        body = (
+            {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+            if propagation
+            else None
+        )
         try:
             return await self.request("DELETE", res.path(name, namespace), body=body)
         except ApiError as exc:
@@ -419,7 +407,9 @@ class KubeClient:
             if response.status >= 400:
                 text = await response.text()
                 payload = json.loads(text) if text.startswith("{") else {}
-                raise ApiError(response.status, str(payload.get("reason", "")), str(payload.get("message", text)))
+                raise ApiError(
+                    response.status, str(payload.get("reason", "")), str(payload.get("message", text))
+                )
             async for line in response.content:
                 if not line.strip():
                     continue
@@ -427,12 +417,16 @@ class KubeClient:
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
                     raise ApiError(
-                        int(status.get("code", 500)), str(status.get("reason", "")), str(status.get("message", ""))
+                        int(status.get("code", 500)),
+                        str(status.get("reason", "")),
+                        str(status.get("message", "")),
                     )
                 yield WatchEvent(event["type"], event["object"])
 
 
-async def retry(coro_factory: Any, *, attempts: int = 8, base_delay: float = 0.2, max_delay: float = 10.0) -> Any:
+async def retry(
+    coro_factory: Any, *, attempts: int = 8, base_delay: float = 0.2, max_delay: float = 10.0
+) -> Any:
     """Run coro_factory() until it succeeds, backing off on transient API and network errors."""
     delay = base_delay
     for attempt in range(attempts):
@@ -441,7 +435,7 @@ async def retry(coro_factory: Any, *, attempts: int = 8, base_delay: float = 0.2
         except ApiError as exc:
             if not exc.retryable or attempt == attempts - 1:
                 raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             if attempt == attempts - 1:
                 raise
         await asyncio.sleep(delay)

@@ -150,7 +150,9 @@ class SelectorOperator(StrEnum):
 class LabelSelectorRequirement(ApiModel):
     """A label key, an operator and values, as in a Kubernetes label selector."""
 
-    key: str = Field(max_length=317, pattern=LABEL_KEY, description="The label key the requirement applies to.")
+    key: str = Field(
+        max_length=317, pattern=LABEL_KEY, description="The label key the requirement applies to."
+    )
     operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
     values: list[Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] = Field(
         default_factory=list,

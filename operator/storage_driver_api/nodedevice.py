@@ -6,10 +6,10 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field
+from storage_driver_sdk.devices import DeviceType
 
 from storage_driver_api.constants import short_hash
 from storage_driver_api.meta import DNS_SUBDOMAIN, ApiModel, Condition, map_list
-from storage_driver_sdk.devices import DeviceType
 
 # udev properties worth publishing: enough to select on, never the whole environment.
 UDEV_PROPERTY_WHITELIST = (
@@ -61,7 +61,9 @@ class DeviceIdentity(ApiModel):
 class NodeDeviceSpec(ApiModel):
     """Facts about a device, as the agent read them from sysfs and udev."""
 
-    node_name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="Node the device is attached to.")
+    node_name: str = Field(
+        max_length=253, pattern=DNS_SUBDOMAIN, description="Node the device is attached to."
+    )
     type: DeviceType = Field(description="Device type: " + ", ".join(t.value for t in DeviceType) + ".")
     identity: DeviceIdentity = Field(description="Stable identity, kept across renames (sdb becoming sdc).")
     kernel_name: str = Field(max_length=128, description="Current kernel name, e.g. sdb, nvme0n1, loop3.")
@@ -78,7 +80,9 @@ class NodeDeviceSpec(ApiModel):
     size_bytes: int | None = Field(default=None, ge=0, description="Capacity in bytes.")
     rotational: bool | None = Field(default=None, description="True for spinning disks.")
     removable: bool | None = Field(default=None, description="True for removable media.")
-    read_only: bool | None = Field(default=None, description="True when the kernel marks the device read-only.")
+    read_only: bool | None = Field(
+        default=None, description="True when the kernel marks the device read-only."
+    )
     logical_block_size: int | None = Field(default=None, ge=0, description="Logical block size in bytes.")
     physical_block_size: int | None = Field(default=None, ge=0, description="Physical block size in bytes.")
     transport: str | None = Field(
@@ -86,10 +90,16 @@ class NodeDeviceSpec(ApiModel):
     )
     pci_address: str | None = Field(default=None, max_length=64, description="PCI address of the controller.")
     parent: str | None = Field(
-        default=None, max_length=253, description="Kernel name of the parent device (for partitions and namespaces)."
+        default=None,
+        max_length=253,
+        description="Kernel name of the parent device (for partitions and namespaces).",
     )
-    kernel_driver: str | None = Field(default=None, max_length=128, description="Kernel driver bound to the device.")
-    backing_file: str | None = Field(default=None, max_length=4096, description="Backing file of a loop device.")
+    kernel_driver: str | None = Field(
+        default=None, max_length=128, description="Kernel driver bound to the device."
+    )
+    backing_file: str | None = Field(
+        default=None, max_length=4096, description="Backing file of a loop device."
+    )
     udev: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] = Field(
         default_factory=dict,
         max_length=len(UDEV_PROPERTY_WHITELIST),

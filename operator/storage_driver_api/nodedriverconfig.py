@@ -8,10 +8,10 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
+from storage_driver_sdk.devices import DeviceType
 
 from storage_driver_api.meta import SEMVER, SHA256, ApiModel, Condition, map_list
 from storage_driver_api.storagedriver import RELATIVE_PATH, MinimumPlatform
-from storage_driver_sdk.devices import DeviceType
 
 MAX_DRIVERS_PER_NODE = 256
 MAX_AVAILABLE = 512
@@ -81,7 +81,9 @@ class DriverPhase(StrEnum):
 class DriverError(ApiModel):
     """The last error of a driver."""
 
-    reason: str = Field(max_length=128, description="CamelCase reason, e.g. LoadFailed, Crashed, ChecksumMismatch.")
+    reason: str = Field(
+        max_length=128, description="CamelCase reason, e.g. LoadFailed, Crashed, ChecksumMismatch."
+    )
     message: str = Field(default="", max_length=4096, description="Details.")
     time: dt.datetime = Field(description="When it happened.")
 
@@ -95,7 +97,9 @@ class DriverStatus(ApiModel):
     sha256: str | None = Field(default=None, pattern=SHA256, description="Hash of the loaded file.")
     pid: int | None = Field(default=None, ge=1, description="Process id of the driver host.")
     start_time: dt.datetime | None = Field(default=None, description="When the driver host last started.")
-    restarts: int = Field(default=0, ge=0, description="How often the driver host was restarted after a crash.")
+    restarts: int = Field(
+        default=0, ge=0, description="How often the driver host was restarted after a crash."
+    )
     bound_devices: list[Annotated[str, Field(max_length=253)]] = Field(
         default_factory=list,
         max_length=MAX_BOUND_DEVICES,
@@ -121,12 +125,16 @@ class AvailableDriver(ApiModel):
     auto_load: bool = Field(default=True, description="auto_load the decorator declares.")
     minimum_platform: MinimumPlatform | None = Field(default=None, description="Declared minimum platform.")
     error: str | None = Field(
-        default=None, max_length=1024, description="Why the file could not be scanned; the driver is unusable."
+        default=None,
+        max_length=1024,
+        description="Why the file could not be scanned; the driver is unusable.",
     )
 
 
 class Capacity(ApiModel):
-    max_loaded_drivers: int = Field(default=100, ge=0, le=MAX_DRIVERS_PER_NODE, description="Bound on loaded drivers.")
+    max_loaded_drivers: int = Field(
+        default=100, ge=0, le=MAX_DRIVERS_PER_NODE, description="Bound on loaded drivers."
+    )
 
 
 class NodeDriverConfigStatus(ApiModel):
@@ -152,7 +160,9 @@ class NodeDriverConfigStatus(ApiModel):
     loaded_count: int = Field(default=0, ge=0, description="Drivers Loaded.")
     failed_count: int = Field(default=0, ge=0, description="Drivers Failed.")
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=8, description="Ready: the agent converged on the spec.",
+        default_factory=list,
+        max_length=8,
+        description="Ready: the agent converged on the spec.",
         json_schema_extra=map_list("type"),
     )
 

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, model_validator
+from storage_driver_sdk.devices import DeviceType
 
 from storage_driver_api.meta import (
     DNS_LABEL,
@@ -20,7 +21,6 @@ from storage_driver_api.meta import (
     LabelSelector,
     map_list,
 )
-from storage_driver_sdk.devices import DeviceType
 
 # Device attributes a deviceSelector can test; `udev.<PROPERTY>` reads a whitelisted udev property.
 DEVICE_ATTRIBUTES = (
@@ -63,7 +63,9 @@ class DeviceSelectorRequirement(ApiModel):
     key: str = Field(
         max_length=80,
         pattern=DEVICE_ATTRIBUTE_KEY,
-        description="Device attribute to test: one of " + ", ".join(DEVICE_ATTRIBUTES) + ", or udev.<PROPERTY> "
+        description="Device attribute to test: one of "
+        + ", ".join(DEVICE_ATTRIBUTES)
+        + ", or udev.<PROPERTY> "
         "for a udev property the agent publishes (for example udev.ID_BUS).",
     )
     operator: DeviceSelectorOperator = Field(
@@ -93,7 +95,9 @@ class DeviceSelectorRequirement(ApiModel):
                 try:
                     re.compile(self.values[0])
                 except re.error as exc:
-                    raise ValueError(f"values: {self.values[0]!r} is not a valid regular expression: {exc}") from exc
+                    raise ValueError(
+                        f"values: {self.values[0]!r} is not a valid regular expression: {exc}"
+                    ) from exc
         return self
 
 
@@ -102,7 +106,10 @@ class KernelVersionRange(ApiModel):
     Node.status.nodeInfo.kernelVersion (6.1.0-18-amd64 is 6.1.0)."""
 
     at_least: str | None = Field(
-        default=None, max_length=32, pattern=KERNEL_VERSION, description="Lowest kernel version allowed, inclusive."
+        default=None,
+        max_length=32,
+        pattern=KERNEL_VERSION,
+        description="Lowest kernel version allowed, inclusive.",
     )
     below: str | None = Field(
         default=None,
@@ -124,7 +131,7 @@ def kernel_tuple(version: str) -> tuple[int, int, int, int]:
     if not match:
         raise ValueError(f"{version!r} is not a kernel version")
     numbers = [int(n) for n in match.group(1).split(".")]
-    padded = (numbers + [0, 0, 0, 0])[:4]
+    padded = [*numbers, 0, 0, 0, 0][:4]
     return padded[0], padded[1], padded[2], padded[3]
 
 
@@ -167,7 +174,9 @@ class ConfigMapSource(ApiModel):
     name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN, description="Name of the ConfigMap.")
     namespace: str = Field(max_length=63, pattern=DNS_LABEL, description="Namespace of the ConfigMap.")
     key: str = Field(
-        max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key whose value is the driver's Python source."
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key whose value is the driver's Python source.",
     )
     sha256: str | None = Field(
         default=None, pattern=SHA256, description="If set, the content must have this sha256 (lowercase hex)."
@@ -177,9 +186,12 @@ class ConfigMapSource(ApiModel):
 class UrlSource(ApiModel):
     """A driver file downloaded over HTTP(S), verified against sha256 before it is written."""
 
-    url: str = Field(max_length=2048, pattern=r"^https?://[^\s]+$", description="http or https URL of the driver file.")
+    url: str = Field(
+        max_length=2048, pattern=r"^https?://[^\s]+$", description="http or https URL of the driver file."
+    )
     sha256: str = Field(
-        pattern=SHA256, description="sha256 (lowercase hex) the download must have; mandatory for a url source."
+        pattern=SHA256,
+        description="sha256 (lowercase hex) the download must have; mandatory for a url source.",
     )
 
 
@@ -193,7 +205,9 @@ class DriverSource(ApiModel):
         "json_schema_extra": {"oneOf": [{"required": [kind]} for kind in SOURCE_KINDS]}
     }
 
-    host_path: HostPathSource | None = Field(default=None, description="A file in each node's driver directory.")
+    host_path: HostPathSource | None = Field(
+        default=None, description="A file in each node's driver directory."
+    )
     config_map: ConfigMapSource | None = Field(default=None, description="A key of a ConfigMap.")
     url: UrlSource | None = Field(default=None, description="A download with a mandatory sha256.")
 
@@ -224,7 +238,9 @@ class StorageDriverSpec(ApiModel):
         pattern=DRIVER_NAME,
         description="The name the driver file declares in its @storage_driver(...) decorator.",
     )
-    version: str = Field(max_length=128, pattern=SEMVER, description="Semantic version of the driver, e.g. 1.2.0.")
+    version: str = Field(
+        max_length=128, pattern=SEMVER, description="Semantic version of the driver, e.g. 1.2.0."
+    )
     description: str = Field(default="", max_length=1024, description="What the driver does, for people.")
     supported_devices: list[DeviceType] = Field(
         min_length=1,
@@ -282,7 +298,9 @@ class StorageDriverSpec(ApiModel):
     def _checks(self) -> Self:
         if isinstance(self.max_unavailable, str):
             if not re.fullmatch(r"([0-9]{1,2}|100)%", self.max_unavailable):
-                raise ValueError(f"maxUnavailable: {self.max_unavailable!r} must be an integer or a percentage like 25%")
+                raise ValueError(
+                    f"maxUnavailable: {self.max_unavailable!r} must be an integer or a percentage like 25%"
+                )
         elif self.max_unavailable < 0:
             raise ValueError("maxUnavailable: must not be negative")
         if len(set(self.supported_devices)) != len(self.supported_devices):
@@ -316,7 +334,9 @@ class StorageDriverStatus(ApiModel):
         description="Ready, Progressing and Degraded, each with reason, message and observedGeneration.",
         json_schema_extra=map_list("type"),
     )
-    matching_nodes: int = Field(default=0, ge=0, description="Nodes that have a matching device and platform.")
+    matching_nodes: int = Field(
+        default=0, ge=0, description="Nodes that have a matching device and platform."
+    )
     desired_nodes: int = Field(default=0, ge=0, description="Nodes told to run the driver.")
     loaded_nodes: int = Field(default=0, ge=0, description="Nodes that report the driver Loaded.")
     failed_nodes: int = Field(default=0, ge=0, description="Nodes where the driver failed to load or run.")

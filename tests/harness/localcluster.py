@@ -32,7 +32,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from storage_driver_api.kube import NODES, ApiError, KubeClient, load_kubeconfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +108,9 @@ def _key() -> rsa.RSAPrivateKey:
 def _write_key(path: Path, key: rsa.RSAPrivateKey) -> None:
     path.write_bytes(
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
         )
     )
     path.chmod(0o600)
@@ -201,7 +202,9 @@ def ensure_pki(cfg: ClusterConfig) -> None:
     _write_key(pki / "service-account.key", _key())
     sa_key = serialization.load_pem_private_key((pki / "service-account.key").read_bytes(), None)
     (pki / "service-account.pub").write_bytes(
-        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     (pki / "complete").touch()
 
@@ -211,7 +214,10 @@ def write_kubeconfig(cfg: ClusterConfig, path: Path, user: str, cert: str) -> No
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
-            {"name": "local", "cluster": {"server": cfg.server, "certificate-authority": str(cfg.pki / "ca.crt")}}
+            {
+                "name": "local",
+                "cluster": {"server": cfg.server, "certificate-authority": str(cfg.pki / "ca.crt")},
+            }
         ],
         "users": [
             {
@@ -254,7 +260,11 @@ def _start(cfg: ClusterConfig, component: str, binary: str, args: list[str]) -> 
     cfg.pid_file(component).parent.mkdir(parents=True, exist_ok=True)
     with cfg.log_file(component).open("ab") as out:
         proc = subprocess.Popen(
-            [binary, *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            [binary, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     cfg.pid_file(component).write_text(str(proc.pid))
     return proc.pid
@@ -275,7 +285,9 @@ def _wait_for(what: str, check: object, timeout: float, component: str, cfg: Clu
     while time.monotonic() < deadline:
         if running_pid(cfg, component) is None:
             tail = cfg.log_file(component).read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(f"{component} exited while waiting for {what}; last log lines:\n" + "\n".join(tail))
+            raise RuntimeError(
+                f"{component} exited while waiting for {what}; last log lines:\n" + "\n".join(tail)
+            )
         with contextlib.suppress(Exception):
             if check():  # type: ignore[operator]
                 return
@@ -314,7 +326,9 @@ def up(cfg: ClusterConfig) -> None:
         return
     for binary in ("kube-apiserver", "kube-controller-manager"):
         if not (cfg.bin_dir / binary).exists():
-            raise SystemExit(f"[local-cluster] {binary} not found in {cfg.bin_dir}; run 'make kube-binaries' first")
+            raise SystemExit(
+                f"[local-cluster] {binary} not found in {cfg.bin_dir}; run 'make kube-binaries' first"
+            )
     # Partially running from an earlier failure: start from a clean set of processes.
     stop_processes(cfg, quiet=True)
     for port in (cfg.etcd_port, cfg.etcd_peer_port, cfg.apiserver_port, cfg.controller_manager_port):
@@ -327,7 +341,12 @@ def up(cfg: ClusterConfig) -> None:
     started = time.monotonic()
     ensure_pki(cfg)
     write_kubeconfig(cfg, cfg.kubeconfig, "admin", "admin")
-    write_kubeconfig(cfg, cfg.root / "controller-manager.kubeconfig", "system:kube-controller-manager", "controller-manager")
+    write_kubeconfig(
+        cfg,
+        cfg.root / "controller-manager.kubeconfig",
+        "system:kube-controller-manager",
+        "controller-manager",
+    )
     pki = cfg.pki
 
     log(f"starting etcd on 127.0.0.1:{cfg.etcd_port}")
@@ -379,7 +398,9 @@ def up(cfg: ClusterConfig) -> None:
             "--v=1",
         ],
     )
-    _wait_for("kube-apiserver /readyz", lambda: _https_ok(f"{cfg.server}/readyz", cfg), 90, "kube-apiserver", cfg)
+    _wait_for(
+        "kube-apiserver /readyz", lambda: _https_ok(f"{cfg.server}/readyz", cfg), 90, "kube-apiserver", cfg
+    )
 
     log(f"starting kube-controller-manager on 127.0.0.1:{cfg.controller_manager_port}")
     cm_kubeconfig = cfg.root / "controller-manager.kubeconfig"
@@ -480,7 +501,9 @@ def local_node_info() -> dict[str, str]:
     }
 
 
-def node_manifest(name: str, node_info: dict[str, str], labels: dict[str, str] | None = None) -> dict[str, object]:
+def node_manifest(
+    name: str, node_info: dict[str, str], labels: dict[str, str] | None = None
+) -> dict[str, object]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -502,11 +525,11 @@ async def ensure_node(
     """Create (or update) a Node object with the given nodeInfo, as a kubelet would register it."""
     manifest = node_manifest(name, node_info, labels)
     try:
-        node = await client.create(NODES, manifest)
+        await client.create(NODES, manifest)
     except ApiError as exc:
         if not exc.conflict:
             raise
-        node = await client.patch(NODES, name, {"metadata": manifest["metadata"]})
+        await client.patch(NODES, name, {"metadata": manifest["metadata"]})
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     status = {
         "status": {

@@ -1,0 +1,198 @@
+"""Shared fixtures: the real local control plane, a clean slate per test, simulated Nodes,
+real loop devices, and the rule that nothing skips in CI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from storage_driver_api.constants import NODE_DEVICES, NODE_DRIVER_CONFIGS, STORAGE_DRIVERS
+from storage_driver_api.kube import NAMESPACES, NODES, KubeClient, load_kubeconfig
+
+from tests.harness import localcluster
+from tests.harness.loopdev import LoopDevice, attach, detach, loop_devices_available
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SIMULATED_LABEL = "test.storage.datawarehouse.io/simulated"
+TEST_NAMESPACE_LABEL = "test.storage.datawarehouse.io/namespace"
+LAYER_BY_DIR = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the layer folder it lives in, so `-m unit` etc. select layers."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO_ROOT).parts
+        if len(parts) > 1 and parts[1] in LAYER_BY_DIR:
+            item.add_marker(getattr(pytest.mark, LAYER_BY_DIR[parts[1]]))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI every prerequisite exists, so a skip is a broken environment: report it as a failure."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where nothing may skip: {reason}"
+
+
+def require(missing: str | None) -> None:
+    """Skip (outside CI) or fail (in CI) when a prerequisite is missing; `missing` says what."""
+    if missing:
+        if IN_CI:
+            pytest.fail(f"prerequisite missing in CI: {missing}")
+        pytest.skip(missing)
+
+
+# --- control plane ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[localcluster.ClusterConfig]:
+    """The local control plane: reused when running, else started for the session and stopped after."""
+    cfg = localcluster.ClusterConfig.from_env()
+    started = False
+    if not localcluster.is_up(cfg):
+        require(
+            None
+            if (cfg.bin_dir / "kube-apiserver").exists()
+            else f"Kubernetes binaries not built in {cfg.bin_dir}: run 'make kube-binaries'"
+        )
+        localcluster.up(cfg)
+        started = True
+    apply_crds(cfg)
+    yield cfg
+    if started and os.environ.get("SDO_KEEP_CLUSTER") != "1":
+        localcluster.down(cfg)
+
+
+def kubectl(cfg: localcluster.ClusterConfig, *args: str, check: bool = True, input: str | None = None) -> str:
+    result = subprocess.run(
+        [str(cfg.kubectl), f"--kubeconfig={cfg.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=60,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result.stdout + result.stderr
+
+
+def apply_crds(cfg: localcluster.ClusterConfig) -> None:
+    kubectl(cfg, "apply", "-f", str(REPO_ROOT / "crds"))
+    for crd in ("storagedrivers", "nodedevices", "nodedriverconfigs"):
+        kubectl(
+            cfg, "wait", "--for=condition=Established", f"crd/{crd}.storage.datawarehouse.io", "--timeout=60s"
+        )
+
+
+@pytest.fixture
+async def kube(cluster: localcluster.ClusterConfig) -> AsyncIterator[KubeClient]:
+    async with KubeClient(load_kubeconfig(cluster.kubeconfig)) as client:
+        yield client
+
+
+async def _remove_all(client: KubeClient) -> None:
+    for res in (STORAGE_DRIVERS, NODE_DRIVER_CONFIGS, NODE_DEVICES):
+        items, _ = await client.list(res)
+        for item in items:
+            name = item["metadata"]["name"]
+            if item["metadata"].get("finalizers"):
+                await client.patch(res, name, {"metadata": {"finalizers": None}})
+            await client.delete(res, name)
+    nodes, _ = await client.list(NODES, label_selector=SIMULATED_LABEL)
+    for node in nodes:
+        await client.delete(NODES, node["metadata"]["name"])
+    namespaces, _ = await client.list(NAMESPACES, label_selector=TEST_NAMESPACE_LABEL)
+    for ns in namespaces:
+        await client.delete(NAMESPACES, ns["metadata"]["name"])
+
+
+@pytest.fixture
+async def clean_cluster(kube: KubeClient, cluster: localcluster.ClusterConfig) -> AsyncIterator[KubeClient]:
+    """A control plane with none of the project's objects and no simulated Nodes, before and after."""
+    await _remove_all(kube)
+    await localcluster.ensure_node(kube, localcluster.local_node_name(), localcluster.local_node_info())
+    yield kube
+    await _remove_all(kube)
+
+
+NodeFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_node(clean_cluster: KubeClient) -> NodeFactory:
+    """Creates simulated Nodes: make_node(name, kernel='6.1.0-18-amd64', arch='amd64', labels={})."""
+
+    async def factory(
+        name: str,
+        *,
+        kernel: str = "6.1.0-18-amd64",
+        arch: str = "amd64",
+        os_name: str = "linux",
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        info = {
+            "kernelVersion": kernel,
+            "osImage": "Simulated Linux",
+            "operatingSystem": os_name,
+            "architecture": arch,
+            "kubeletVersion": "v1.20.2",
+            "kubeProxyVersion": "v1.20.2",
+            "containerRuntimeVersion": "",
+            "machineID": "",
+            "systemUUID": "",
+            "bootID": "",
+        }
+        return await localcluster.ensure_node(
+            clean_cluster, name, info, {SIMULATED_LABEL: "true", **(labels or {})}
+        )
+
+    return factory
+
+
+@pytest.fixture
+async def test_namespace(clean_cluster: KubeClient) -> str:
+    name = "sdo-test"
+    body = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {TEST_NAMESPACE_LABEL: "true"}},
+    }
+    for _ in range(100):  # a previous test's namespace may still be terminating
+        existing = await clean_cluster.get_or_none(NAMESPACES, name)
+        if existing is None:
+            await clean_cluster.create(NAMESPACES, body)
+            return name
+        if not existing["metadata"].get("deletionTimestamp"):
+            return name
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"namespace {name} stayed terminating")
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loop_devices(tmp_path: Path) -> Iterator[Callable[..., LoopDevice]]:
+    """attach(size_bytes=...) -> a real, attached loop device; every one is detached afterwards."""
+    require(loop_devices_available())
+    attached: list[LoopDevice] = []
+
+    def factory(size_bytes: int = 8 * 1024 * 1024, name: str | None = None) -> LoopDevice:
+        backing = tmp_path / (name or f"backing-{len(attached)}.img")
+        device = attach(backing, size_bytes)
+        attached.append(device)
+        return device
+
+    yield factory
+    for device in attached:
+        detach(device)
