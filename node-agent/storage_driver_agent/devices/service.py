@@ -23,4 +23,5 @@ class Options:
 
 
 async def run(config: AgentConfig, options: Options, kube: KubeClient, stop: asyncio.Event) -> None:
-    raise NotImplementedError("the devices part of the agent is not built yet")
+    # Not built yet: wait for shutdown so that the other part of the agent can run alone.
+    await stop.wait()
