@@ -7,6 +7,7 @@ list a bound (no object can grow without limit).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Self
@@ -190,6 +191,10 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
         path = ".".join(to_camel(str(p)) if isinstance(p, str) else f"[{p}]" for p in item["loc"])
         path = path.replace(".[", "[")
         message = item["msg"].removeprefix("Value error, ")
+        # Model-level checks name their field at the start of the message ("values: ...").
+        if named := re.match(r"^([a-z][A-Za-z0-9]*): (.*)$", message, re.DOTALL):
+            path = f"{path}.{named.group(1)}" if path else named.group(1)
+            message = named.group(2)
         field = f"{prefix}.{path}" if prefix and path else prefix or path
         parts.append(f"{field}: {message}" if field else message)
     return "; ".join(parts)

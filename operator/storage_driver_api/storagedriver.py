@@ -8,7 +8,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from storage_driver_sdk.devices import DeviceType
 
 from storage_driver_api.meta import (
@@ -294,21 +294,29 @@ class StorageDriverSpec(ApiModel):
         json_schema_extra={"x-kubernetes-int-or-string": True},
     )
 
-    @model_validator(mode="after")
-    def _checks(self) -> Self:
-        if isinstance(self.max_unavailable, str):
-            if not re.fullmatch(r"([0-9]{1,2}|100)%", self.max_unavailable):
-                raise ValueError(
-                    f"maxUnavailable: {self.max_unavailable!r} must be an integer or a percentage like 25%"
-                )
-        elif self.max_unavailable < 0:
-            raise ValueError("maxUnavailable: must not be negative")
-        if len(set(self.supported_devices)) != len(self.supported_devices):
-            raise ValueError("supportedDevices: each device type may appear only once")
-        size = len(json.dumps(self.config, separators=(",", ":")))
+    @field_validator("max_unavailable")
+    @classmethod
+    def _max_unavailable(cls, value: int | str) -> int | str:
+        if isinstance(value, str) and not re.fullmatch(r"([0-9]{1,2}|100)%", value):
+            raise ValueError(f"{value!r} must be an integer or a percentage like 25%")
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("supported_devices")
+    @classmethod
+    def _unique_device_types(cls, value: list[DeviceType]) -> list[DeviceType]:
+        if len(set(value)) != len(value):
+            raise ValueError("each device type may appear only once")
+        return value
+
+    @field_validator("config")
+    @classmethod
+    def _config_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":")))
         if size > CONFIG_MAX_BYTES:
-            raise ValueError(f"config: {size} bytes as JSON; at most {CONFIG_MAX_BYTES} allowed")
-        return self
+            raise ValueError(f"{size} bytes as JSON; at most {CONFIG_MAX_BYTES} allowed")
+        return value
 
 
 class FailingNode(ApiModel):
