@@ -1,6 +1,6 @@
 """Generates the CustomResourceDefinitions from the pydantic models.
 
-    python -m storage_driver_api.crdgen          # write crds/ and the chart's copy
+    python -m storage_driver_api.crdgen          # write crds/ and the chart's templates/crds/
     python -m storage_driver_api.crdgen --check  # exit 1 when the files differ from the models
 
 The models are the single source of truth; this turns their JSON Schema into the structural
@@ -26,7 +26,13 @@ from storage_driver_api.nodedriverconfig import NodeDriverConfig
 from storage_driver_api.storagedriver import StorageDriver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-OUTPUT_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "charts" / "storage-driver-operator" / "crds")
+CRD_DIR = REPO_ROOT / "crds"
+# The chart ships the CRDs as templates, not in Helm's crds/ folder (which Helm installs once and
+# never upgrades): `helm upgrade` then upgrades them with the chart, `crds.install=false` leaves
+# them to the user, and `helm.sh/resource-policy: keep` (crds.keep) stops `helm uninstall` from
+# deleting every StorageDriver, NodeDevice and NodeDriverConfig with them.
+CHART_CRD_DIR = REPO_ROOT / "charts" / "storage-driver-operator" / "templates" / "crds"
+OUTPUT_DIRS = (CRD_DIR, CHART_CRD_DIR)
 HEADER = "# Generated from the pydantic models by `make crds` (storage_driver_api.crdgen). Do not edit.\n"
 
 Schema = dict[str, Any]
@@ -294,10 +300,38 @@ def render() -> dict[str, str]:
     }
 
 
-def stale_files(rendered: dict[str, str] | None = None) -> list[Path]:
-    rendered = rendered or render()
+def as_chart_template(text: str) -> str:
+    """The chart's copy of one CRD: behind `crds.install`, kept on uninstall when `crds.keep`."""
+    body = text.removeprefix(HEADER)
+    annotations = (
+        "metadata:\n"
+        "{{- if .Values.crds.keep }}\n"
+        "  annotations:\n"
+        "    helm.sh/resource-policy: keep\n"
+        "{{- end }}\n"
+    )
+    assert "{{" not in body, "a CRD description contains '{{', which Helm would read as a template"
+    return (
+        HEADER
+        + "{{- if .Values.crds.install }}\n"
+        + body.replace("metadata:\n", annotations, 1)
+        + "{{- end }}\n"
+    )
+
+
+def render_all() -> dict[Path, dict[str, str]]:
+    """Output directory -> file name -> text."""
+    rendered = render()
+    return {
+        CRD_DIR: rendered,
+        CHART_CRD_DIR: {name: as_chart_template(text) for name, text in rendered.items()},
+    }
+
+
+def stale_files(rendered_all: dict[Path, dict[str, str]] | None = None) -> list[Path]:
+    rendered_all = rendered_all or render_all()
     stale = []
-    for directory in OUTPUT_DIRS:
+    for directory, rendered in rendered_all.items():
         for name, text in rendered.items():
             path = directory / name
             if not path.exists() or path.read_text() != text:
@@ -311,20 +345,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="only report files that differ from the models")
     args = parser.parse_args(argv)
-    rendered = render()
-    stale = stale_files(rendered)
+    rendered_all = render_all()
+    stale = stale_files(rendered_all)
     if args.check:
         for path in stale:
             print(f"out of date: {path.relative_to(REPO_ROOT)} (run 'make crds')")
         return 1 if stale else 0
-    for directory in OUTPUT_DIRS:
+    for directory, rendered in rendered_all.items():
         directory.mkdir(parents=True, exist_ok=True)
         for name, text in rendered.items():
             (directory / name).write_text(text)
         for extra in directory.glob("*.yaml"):
             if extra.name not in rendered:
                 extra.unlink()
-    print(f"wrote {len(rendered)} CRDs into " + ", ".join(str(d.relative_to(REPO_ROOT)) for d in OUTPUT_DIRS))
+    print(f"wrote {len(CRDS)} CRDs into " + ", ".join(str(d.relative_to(REPO_ROOT)) for d in OUTPUT_DIRS))
     return 0
 
 
