@@ -65,7 +65,7 @@ class Release:
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout) if out.stdout.strip() else None
 
-    def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    def list(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
         out = subprocess.run(
             [
                 str(self.cluster.kubectl),
@@ -74,8 +74,7 @@ class Release:
                 kind,
                 "-n",
                 namespace,
-                "-l",
-                selector,
+                *(["-l", selector] if selector else []),
                 "-o",
                 "json",
             ],
