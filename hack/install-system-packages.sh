@@ -7,7 +7,7 @@ PACKAGES=(
   golang-1.19-go rsync etcd-server golang-github-modern-go-reflect2-dev  # control plane build
   dpkg-dev openssl util-linux udev kmod procps iproute2 psmisc               # tools the harness calls
   buildah debootstrap                                                       # container images
-  lua5.4                                                                    # runs docs/argocd-health.lua in tests
+  lua5.1 lua5.4                                                             # docs/argocd-health.lua (Argo CD runs Lua 5.1)
 )
 SRC_LIST=/etc/apt/sources.list.d/storage-driver-operator-src.sources
 
