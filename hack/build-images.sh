@@ -71,6 +71,7 @@ wheelhouse() {
   SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 315532800) \
     "$PYTHON" -m pip wheel -q --no-cache-dir --wheel-dir "$OUT/wheels" '.[operator,agent]' >"$OUT/pip-wheel.log" 2>&1 \
     || fail "wheels" "pip wheel failed: $(tail -n 3 "$OUT/pip-wheel.log")"
+  rm -rf build  # setuptools' in-tree build directory; nothing of ours lives there
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: -d "$OUT/wheels" "pip==$PIP_VERSION" >>"$OUT/pip-wheel.log" 2>&1 \
     || fail "wheels" "could not download pip $PIP_VERSION: $(tail -n 3 "$OUT/pip-wheel.log")"
   local built

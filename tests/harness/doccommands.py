@@ -23,7 +23,9 @@ FENCE = re.compile(r"^```(?P<lang>[A-Za-z0-9_-]*)\s*$")
 COMMAND_LANGS = {"sh", "bash", "shell", "console"}
 MODES = {"run", "no-kubelet"}
 # What kubectl says about a Pod that no kubelet ever ran.
-NO_KUBELET = re.compile(r"does not have a host assigned|is waiting to start|timed out waiting for the condition on pods/")
+NO_KUBELET = re.compile(
+    r"does not have a host assigned|is waiting to start|timed out waiting for the condition on pods/"
+)
 # ... and that is accepted only while no Pod of the cluster was ever scheduled to a node.
 NO_POD_SCHEDULED = "test -z \"$(kubectl get pods --all-namespaces -o jsonpath='{.items[*].spec.nodeName}')\""
 
@@ -90,7 +92,7 @@ def script(document: Path) -> str:
             parts.append(
                 "if ! __out=$( { " + block.text + "\n} 2>&1 ); then\n"
                 "  printf '%s\\n' \"$__out\"\n"
-                f"  grep -Eq {shlex.quote(NO_KUBELET.pattern)} <<<\"$__out\" && {NO_POD_SCHEDULED} "
+                f'  grep -Eq {shlex.quote(NO_KUBELET.pattern)} <<<"$__out" && {NO_POD_SCHEDULED} '
                 f"|| {{ echo {shlex.quote('FAILED (not for lack of a kubelet): ' + block.where)} >&2; exit 1; }}\n"
                 "else\n  printf '%s\\n' \"$__out\"\nfi"
             )

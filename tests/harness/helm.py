@@ -100,5 +100,7 @@ class RenderError(Exception):
 
 def find(objects: Iterable[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:
     matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
-    assert len(matches) == 1, f"expected one {kind} named *{name_suffix}, found {[m['metadata']['name'] for m in matches]}"
+    assert len(matches) == 1, (
+        f"expected one {kind} named *{name_suffix}, found {[m['metadata']['name'] for m in matches]}"
+    )
     return matches[0]

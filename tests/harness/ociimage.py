@@ -42,7 +42,7 @@ class OciImage:
 
     def files(self) -> list[PurePosixPath]:
         """Every path in the root filesystem, relative to it."""
-        found = []
+        found: list[PurePosixPath] = []
         for dirpath, dirnames, filenames in os.walk(self.rootfs):
             rel = Path(dirpath).relative_to(self.rootfs)
             found.extend(PurePosixPath("/", rel, name) for name in (*dirnames, *filenames))

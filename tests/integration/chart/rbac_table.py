@@ -66,5 +66,7 @@ def documented_grants(markdown: Path) -> set[Grant]:
         cells = [c.strip().strip("`") for c in match.group(2).split("|")]
         group, resource, verbs, scope = cells
         group = "" if group in ("core", '""') else group
-        grants.add(Grant(match.group(1), group, resource, tuple(sorted(v.strip() for v in verbs.split(","))), scope))
+        grants.add(
+            Grant(match.group(1), group, resource, tuple(sorted(v.strip() for v in verbs.split(","))), scope)
+        )
     return grants

@@ -19,7 +19,9 @@ from tests.harness import helm
 from tests.harness.helm import CHART
 from tests.harness.localcluster import ClusterConfig
 
-PROJECT_CRDS = [f"{p}.storage.datawarehouse.io" for p in ("storagedrivers", "nodedevices", "nodedriverconfigs")]
+PROJECT_CRDS = [
+    f"{p}.storage.datawarehouse.io" for p in ("storagedrivers", "nodedevices", "nodedriverconfigs")
+]
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class Release:
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout) if out.stdout.strip() else None
 
-    def list(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+    def list_objects(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
         out = subprocess.run(
             [
                 str(self.cluster.kubectl),
@@ -87,7 +89,7 @@ class Release:
 
     def pods(self, component: str) -> list[dict[str, Any]]:
         selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component={component}"
-        return self.list("pods", self.namespace, selector)
+        return self.list_objects("pods", self.namespace, selector)
 
     def token(self, component: str, timeout: float = 60) -> str:
         """The service-account token the token controller (1.20) put into a Secret."""
@@ -103,7 +105,7 @@ class Release:
                 "--field-selector=type=kubernetes.io/service-account-token",
                 "-o",
                 "jsonpath={range .items[*]}{.metadata.annotations.kubernetes\\.io/service-account\\.name}"
-                " {.data.token}{\"\\n\"}{end}",
+                ' {.data.token}{"\\n"}{end}',
             )
             for line in out.splitlines():
                 name, _, data = line.partition(" ")
@@ -122,7 +124,15 @@ class Release:
 
 
 def delete_namespace(cluster: ClusterConfig, namespace: str, wait: bool = True) -> None:
-    kubectl(cluster, "delete", "namespace", namespace, "--ignore-not-found", f"--wait={str(wait).lower()}", "--timeout=120s")
+    kubectl(
+        cluster,
+        "delete",
+        "namespace",
+        namespace,
+        "--ignore-not-found",
+        f"--wait={str(wait).lower()}",
+        "--timeout=120s",
+    )
 
 
 def delete_project_crds(cluster: ClusterConfig) -> None:

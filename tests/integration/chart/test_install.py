@@ -97,7 +97,11 @@ async def test_install_upgrade_uninstall(
     next_chart = tmp_path / "next-chart"
     shutil.copytree(helm.CHART, next_chart)
     crd_file = next_chart / "templates" / "crds" / "storagedrivers.yaml"
-    crd_file.write_text(crd_file.read_text().replace("A storage driver, the devices", "Next version, a storage driver, the devices", 1))
+    crd_file.write_text(
+        crd_file.read_text().replace(
+            "A storage driver, the devices", "Next version, a storage driver, the devices", 1
+        )
+    )
     out = release.upgrade(
         "--reuse-values", "--set", "logging.level=DEBUG", "--set", "agent.image.tag=9.9.9", chart=next_chart
     ).stdout
@@ -109,13 +113,15 @@ async def test_install_upgrade_uninstall(
     agent_ds = release.get("daemonset", f"{fullname}-agent", NAMESPACE)
     assert agent_ds is not None
     assert agent_ds["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":9.9.9")
-    crd = release.get("crd", "storagedrivers.storage.datawarehouse.io")
-    assert crd is not None
-    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    upgraded_crd = release.get("crd", "storagedrivers.storage.datawarehouse.io")
+    assert upgraded_crd is not None
+    schema = upgraded_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert schema["description"].startswith("Next version, "), "the CRD was not upgraded"
     # The agent rolls; the supervisor (OnDelete) keeps its Pod, and so the drivers, until deleted.
     await eventually(
-        lambda: _async(images(release.pods("agent")) == {agent_ds["spec"]["template"]["spec"]["containers"][0]["image"]}),
+        lambda: _async(
+            images(release.pods("agent")) == {agent_ds["spec"]["template"]["spec"]["containers"][0]["image"]}
+        ),
         timeout=90,
         what="the agent DaemonSet to roll to the new image",
     )
@@ -156,8 +162,14 @@ async def test_service_monitor_without_prometheus_operator_is_refused_and_change
 ) -> None:
     release = fresh_release
     result = release.helm(
-        "install", NAME, str(helm.CHART), "--namespace", NAMESPACE, "--create-namespace",
-        "--set", "serviceMonitor.enabled=true",
+        "install",
+        NAME,
+        str(helm.CHART),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--set",
+        "serviceMonitor.enabled=true",
         check=False,
     )
     assert result.returncode != 0
@@ -169,6 +181,6 @@ async def test_service_monitor_without_prometheus_operator_is_refused_and_change
     assert release.get("crd", PROJECT_CRDS[0]) is None
 
 
-async def _async(value: object) -> object:
+async def _async(value: bool) -> bool:
     await asyncio.sleep(0)
     return value

@@ -62,7 +62,10 @@ def node_device(node: str) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/v1alpha1",
         "kind": "NodeDevice",
-        "metadata": {"name": f"{node}-rbac0000", "labels": {f"{GROUP}/node": node, f"{GROUP}/device-type": "loop"}},
+        "metadata": {
+            "name": f"{node}-rbac0000",
+            "labels": {f"{GROUP}/node": node, f"{GROUP}/device-type": "loop"},
+        },
         "spec": {
             "nodeName": node,
             "type": "loop",
@@ -101,22 +104,41 @@ async def test_agent_can_do_its_job(
     listed, _ = await as_agent.list(NODE_DEVICES, label_selector=f"{GROUP}/node={node}")
     assert [d["metadata"]["name"] for d in listed] == [name]
     await as_agent.patch(NODE_DEVICES, name, {"metadata": {"labels": {"checked": "yes"}}})
-    condition = {"type": "Present", "status": "True", "reason": "Seen", "message": "seen", "lastTransitionTime": now()}
+    condition = {
+        "type": "Present",
+        "status": "True",
+        "reason": "Seen",
+        "message": "seen",
+        "lastTransitionTime": now(),
+    }
     await as_agent.patch(NODE_DEVICES, name, {"status": {"conditions": [condition]}}, subresource="status")
 
     await as_agent.create(
         NODE_DRIVER_CONFIGS,
-        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodeDriverConfig", "metadata": {"name": node}, "spec": {}},
+        {
+            "apiVersion": f"{GROUP}/v1alpha1",
+            "kind": "NodeDriverConfig",
+            "metadata": {"name": node},
+            "spec": {},
+        },
     )
     await as_agent.patch(
-        NODE_DRIVER_CONFIGS, node, {"status": {"observedGeneration": 1, "bootId": "rbac"}}, subresource="status"
+        NODE_DRIVER_CONFIGS,
+        node,
+        {"status": {"observedGeneration": 1, "bootId": "rbac"}},
+        subresource="status",
     )
     status = await as_agent.request("GET", NODE_DRIVER_CONFIGS.path(node, subresource="status"))
     assert status["status"]["bootId"] == "rbac"
 
     await clean_cluster.create(
         CONFIGMAPS,
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "driver-source"}, "data": {"d.py": "x"}},
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "driver-source"},
+            "data": {"d.py": "x"},
+        },
         namespace=test_namespace,
     )
     assert (await as_agent.get(CONFIGMAPS, "driver-source", test_namespace))["data"] == {"d.py": "x"}
@@ -128,7 +150,9 @@ async def test_agent_can_do_its_job(
         "spec": {"holderIdentity": node, "leaseDurationSeconds": 30, "renewTime": now()},
     }
     created = await as_agent.create(LEASES, lease, namespace=release.namespace)
-    await as_agent.patch(LEASES, created["metadata"]["name"], {"spec": {"renewTime": now()}}, namespace=release.namespace)
+    await as_agent.patch(
+        LEASES, created["metadata"]["name"], {"spec": {"renewTime": now()}}, namespace=release.namespace
+    )
     current = await as_agent.get(LEASES, created["metadata"]["name"], release.namespace)
     current["spec"]["renewTime"] = now()
     await as_agent.replace(LEASES, created["metadata"]["name"], current, namespace=release.namespace)
@@ -157,7 +181,9 @@ async def test_agent_cannot_change_storage_drivers(as_agent: KubeClient, clean_c
     assert "storage-driver-operator-agent" in error.message
     await clean_cluster.create(STORAGE_DRIVERS, storage_driver())
     await denied(as_agent.patch(STORAGE_DRIVERS, "rbac-check", {"spec": {"priority": 5}}))
-    await denied(as_agent.patch(STORAGE_DRIVERS, "rbac-check", {"status": {"matchingNodes": 5}}, subresource="status"))
+    await denied(
+        as_agent.patch(STORAGE_DRIVERS, "rbac-check", {"status": {"matchingNodes": 5}}, subresource="status")
+    )
     await denied(as_agent.delete(STORAGE_DRIVERS, "rbac-check"))
     await denied(as_agent.list(STORAGE_DRIVERS))
 
@@ -165,7 +191,7 @@ async def test_agent_cannot_change_storage_drivers(as_agent: KubeClient, clean_c
 async def test_agent_cannot_read_secrets(as_agent: KubeClient, release: Release) -> None:
     for namespace in (release.namespace, "default", "kube-system"):
         await denied(as_agent.list(SECRETS, namespace=namespace))
-    secrets = [s["metadata"]["name"] for s in release.list("secrets", release.namespace)]
+    secrets = [s["metadata"]["name"] for s in release.list_objects("secrets", release.namespace)]
     token_secret = next(s for s in secrets if s.startswith(f"{release.service_account('agent')}-token-"))
     await denied(as_agent.get(SECRETS, token_secret, release.namespace))
 
@@ -176,15 +202,30 @@ async def test_agent_cannot_write_the_node_spec_or_other_namespaces(
     node = local_node_name()
     await clean_cluster.create(
         NODE_DRIVER_CONFIGS,
-        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodeDriverConfig", "metadata": {"name": node}, "spec": {}},
+        {
+            "apiVersion": f"{GROUP}/v1alpha1",
+            "kind": "NodeDriverConfig",
+            "metadata": {"name": node},
+            "spec": {},
+        },
     )
     await denied(as_agent.patch(NODE_DRIVER_CONFIGS, node, {"spec": {"maxLoadedDrivers": 1}}))
     await denied(as_agent.delete(NODE_DRIVER_CONFIGS, node))
     await denied(as_agent.patch(NODES, node, {"metadata": {"labels": {"x": "y"}}}))
     await denied(as_agent.list(CONFIGMAPS, namespace="default"))
-    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "elsewhere"}, "spec": {}}
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": "elsewhere"},
+        "spec": {},
+    }
     await denied(as_agent.create(LEASES, lease, namespace="default"))
-    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "x-"}, "involvedObject": {"name": "x"}}
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": "x-"},
+        "involvedObject": {"name": "x"},
+    }
     await denied(as_agent.create(EVENTS, event, namespace=release.namespace))
 
 
@@ -200,14 +241,22 @@ async def test_operator_can_do_its_job(
     assert [d["metadata"]["name"] for d in listed] == ["rbac-check"]
     await as_operator.patch(STORAGE_DRIVERS, "rbac-check", {"metadata": {"finalizers": [f"{GROUP}/unload"]}})
     await as_operator.patch(
-        STORAGE_DRIVERS, "rbac-check", {"status": {"observedGeneration": 1, "matchingNodes": 0}}, subresource="status"
+        STORAGE_DRIVERS,
+        "rbac-check",
+        {"status": {"observedGeneration": 1, "matchingNodes": 0}},
+        subresource="status",
     )
     await as_operator.patch(STORAGE_DRIVERS, "rbac-check", {"metadata": {"finalizers": None}})
     await as_operator.list(NODE_DEVICES)
     assert node in [n["metadata"]["name"] for n in (await as_operator.list(NODES))[0]]
     await as_operator.create(
         NODE_DRIVER_CONFIGS,
-        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodeDriverConfig", "metadata": {"name": node}, "spec": {}},
+        {
+            "apiVersion": f"{GROUP}/v1alpha1",
+            "kind": "NodeDriverConfig",
+            "metadata": {"name": node},
+            "spec": {},
+        },
     )
     await as_operator.patch(NODE_DRIVER_CONFIGS, node, {"spec": {"maxLoadedDrivers": 50}})
     await as_operator.delete(NODE_DRIVER_CONFIGS, node)
@@ -220,7 +269,11 @@ async def test_operator_can_do_its_job(
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"generateName": "rbac-"},
-            "involvedObject": {"apiVersion": f"{GROUP}/v1alpha1", "kind": "StorageDriver", "name": "rbac-check"},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/v1alpha1",
+                "kind": "StorageDriver",
+                "name": "rbac-check",
+            },
             "reason": "Progressing",
             "message": "the operator may post Events",
             "type": "Normal",
@@ -238,9 +291,16 @@ async def test_operator_cannot_read_secrets_or_write_what_agents_own(
     assert "storage-driver-operator-operator" in error.message
     await clean_cluster.create(
         NODE_DRIVER_CONFIGS,
-        {"apiVersion": f"{GROUP}/v1alpha1", "kind": "NodeDriverConfig", "metadata": {"name": node}, "spec": {}},
+        {
+            "apiVersion": f"{GROUP}/v1alpha1",
+            "kind": "NodeDriverConfig",
+            "metadata": {"name": node},
+            "spec": {},
+        },
     )
-    await denied(as_operator.patch(NODE_DRIVER_CONFIGS, node, {"status": {"bootId": "x"}}, subresource="status"))
+    await denied(
+        as_operator.patch(NODE_DRIVER_CONFIGS, node, {"status": {"bootId": "x"}}, subresource="status")
+    )
     await denied(as_operator.create(NODE_DEVICES, node_device(node)))
     await denied(as_operator.create(STORAGE_DRIVERS, storage_driver()))
     lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "x"}, "spec": {}}
@@ -297,10 +357,14 @@ async def test_access_reviews_match_the_documented_rights_exactly(
     mismatches = []
     async with KubeClient(release.credentials(component)) as client:
         for (group, resource), verb, where in itertools.product(
-            sorted(CHECKED_RESOURCES), ALL_VERBS, ("cluster", "release namespace", "default namespace", "other")
+            sorted(CHECKED_RESOURCES),
+            ALL_VERBS,
+            ("cluster", "release namespace", "default namespace", "other"),
         ):
             namespace = namespaces.get(where, "kube-system")
-            expected = any(_matches(g, group, resource, verb) and g.scope in ("cluster", where) for g in grants)
+            expected = any(
+                _matches(g, group, resource, verb) and g.scope in ("cluster", where) for g in grants
+            )
             allowed = await can(client, verb, group, resource, namespace)
             if allowed != expected:
                 mismatches.append(f"{verb} {group or 'core'}/{resource} in {where}: allowed={allowed}")

@@ -28,7 +28,11 @@ VALUES_FILES: dict[str, dict[str, Any]] = {
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "custom": {
         "operator": {
-            "image": {"repository": "registry.example.com/sdo/operator", "tag": "1.2.3", "pullPolicy": "Always"},
+            "image": {
+                "repository": "registry.example.com/sdo/operator",
+                "tag": "1.2.3",
+                "pullPolicy": "Always",
+            },
             "resources": {"requests": {"cpu": "100m", "memory": "200Mi"}, "limits": {"memory": "1Gi"}},
             "nodeSelector": {"node-role.kubernetes.io/control-plane": ""},
             "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
@@ -37,7 +41,9 @@ VALUES_FILES: dict[str, dict[str, Any]] = {
         "agent": {
             "image": {"repository": "registry.example.com/sdo/agent", "tag": "1.2.3", "pullPolicy": "Always"},
             "nodeSelector": {"storage.example.com/has-disks": "true"},
-            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "storage", "effect": "NoSchedule"}],
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "storage", "effect": "NoSchedule"}
+            ],
             "resources": {"limits": {"memory": "300Mi"}},
         },
         "hostPaths": {"driverDir": "/opt/storage/drivers", "stateDir": "/opt/storage/agent-state"},
@@ -59,7 +65,9 @@ def tmp_values(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def render(tmp_values: Path, name: str) -> list[dict[str, Any]]:
-    return helm.template(tmp_values, VALUES_FILES[name], namespace=NAMESPACE, api_versions=[SERVICE_MONITOR_API])
+    return helm.template(
+        tmp_values, VALUES_FILES[name], namespace=NAMESPACE, api_versions=[SERVICE_MONITOR_API]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +78,8 @@ def defaults(tmp_values: Path) -> list[dict[str, Any]]:
 def container(workload: dict[str, Any]) -> dict[str, Any]:
     containers = workload["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
-    return containers[0]
+    first: dict[str, Any] = containers[0]
+    return first
 
 
 def mounts(workload: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -97,7 +106,14 @@ def env_from_field(workload: dict[str, Any]) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", sorted(VALUES_FILES))
 def test_lint_strict(tmp_values: Path, name: str) -> None:
-    args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE, *helm.values_args(VALUES_FILES[name], tmp_values)]
+    args = [
+        "lint",
+        "--strict",
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        *helm.values_args(VALUES_FILES[name], tmp_values),
+    ]
     result = helm.run(*args, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
@@ -143,9 +159,13 @@ def test_operator_runs_locked_down(defaults: list[dict[str, Any]]) -> None:
 
 
 def test_images_default_to_the_app_version(defaults: list[dict[str, Any]]) -> None:
-    assert container(find(defaults, "Deployment", "-operator"))["image"].endswith(f"/storage-operator:{PROJECT_VERSION}")
+    assert container(find(defaults, "Deployment", "-operator"))["image"].endswith(
+        f"/storage-operator:{PROJECT_VERSION}"
+    )
     for suffix in ("-agent", "-supervisor"):
-        assert container(find(defaults, "DaemonSet", suffix))["image"].endswith(f"/storage-agent:{PROJECT_VERSION}")
+        assert container(find(defaults, "DaemonSet", suffix))["image"].endswith(
+            f"/storage-agent:{PROJECT_VERSION}"
+        )
 
 
 # --- agent and supervisor --------------------------------------------------------------------------
@@ -192,7 +212,12 @@ def test_supervisor_keeps_drivers_through_agent_restarts(defaults: list[dict[str
     agent = find(defaults, "DaemonSet", "-agent")
     supervisor = find(defaults, "DaemonSet", "-supervisor")
     assert supervisor["spec"]["updateStrategy"] == {"type": "OnDelete"}
-    assert container(supervisor)["command"] == ["storage-agent", "supervise", "--state-dir", "/var/lib/storage-agent"]
+    assert container(supervisor)["command"] == [
+        "storage-agent",
+        "supervise",
+        "--state-dir",
+        "/var/lib/storage-agent",
+    ]
     # Same nodes, same state and driver directories as the agent.
     for key in ("tolerations", "nodeSelector", "affinity"):
         assert supervisor["spec"]["template"]["spec"].get(key) == agent["spec"]["template"]["spec"].get(key)
@@ -257,7 +282,9 @@ def test_refuses_to_label_the_default_namespace_privileged(tmp_values: Path) -> 
 
 def test_crds_installed_upgraded_and_kept_by_default(defaults: list[dict[str, Any]]) -> None:
     crds = {o["metadata"]["name"]: o for o in defaults if o["kind"] == "CustomResourceDefinition"}
-    assert set(crds) == {f"{p}.storage.datawarehouse.io" for p in ("storagedrivers", "nodedevices", "nodedriverconfigs")}
+    assert set(crds) == {
+        f"{p}.storage.datawarehouse.io" for p in ("storagedrivers", "nodedevices", "nodedriverconfigs")
+    }
     for name, crd in crds.items():
         assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}, name
         # The chart's copy is the generated CRD itself.
@@ -296,7 +323,10 @@ def test_custom_values_reach_the_workloads(tmp_values: Path) -> None:
         env = {e["name"]: e.get("value") for e in container(workload)["env"]}
         assert env["LOG_LEVEL"] == "DEBUG" and env["LOG_FORMAT"] == "text"
     # Helm merges maps: the default requests stay, the limit is the user's.
-    assert container(agent)["resources"] == {"limits": {"memory": "300Mi"}, "requests": {"cpu": "20m", "memory": "64Mi"}}
+    assert container(agent)["resources"] == {
+        "limits": {"memory": "300Mi"},
+        "requests": {"cpu": "20m", "memory": "64Mi"},
+    }
     assert mounts(agent)["/opt/storage/drivers"] == ("/opt/storage/drivers", False)
     assert mounts(agent)["/opt/storage/agent-state"] == ("/opt/storage/agent-state", False)
     assert mounts(supervisor)["/opt/storage/agent-state"] == ("/opt/storage/agent-state", False)
@@ -375,12 +405,16 @@ def test_rbac_is_exactly_the_documented_list(defaults: list[dict[str, Any]]) -> 
     assert documented - rendered == set(), "documented but not granted"
 
 
-def test_agent_never_writes_storage_drivers_and_operator_never_writes_node_status(defaults: list[dict[str, Any]]) -> None:
+def test_agent_never_writes_storage_drivers_and_operator_never_writes_node_status(
+    defaults: list[dict[str, Any]],
+) -> None:
     grants = rendered_grants(defaults, NAMESPACE)
     writes = {"create", "update", "patch", "delete", "deletecollection"}
     by: dict[str, set[Grant]] = {c: {g for g in grants if g.component == c} for c in ("agent", "operator")}
     assert not [g for g in by["agent"] if g.resource.startswith("storagedrivers")]
-    assert not [g for g in by["agent"] if g.resource == "nodedriverconfigs" and writes & {*g.verbs} - {"create"}]
+    assert not [
+        g for g in by["agent"] if g.resource == "nodedriverconfigs" and writes & {*g.verbs} - {"create"}
+    ]
     assert not [g for g in by["operator"] if g.resource in ("nodedriverconfigs/status", "nodedevices/status")]
     assert not [g for g in by["operator"] if g.resource == "nodedevices" and writes & {*g.verbs}]
     assert not [g for g in grants if g.component == "supervisor"]

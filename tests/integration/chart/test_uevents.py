@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import pytest
-
 from tests.conftest import require
 from tests.harness.loopdev import LoopDevice
 
@@ -43,7 +41,9 @@ def listener(*unshare: str) -> Iterator[subprocess.Popen[str]]:
     try:
         assert process.stdout is not None
         line = process.stdout.readline().strip()
-        assert line == "ready", f"listener in unshare {unshare} did not start: {line!r} {process.stderr.read() if process.stderr else ''}"
+        assert line == "ready", (
+            f"listener in unshare {unshare} did not start: {line!r} {process.stderr.read() if process.stderr else ''}"
+        )
         yield process
     finally:
         if process.poll() is None:
@@ -67,5 +67,7 @@ def test_uevents_reach_network_namespaces_but_not_user_namespaces(
         time.sleep(1.0)  # uevents are delivered at once; this leaves room for a slow machine
         netns_events = events_of(in_netns, device)
         userns_events = events_of(in_userns, device)
-    assert netns_events, f"no uevent for {device.name} in a separate network namespace: hostNetwork would be needed"
+    assert netns_events, (
+        f"no uevent for {device.name} in a separate network namespace: hostNetwork would be needed"
+    )
     assert userns_events == [], f"uevents reached a user namespace: {userns_events}"

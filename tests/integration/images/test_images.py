@@ -53,7 +53,9 @@ def built_images() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session", params=sorted(IMAGES))
-def image(request: pytest.FixtureRequest, built_images: dict[str, Path], tmp_path_factory) -> Iterator[OciImage]:
+def image(
+    request: pytest.FixtureRequest, built_images: dict[str, Path], tmp_path_factory
+) -> Iterator[OciImage]:
     name = request.param
     unpacked = unpack(built_images[name], tmp_path_factory.mktemp(name))
     yield unpacked
@@ -63,7 +65,10 @@ def image(request: pytest.FixtureRequest, built_images: dict[str, Path], tmp_pat
 def _operator_entry_point_missing(image: OciImage) -> None:
     # The operator's entry point (storage_driver_operator.main) is built in another branch; until
     # it is merged, `storage-operator` cannot start in any environment, this image included.
-    if image.entrypoint == ["storage-operator"] and importlib.util.find_spec("storage_driver_operator.main") is None:
+    if (
+        image.entrypoint == ["storage-operator"]
+        and importlib.util.find_spec("storage_driver_operator.main") is None
+    ):
         pytest.xfail("storage_driver_operator.main does not exist yet (the operator issue builds it)")
 
 
@@ -97,12 +102,18 @@ def test_operator_runs_as_non_root_and_agent_as_root(image: OciImage) -> None:
         assert uid in ("0", "root")
 
 
-COMPILERS = re.compile(r"^(gcc|g\+\+|cc|c\+\+|clang|clang\+\+|cc1|cc1plus|ld|as|[\w-]+-linux-gnu-(gcc|g\+\+|ld|as))(-\d+)?$")
+COMPILERS = re.compile(
+    r"^(gcc|g\+\+|cc|c\+\+|clang|clang\+\+|cc1|cc1plus|ld|as|[\w-]+-linux-gnu-(gcc|g\+\+|ld|as))(-\d+)?$"
+)
 BUILD_TOOLS = ("pip", "setuptools", "wheel", "_distutils_hack")
 
 
 def test_no_compilers(image: OciImage) -> None:
-    found = [str(p) for p in image.files() if COMPILERS.match(p.name) and not (image.rootfs / p.relative_to("/")).is_dir()]
+    found = [
+        str(p)
+        for p in image.files()
+        if COMPILERS.match(p.name) and not (image.rootfs / p.relative_to("/")).is_dir()
+    ]
     assert not found, f"compilers or linkers in the image: {found}"
 
 
@@ -131,7 +142,9 @@ def test_no_caches_package_lists_or_build_tools(image: OciImage) -> None:
 def test_installed_project_is_byte_compiled_for_a_read_only_root(image: OciImage) -> None:
     # A read-only root filesystem cannot take __pycache__ at run time: compiled at build time.
     site = next(image.rootfs.glob("opt/storage-driver-operator/lib/python3*/site-packages"))
-    package = "storage_driver_operator" if image.entrypoint == ["storage-operator"] else "storage_driver_agent"
+    package = (
+        "storage_driver_operator" if image.entrypoint == ["storage-operator"] else "storage_driver_agent"
+    )
     assert list((site / package / "__pycache__").glob("*.pyc")), f"{package} is not byte-compiled"
 
 

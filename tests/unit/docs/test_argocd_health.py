@@ -80,7 +80,9 @@ CASES = {
         "Waiting for the operator to observe generation 2",
     ),
     "a condition of an older generation": (
-        storage_driver({"observedGeneration": 2, "conditions": [condition("Ready", "True", "Loaded", generation=1)]}),
+        storage_driver(
+            {"observedGeneration": 2, "conditions": [condition("Ready", "True", "Loaded", generation=1)]}
+        ),
         "Progressing",
         "Waiting for the operator to update condition Ready",
     ),
@@ -117,7 +119,11 @@ CASES = {
         storage_driver(
             {
                 "observedGeneration": 2,
-                "conditions": [READY, NOT_PROGRESSING, condition("Degraded", "True", "LoadFailed", "failed on node-b")],
+                "conditions": [
+                    READY,
+                    NOT_PROGRESSING,
+                    condition("Degraded", "True", "LoadFailed", "failed on node-b"),
+                ],
                 "failedNodes": 1,
             }
         ),
@@ -128,7 +134,11 @@ CASES = {
         storage_driver(
             {
                 "observedGeneration": 2,
-                "conditions": [condition("Ready", "False", "InvalidSpec", "spec.deviceSelector[0].values: Gt needs one integer")],
+                "conditions": [
+                    condition(
+                        "Ready", "False", "InvalidSpec", "spec.deviceSelector[0].values: Gt needs one integer"
+                    )
+                ],
             }
         ),
         "Degraded",
@@ -136,13 +146,19 @@ CASES = {
     ),
     "not ready with failing nodes": (
         storage_driver(
-            {"observedGeneration": 2, "conditions": [condition("Ready", "False", "LoadFailed")], "failedNodes": 2}
+            {
+                "observedGeneration": 2,
+                "conditions": [condition("Ready", "False", "LoadFailed")],
+                "failedNodes": 2,
+            }
         ),
         "Degraded",
         "LoadFailed",
     ),
     "not ready, nothing failing": (
-        storage_driver({"observedGeneration": 2, "conditions": [condition("Ready", "False", "NoMatchingDevices")]}),
+        storage_driver(
+            {"observedGeneration": 2, "conditions": [condition("Ready", "False", "NoMatchingDevices")]}
+        ),
         "Progressing",
         "NoMatchingDevices",
     ),
