@@ -84,7 +84,7 @@ wheelhouse() {
 build() {
   local target=$1 name=$2
   start "building $name:$VERSION (target $target, base $BASE_IMAGE)"
-  "${BUILDAH[@]}" bud --quiet --layers --isolation chroot --pull=missing \
+  "${BUILDAH[@]}" bud --quiet --isolation chroot --pull=missing \
     --build-arg BASE="$BASE_IMAGE" --target "$target" -f images/Containerfile \
     -t "localhost/storage-driver-operator/$name:$VERSION" . >"$OUT/build-$name.log" 2>&1 \
     || fail "build $name" "buildah bud failed (log: $OUT/build-$name.log): $(tail -n 5 "$OUT/build-$name.log")"
@@ -98,6 +98,8 @@ build() {
 
 total_start=$(date +%s)
 mkdir -p "$OUT" "$CACHE_ROOT/image-base"
+# Working containers an interrupted build left behind (this storage is the project's alone).
+"${BUILDAH[@]}" rm --all >/dev/null 2>&1 || true
 if [[ -z ${BASE:-} ]]; then
   make_rootfs
   import_base
@@ -105,4 +107,7 @@ fi
 wheelhouse
 build operator storage-operator
 build agent storage-agent
+# No layer cache is kept: with the vfs driver every cached layer is a full copy of the root
+# filesystem, and the wheelhouse changes with every commit anyway. Drop the previous images.
+"${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
 log "images built in $(($(date +%s) - total_start)) s: $(ls "$OUT"/*.oci.tar | tr '\n' ' ')"
