@@ -115,6 +115,7 @@ class Record:
     started_mono: float | None = None
     announced: tuple[str, str] | None = None  # the last refusal announced, so retries do not repeat it
     attach_attempts: dict[str, int] = field(default_factory=dict)
+    crashed: bool = False  # the next start is a restart after a crash
 
 
 def error_reason(error_type: str) -> str:
@@ -388,7 +389,8 @@ class NodeReconciler:
         assert desired is not None and isinstance(artifact, Artifact)
         slot = self._slot(desired.name)
         slot.socket.parent.mkdir(parents=True, exist_ok=True)
-        argv = self._host_argv(desired, artifact, slot, record.restarts)
+        restarts = record.restarts + (1 if record.crashed else 0)
+        argv = self._host_argv(desired, artifact, slot, restarts)
         started_mono, started_wall = self.clock(), self.wall()
         pid = await self.launcher.spawn(desired.name, argv, slot.log)
         self.loads += 1
@@ -437,6 +439,7 @@ class NodeReconciler:
             return
         attached = dict(result.get("attached") or {})
         failed = dict(result.get("failed") or {})
+        record.restarts, record.crashed = restarts, False
         record.conn = conn
         record.started_mono = started_mono
         record.facts = {name: facts for name, facts in attached.items() if isinstance(facts, Mapping)}
@@ -603,7 +606,7 @@ class NodeReconciler:
             return
         now = self.clock()
         message = "the driver host exited unexpectedly"
-        record.restarts += 1
+        record.crashed = True
         record.state = replace(
             forget_host(record.state),
             failure=next_failure(
@@ -633,7 +636,8 @@ class NodeReconciler:
         failure = record.state.failure
         message = describe_exit(code)
         if failure is not None:
-            message += f"; restarting in {max(0.0, failure.retry_at - self.clock()):.0f}s (restart {record.restarts})"
+            wait = max(0.0, failure.retry_at - self.clock())
+            message += f"; restarting in {wait:.0f}s (restart {record.restarts + 1})"
         record.last_error = LastError("Crashed", message, dt.datetime.now(dt.UTC).replace(microsecond=0))
         self.events.emit("Crashed", f"{record.state.name}: {message}", warning=True)
         log.warning(
