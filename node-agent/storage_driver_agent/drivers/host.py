@@ -50,7 +50,7 @@ from storage_driver_sdk.protocol import (
     decode_request,
 )
 
-from storage_driver_agent.drivers.scan import package_sha256
+from storage_driver_agent.drivers.digest import package_sha256
 
 HOST_MODULE: Final = "storage_driver_agent.drivers.host"
 EXIT_OK: Final = 0
@@ -120,13 +120,9 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def set_process_name(name: str) -> None:
-    """Name the thread 'sdh:<driver>' for top and ps -o comm (the command line names it too)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_name = 15
-        libc.prctl(pr_set_name, f"sdh:{name}"[:15].encode(), 0, 0, 0)
+    """Name the process 'sdh:<driver>' for top and ps -o comm (the command line names it too)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(f"sdh:{name}"[:15])
 
 
 def apply_memory_limit(limit: int) -> None:

@@ -22,7 +22,9 @@ from storage_driver_sdk.protocol import (
     decode_response,
 )
 
-CONNECT_RETRY_MAX: Final = 0.1
+# A new host binds its socket some 100-300 ms after it is spawned; retrying every few ms costs
+# nothing and saves up to a retry interval on every load.
+CONNECT_RETRY_MAX: Final = 0.01
 
 
 class HostGone(Exception):

@@ -15,11 +15,14 @@ from storage_driver_api.constants import API_VERSION, LEASE_PREFIX, NODE_DEVICES
 from storage_driver_api.kube import EVENTS, LEASES, ApiError, KubeClient
 from storage_driver_api.logs import fields
 
+from storage_driver_agent.drivers.status import merge_patch
+
 log = logging.getLogger(__name__)
 
 COMPONENT: Final = "storage-agent"
 EVENT_NAMESPACE: Final = "default"  # where Kubernetes keeps events of cluster-scoped objects
 MAX_QUEUED_EVENTS: Final = 1000
+COALESCE_SECONDS: Final = 0.02
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -31,7 +34,9 @@ class StatusWriter:
     """Writes NodeDriverConfig.status whenever the submitted status differs from the last written.
 
     Submissions coalesce: a burst of changes becomes one write of the newest status. The agent is
-    the status's only writer, so it replaces the whole status (JSON patch 'add /status')."""
+    the status's only writer, so each write is the merge patch from what it wrote last (or what
+    the object held when the agent started) to the new status: only what changed is sent, which
+    the API server processes far faster than a replacement of the whole status."""
 
     def __init__(self, kube: KubeClient, name: str):
         self.kube = kube
@@ -46,9 +51,9 @@ class StatusWriter:
             self.latest = status
             self._wake.set()
 
-    def rewrite(self) -> None:
-        """Write again even if unchanged (the object was recreated)."""
-        self.written = None
+    def server_has(self, status: dict[str, Any]) -> None:
+        """The status the object holds (it was read, or the object was recreated)."""
+        self.written = status
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -61,17 +66,18 @@ class StatusWriter:
             stopper.cancel()
             if stop.is_set():
                 return
+            # Changes a few milliseconds apart (a file verified, then its host started) make one write.
+            await _sleep_or_stop(stop, COALESCE_SECONDS)
             self._wake.clear()
-            status = self.latest
-            if status is None or status == self.written:
+            status, written = self.latest, self.written
+            if status is None or written is None or status == written:
                 continue
             try:
                 await self.kube.patch(
                     NODE_DRIVER_CONFIGS,
                     self.name,
-                    [{"op": "add", "path": "/status", "value": status}],
+                    {"status": merge_patch(written, status)},
                     subresource="status",
-                    patch_type="json",
                 )
                 self.written = status
                 self.writes += 1

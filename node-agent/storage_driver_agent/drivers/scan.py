@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Any, Final
 from storage_driver_sdk.decorator import DriverDeclarationError, MinimumPlatform, check_declaration
 from storage_driver_sdk.devices import DeviceType
 
-MAX_FILE_BYTES: Final = 4 * 1024 * 1024
+from storage_driver_agent.drivers.digest import MAX_FILE_BYTES, package_files, package_sha256
+
 MAX_DEPTH: Final = 4
 SDK_MODULES: Final = ("storage_driver_sdk", "storage_driver_sdk.decorator", "storage_driver_sdk.devices")
 DECORATOR: Final = "storage_driver"
@@ -241,25 +241,7 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def package_files(package: Path) -> list[Path]:
-    """The files of a package directory that make up the driver, sorted (no caches, no hidden files)."""
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(package):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-        files.extend(Path(dirpath, f) for f in filenames if not f.startswith(".") and not f.endswith(".pyc"))
-    # Byte order of the relative paths, as `LC_ALL=C sort` orders them.
-    return sorted(files, key=lambda f: f.relative_to(package).as_posix().encode())
-
-
-def package_sha256(package: Path) -> str:
-    """sha256 of the lines '<sha256 of file>  ./<path relative to the package>\\n' in byte order of
-    the paths: what `find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum` prints inside the
-    package (leaving out hidden files, __pycache__ and .pyc)."""
-    manifest = hashlib.sha256()
-    for file in package_files(package):
-        digest = hashlib.sha256(_read(file)).hexdigest()
-        manifest.update(f"{digest}  ./{file.relative_to(package).as_posix()}\n".encode())
-    return manifest.hexdigest()
+__all__ = ["MAX_FILE_BYTES", "package_files", "package_sha256"]
 
 
 def scan_file(path: Path, relative: str) -> ScannedDriver:

@@ -293,11 +293,12 @@ class DriverRuntime:
             self.config_missing.set()
             return
         if metadata.get("uid") != self.config_uid:
+            # A new object (first sight, or recreated): write status relative to what it holds.
             if self.previous_status is None:
                 with contextlib.suppress(ValidationError):
                     self.previous_status = NodeDriverConfigStatus.model_validate(obj.get("status") or {})
             self.config_uid = metadata.get("uid")
-            self.status_writer.rewrite()
+            self.status_writer.server_has(dict(obj.get("status") or {}))
         try:
             spec = NodeDriverConfigSpec.model_validate(obj.get("spec") or {})
         except ValidationError as exc:

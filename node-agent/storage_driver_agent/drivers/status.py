@@ -225,6 +225,21 @@ def _without_empty_strings(value: Any) -> Any:
     return value
 
 
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The RFC 7386 merge patch that turns `old` into `new` (null removes a key; lists are
+    replaced whole). Empty when nothing changed."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            inner = merge_patch(before, value)
+            if inner:
+                patch[key] = inner
+        elif key not in old or before != value:
+            patch[key] = value
+    return patch
+
+
 def _names(names: Iterable[str], limit: int = 5) -> str:
     ordered = sorted(names)
     shown = ", ".join(ordered[:limit])

@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from storage_driver_agent.drivers.reconcile import HostSlot, describe_exit, error_reason
 from storage_driver_agent.drivers.scan import Declaration, ScannedDriver
 from storage_driver_agent.drivers.service import device_present, parse_size
@@ -31,6 +34,7 @@ from storage_driver_agent.drivers.status import (
     build_status,
     config_json,
     desired_from_api,
+    merge_patch,
 )
 from storage_driver_agent.drivers.watch import debounce_deadline
 from storage_driver_api.nodedriverconfig import NodeDriverConfig
@@ -266,3 +270,53 @@ def test_device_presence() -> None:
         {"spec": spec, "status": {"conditions": [{"type": "Present", "status": "False"}]}}
     )
     assert not device_present({"spec": {"type": "floppy"}})
+
+
+# --- merge patches ---------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+documents = st.dictionaries(st.text(max_size=3), json_values.filter(lambda v: v is not None), max_size=4)
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_merge_patch(result.get(key), value)
+    return result
+
+
+def _strip_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+@given(documents, documents)
+def test_merge_patch_turns_the_old_status_into_the_new(old: dict[str, Any], new: dict[str, Any]) -> None:
+    # Statuses carry no nulls (None is never rendered), so nested nulls are left out here too.
+    old, new = _strip_nulls(old), _strip_nulls(new)
+    assert apply_merge_patch(old, merge_patch(old, new)) == new
+
+
+def test_merge_patch_sends_only_what_changed() -> None:
+    old = {
+        "observedGeneration": 1,
+        "drivers": [{"name": "a"}],
+        "capacity": {"maxLoadedDrivers": 100},
+        "bootId": "x",
+    }
+    new = {"observedGeneration": 2, "drivers": [{"name": "a"}], "capacity": {"maxLoadedDrivers": 100}}
+    assert merge_patch(old, new) == {"observedGeneration": 2, "bootId": None}
+    assert merge_patch(new, new) == {}
