@@ -30,7 +30,7 @@ from storage_driver_sdk.protocol import PROTOCOL_VERSION, Op
 from storage_driver_agent.drivers.host import HOST_MODULE
 from storage_driver_agent.drivers.hostclient import HostCallError, HostConnection, HostGone
 from storage_driver_agent.drivers.inventory import Inventory
-from storage_driver_agent.drivers.launcher import HostProcess, Launcher
+from storage_driver_agent.drivers.launcher import HostProcess, Launcher, LauncherError
 from storage_driver_agent.drivers.sources import SourceFetcher
 from storage_driver_agent.drivers.statemachine import (
     Action,
@@ -392,7 +392,11 @@ class NodeReconciler:
         restarts = record.restarts + (1 if record.crashed else 0)
         argv = self._host_argv(desired, artifact, slot, restarts)
         started_mono, started_wall = self.clock(), self.wall()
-        pid = await self.launcher.spawn(desired.name, argv, slot.log)
+        try:
+            pid = await self.launcher.spawn(desired.name, argv, slot.log)
+        except (LauncherError, OSError) as exc:
+            self._load_failed(record, "LaunchFailed", f"cannot start a driver host: {exc}")
+            return
         self.loads += 1
         process = HostProcess(pid, slot.socket)
         log.info("driver host started", extra=fields(driver=desired.name, pid=pid, version=desired.version))
@@ -424,18 +428,7 @@ class NodeReconciler:
                 reason, message = "LoadFailed", f"{describe_exit(code)} while loading"
             await self._terminate(process, conn, KILL_WAIT)
             self._remove_slot_files(slot)
-            record.state = replace(
-                record.state,
-                failure=next_failure(
-                    record.state.failure, reason, message, now=self.clock(), policy=self.settings.backoff
-                ),
-            )
-            record.last_error = LastError(reason, message, dt.datetime.now(dt.UTC).replace(microsecond=0))
-            self.events.emit("LoadFailed", f"{desired.name}: {reason}: {message}", warning=True)
-            log.warning(
-                "driver failed to load",
-                extra=fields(driver=desired.name, reason=reason, error=message, pid=pid),
-            )
+            self._load_failed(record, reason, message, pid)
             return
         attached = dict(result.get("attached") or {})
         failed = dict(result.get("failed") or {})
@@ -467,6 +460,19 @@ class NodeReconciler:
         log.info(
             "driver loaded",
             extra=fields(driver=desired.name, pid=pid, version=desired.version, devices=sorted(attached)),
+        )
+
+    def _load_failed(self, record: Record, reason: str, message: str, pid: int | None = None) -> None:
+        """A start that failed: report it and back off before the next attempt."""
+        failure = next_failure(
+            record.state.failure, reason, message, now=self.clock(), policy=self.settings.backoff
+        )
+        record.state = replace(record.state, failure=failure)
+        record.last_error = LastError(reason, message, dt.datetime.now(dt.UTC).replace(microsecond=0))
+        self.events.emit("LoadFailed", f"{record.state.name}: {reason}: {message}", warning=True)
+        log.warning(
+            "driver failed to load",
+            extra=fields(driver=record.state.name, reason=reason, error=message, pid=pid),
         )
 
     def _attach_failed(self, record: Record, failed: Mapping[str, Any]) -> None:
@@ -649,29 +655,32 @@ class NodeReconciler:
     # --- health ------------------------------------------------------------------------------
 
     async def check_health(self) -> None:
-        for record in list(self.records.values()):
-            conn = record.conn
-            if conn is None or record.in_flight is not None or record.state.host is None:
-                continue
-            try:
-                result = await conn.call(Op.HEALTH, timeout=HEALTH_TIMEOUT)
-                unhealthy = None if result.get("healthy", True) else str(result.get("message") or "unhealthy")
-            except HostCallError as exc:
-                unhealthy = str(exc)
-            except TimeoutError:
-                unhealthy = f"health() did not answer within {HEALTH_TIMEOUT:.0f}s"
-            except HostGone:
-                continue
-            if unhealthy != record.unhealthy:
-                record.unhealthy = unhealthy
-                if unhealthy:
-                    record.last_error = LastError(
-                        "Unhealthy", unhealthy, dt.datetime.now(dt.UTC).replace(microsecond=0)
-                    )
-                    log.warning("driver unhealthy", extra=fields(driver=record.state.name, error=unhealthy))
-                else:
-                    log.info("driver healthy again", extra=fields(driver=record.state.name))
-                self.wake.set()
+        """Ask every loaded driver's health(), all at once (a hung host delays only itself)."""
+        await asyncio.gather(*(self._check_one(r) for r in list(self.records.values())))
+
+    async def _check_one(self, record: Record) -> None:
+        conn = record.conn
+        if conn is None or record.in_flight is not None or record.state.host is None:
+            return
+        try:
+            result = await conn.call(Op.HEALTH, timeout=HEALTH_TIMEOUT)
+            unhealthy = None if result.get("healthy", True) else str(result.get("message") or "unhealthy")
+        except HostCallError as exc:
+            unhealthy = str(exc)
+        except TimeoutError:
+            unhealthy = f"health() did not answer within {HEALTH_TIMEOUT:.0f}s"
+        except HostGone:
+            return
+        if unhealthy != record.unhealthy:
+            record.unhealthy = unhealthy
+            if unhealthy:
+                record.last_error = LastError(
+                    "Unhealthy", unhealthy, dt.datetime.now(dt.UTC).replace(microsecond=0)
+                )
+                log.warning("driver unhealthy", extra=fields(driver=record.state.name, error=unhealthy))
+            else:
+                log.info("driver healthy again", extra=fields(driver=record.state.name))
+            self.wake.set()
 
     async def health_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -30,7 +30,11 @@ from storage_driver_api.constants import (
 from storage_driver_api.kube import NODES, ApiError, KubeClient
 from storage_driver_api.logs import fields
 from storage_driver_api.meta import describe_validation_error
-from storage_driver_api.nodedriverconfig import NodeDriverConfigSpec, NodeDriverConfigStatus
+from storage_driver_api.nodedriverconfig import (
+    MAX_DRIVERS_PER_NODE,
+    NodeDriverConfigSpec,
+    NodeDriverConfigStatus,
+)
 from storage_driver_sdk.devices import ALL_DEVICE_TYPES
 
 from storage_driver_agent.config import AgentConfig
@@ -185,8 +189,8 @@ class Options:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
-        if args.max_loaded_drivers < 0:
-            raise SystemExit("--max-loaded-drivers must not be negative")
+        if not 0 <= args.max_loaded_drivers <= MAX_DRIVERS_PER_NODE:
+            raise SystemExit(f"--max-loaded-drivers must be between 0 and {MAX_DRIVERS_PER_NODE}")
         return cls(
             driver_dir=args.driver_dir,
             launcher=args.launcher,

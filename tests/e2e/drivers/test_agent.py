@@ -245,6 +245,43 @@ async def test_status_is_written_only_when_something_changes(
     await consistently(unchanged, duration=5, what="NodeDriverConfig unchanged in steady state")
 
 
+async def test_a_burst_of_spec_changes_loses_no_load_and_doubles_none(
+    clean_cluster: KubeClient, agent: Agent, node: str
+) -> None:
+    kube = clean_cluster
+    write_probe(agent.driver_dir)
+    names = ["a", "b", "c", "d"]
+    trails = {name: agent.root / f"{name}.journal" for name in names}
+    agent.start()
+
+    def spec(step: int) -> list[dict[str, Any]]:
+        chosen = [n for i, n in enumerate(names) if (step >> i) & 1]
+        return [desired_driver(n, config={"journal": str(trails[n]), "step": step % 3}) for n in chosen]
+
+    for step in range(1, 25):  # 24 patches as fast as the API takes them: adds, removals, config changes
+        await set_drivers(kube, node, spec(step))
+    final = spec(0b1011)
+    await set_drivers(kube, node, final)
+    for entry in final:
+        await wait_phase(kube, node, entry["name"], "Loaded")
+    await wait_gone(kube, node, "c")
+    await eventually(lambda: _hosts_are(agent, {"a", "b", "d"}), what="exactly one host per desired driver")
+    for name, trail in trails.items():
+        events = [e["event"] for e in journal(trail)]
+        # One life at a time: every start is stopped before the next start.
+        assert events == ["start", "stop"] * (len(events) // 2) + (["start"] if len(events) % 2 else []), (
+            name,
+            events,
+        )
+        assert (len(events) % 2 == 1) == (name != "c"), (name, events)
+        assert name == "c" or journal(trail)[-1]["config"]["step"] == 0b1011 % 3
+
+
+async def _hosts_are(agent: Agent, names: set[str]) -> bool:
+    hosts = agent.hosts()
+    return sorted(hosts.values()) == sorted(names)
+
+
 # --- misbehaving drivers ---------------------------------------------------------------------
 
 
