@@ -446,6 +446,8 @@ class DriverRuntime:
     async def run(self, stop: asyncio.Event) -> None:
         self.options.driver_dir.mkdir(parents=True, exist_ok=True)
         self.settings.hosts_dir.mkdir(parents=True, exist_ok=True)
+        # The sockets in it control the drivers: only root (the agent and the supervisor) may enter.
+        self.settings.hosts_dir.chmod(0o700)
         log.info(
             "driver runtime starting",
             extra=fields(

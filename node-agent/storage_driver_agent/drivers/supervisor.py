@@ -70,19 +70,23 @@ class Supervisor:
             argv = [str(a) for a in args["argv"]]
             process = spawn_host(argv, Path(str(args["log"])))
             self.children[process.pid] = str(args.get("name", "?"))
+            self.exit_codes.pop(process.pid, None)  # a recycled pid: forget the old process's exit
             # The supervisor reaps with waitpid(-1); Popen must not try to.
             process.returncode = 0
             log.info("driver host started", extra=fields(driver=args.get("name"), pid=process.pid))
             return {"pid": process.pid}
+        # Our own children are known until reaped (their pid cannot be reused before), even in the
+        # moment between fork and exec when /proc still shows the supervisor's command line.
+        # Other processes (hosts of an earlier supervisor) are checked through /proc.
         if op == "alive":
             pid = int(args["pid"])
             host = HostProcess(pid, Path(str(args["socket"])))
-            return {"alive": pid not in self.exit_codes and is_driver_host(host)}
+            return {"alive": pid in self.children or (pid not in self.exit_codes and is_driver_host(host))}
         if op == "exit_status":
             return {"code": self.exit_codes.get(int(args["pid"]))}
         if op == "signal":
             host = HostProcess(int(args["pid"]), Path(str(args["socket"])))
-            if is_driver_host(host):
+            if host.pid in self.children or is_driver_host(host):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(host.pid, int(args["signal"]))
             return {}
