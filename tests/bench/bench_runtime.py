@@ -151,6 +151,7 @@ def agent_times(log: str) -> tuple[list[float], list[float], list[float]]:
 
 
 async def measure(cfg: localcluster.ClusterConfig) -> list[Table]:
+    load_before = os.getloadavg()[0]
     root = short_tmpdir("sdo-bench-")
     async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as kube:
         await localcluster.ensure_node(kube, NODE, localcluster.local_node_info())
@@ -218,7 +219,9 @@ async def measure(cfg: localcluster.ClusterConfig) -> list[Table]:
             "status (stop() returned, host exited). The 'agent:' rows start when the agent receives the spec "
             "change from its watch and end at its log line (host spawned; driver loaded; host exited), so they "
             "leave out the API server's write and watch round trips, which grow with the NodeDriverConfig's "
-            "size on a busy control plane."
+            "size on a busy control plane. "
+            f"The machine's 1-minute load average was {load_before:.1f} before and {os.getloadavg()[0]:.1f} "
+            f"after the run ({os.cpu_count()} cores; other work shares the machine)."
         ),
     )
     rows = (

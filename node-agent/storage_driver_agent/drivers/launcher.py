@@ -51,6 +51,10 @@ class Launcher(Protocol):
 
     async def signal(self, host: HostProcess, sig: int) -> None: ...
 
+    async def wait_exited(self, host: HostProcess, timeout: float) -> bool:
+        """Wait until the host process is gone; True if it went within the timeout."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -109,6 +113,44 @@ def is_driver_host(host: HostProcess) -> bool:
     return False
 
 
+async def wait_pidfd(pid: int, timeout: float) -> bool | None:
+    """Wait for a process in our pid namespace to exit, woken by the kernel (pidfd), not by
+    polling. None when pidfds are not available here."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except (OSError, AttributeError):
+        return None
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, on_exit)
+    try:
+        await asyncio.wait_for(exited, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def poll_exited(launcher: Launcher, host: HostProcess, timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while await launcher.alive(host):
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(0.02, remaining))
+    return True
+
+
 class DirectLauncher:
     """Spawns hosts as the agent's own children (each in a new session)."""
 
@@ -138,6 +180,16 @@ class DirectLauncher:
         elif is_driver_host(host):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(host.pid, sig)
+
+    async def wait_exited(self, host: HostProcess, timeout: float) -> bool:
+        if not await self.alive(host):
+            return True
+        done = await wait_pidfd(host.pid, timeout)
+        if done is None:
+            return await poll_exited(self, host, timeout)
+        if done and (child := self.children.get(host.pid)) is not None:
+            child.poll()  # reap it, recording its exit status
+        return done
 
     async def close(self) -> None:
         # Hosts keep running; only reap those that already exited.
@@ -212,6 +264,10 @@ class SupervisorLauncher:
 
     async def signal(self, host: HostProcess, sig: int) -> None:
         await self.request("signal", pid=host.pid, socket=str(host.socket), signal=int(sig))
+
+    async def wait_exited(self, host: HostProcess, timeout: float) -> bool:
+        # The hosts may live in another pid namespace (the supervisor's pod): ask.
+        return await poll_exited(self, host, timeout)
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -348,13 +348,7 @@ class NodeReconciler:
         deadline = self.clock() + timeout
         if conn is not None and not conn.closed:
             await conn.wait_closed(max(0.0, deadline - self.clock()))
-        delay = 0.01
-        while await self.launcher.alive(process):
-            if self.clock() >= deadline:
-                return False
-            await asyncio.sleep(min(delay, max(0.0, deadline - self.clock())))
-            delay = min(delay * 2, 0.2)
-        return True
+        return await self.launcher.wait_exited(process, max(0.0, deadline - self.clock()))
 
     async def _terminate(self, process: HostProcess, conn: HostConnection | None, grace: float) -> str:
         """Make sure the host is gone: wait `grace`, then SIGTERM, then SIGKILL. Returns how it ended."""
