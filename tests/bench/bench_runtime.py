@@ -152,7 +152,7 @@ def agent_times(log: str) -> tuple[list[float], list[float], list[float]]:
 
 async def measure(cfg: localcluster.ClusterConfig) -> list[Table]:
     load_before = os.getloadavg()[0]
-    root = short_tmpdir("sdo-bench-")
+    root = short_tmpdir("sdo-rt-bench-")
     async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as kube:
         await localcluster.ensure_node(kube, NODE, localcluster.local_node_info())
         if await kube.get_or_none(NAMESPACES, NAMESPACE) is None:

@@ -116,7 +116,7 @@ def journal(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def short_tmpdir(prefix: str = "sdo-") -> Path:
+def short_tmpdir(prefix: str = "sdo-rt-") -> Path:
     """A short directory: unix socket paths must stay under 108 bytes."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 

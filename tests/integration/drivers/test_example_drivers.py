@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ def root() -> Iterator[Path]:
     path = short_tmpdir()
     yield path
     kill_hosts(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

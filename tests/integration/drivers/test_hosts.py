@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +105,7 @@ def root() -> Iterator[Path]:
     path = short_tmpdir()
     yield path
     kill_hosts(path / "state")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
