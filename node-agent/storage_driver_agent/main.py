@@ -15,12 +15,17 @@ from storage_driver_api.logs import fields, setup_logging
 from storage_driver_agent.config import AgentConfig
 from storage_driver_agent.devices import service as devices
 from storage_driver_agent.drivers import service as drivers
+from storage_driver_agent.drivers import supervisor
 
 log = logging.getLogger("storage_driver_agent")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="storage-agent", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="storage-agent",
+        description=__doc__,
+        epilog="'storage-agent supervise --help' describes the driver host supervisor.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {agent_version()}")
     AgentConfig.add_arguments(parser)
     devices.Options.add_arguments(parser.add_argument_group("device discovery"))
@@ -66,6 +71,10 @@ async def run(config: AgentConfig, device_options: devices.Options, driver_optio
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["supervise"]:
+        # `storage-agent supervise`: the long-lived process that starts and reaps driver hosts.
+        return supervisor.main(argv[1:])
     args = build_parser().parse_args(argv)
     config = AgentConfig.from_args(args)
     setup_logging("storage-agent", config.log_level, config.log_format)

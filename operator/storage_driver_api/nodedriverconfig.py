@@ -88,6 +88,21 @@ class DriverError(ApiModel):
     time: dt.datetime = Field(description="When it happened.")
 
 
+MAX_FACTS = 16
+
+
+class BoundDevice(ApiModel):
+    """A device attached to a driver, with the facts the driver's attach() returned."""
+
+    name: str = Field(max_length=253, description="Name of the NodeDevice.")
+    facts: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict,
+        max_length=MAX_FACTS,
+        description="What the driver's attach() returned, as strings, captured when the device was attached.",
+        json_schema_extra={"maxProperties": MAX_FACTS},
+    )
+
+
 class DriverStatus(ApiModel):
     """What the agent runs for one driver."""
 
@@ -108,6 +123,12 @@ class DriverStatus(ApiModel):
     )
     last_error: DriverError | None = Field(default=None, description="The last error, if any.")
     message: str = Field(default="", max_length=1024, description="Human-readable state.")
+    devices: list[BoundDevice] = Field(
+        default_factory=list,
+        max_length=MAX_BOUND_DEVICES,
+        description="The attached devices with the facts the driver reported about each.",
+        json_schema_extra=map_list("name"),
+    )
 
 
 class AvailableDriver(ApiModel):

@@ -1,0 +1,69 @@
+"""The drivers in the node's driver directory (NodeDriverConfig.status.available), kept current.
+
+A full rescan re-reads only the entries whose inode, size or times changed since the last scan;
+the scan itself runs in a worker thread so that hashing a large file never stalls the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage_driver_agent.drivers.scan import ScannedDriver, entries, entry_at, scan_path
+
+
+@dataclass(frozen=True)
+class _Cached:
+    key: tuple[int, ...]
+    result: ScannedDriver
+
+
+def _scan_changed(root: Path, cache: dict[str, _Cached]) -> dict[str, _Cached]:
+    fresh: dict[str, _Cached] = {}
+    for entry in entries(root):
+        cached = cache.get(entry.relative)
+        if cached is not None and cached.key == entry.key:
+            fresh[entry.relative] = cached
+        else:
+            fresh[entry.relative] = _Cached(entry.key, scan_path(entry.path, entry.relative))
+    return fresh
+
+
+def _scan_one(root: Path, relative: str) -> _Cached | None:
+    entry = entry_at(root, relative)
+    return None if entry is None else _Cached(entry.key, scan_path(entry.path, entry.relative))
+
+
+class Inventory:
+    def __init__(self, root: Path):
+        self.root = root
+        self._cache: dict[str, _Cached] = {}
+
+    async def rescan(self) -> bool:
+        """Scan the directory again; True when anything changed."""
+        fresh = await asyncio.to_thread(_scan_changed, self.root, dict(self._cache))
+        changed = {k: v.result for k, v in fresh.items()} != {k: v.result for k, v in self._cache.items()}
+        self._cache = fresh
+        return changed
+
+    async def refresh(self, relative: str) -> ScannedDriver | None:
+        """Scan one entry now (after the agent wrote it, or before loading it)."""
+        cached = await asyncio.to_thread(_scan_one, self.root, relative)
+        if cached is None:
+            self._cache.pop(relative, None)
+            return None
+        self._cache[relative] = cached
+        return cached.result
+
+    def get(self, relative: str) -> ScannedDriver | None:
+        cached = self._cache.get(relative)
+        return cached.result if cached else None
+
+    def sha256(self, relative: str) -> str | None:
+        """The content hash of an entry now; None when it is absent or unreadable."""
+        result = self.get(relative)
+        return result.sha256 or None if result else None
+
+    def scanned(self) -> list[ScannedDriver]:
+        return [cached.result for _, cached in sorted(self._cache.items())]

@@ -1,0 +1,112 @@
+"""List-then-watch of a server-side-filtered set of objects, resuming after disconnects.
+
+`on_sync(items)` receives the full set after each (re)list, `on_event(type, object)` every change
+after it. A watch that ends normally resumes from the last resourceVersion; one that is too old
+(410 Gone) or fails lists again, with a backoff on errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from storage_driver_api.kube import ApiError, KubeClient
+from storage_driver_api.logs import fields
+from storage_driver_api.resource import Resource
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+async def list_watch(
+    kube: KubeClient,
+    resource: Resource,
+    *,
+    on_sync: Callable[[list[Obj]], None],
+    on_event: Callable[[str, Obj], None],
+    stop: asyncio.Event,
+    label_selector: str | None = None,
+    field_selector: str | None = None,
+    watch_timeout: int = 300,
+) -> None:
+    delay = 0.5
+    what = f"{resource.plural} ({label_selector or field_selector or 'all'})"
+    while not stop.is_set():
+        try:
+            items, version = await kube.list(
+                resource, label_selector=label_selector, field_selector=field_selector
+            )
+            on_sync(items)
+            delay = 0.5
+            while not stop.is_set():
+                version = await _watch_until_end(
+                    kube,
+                    resource=resource,
+                    version=version,
+                    on_event=on_event,
+                    stop=stop,
+                    label_selector=label_selector,
+                    field_selector=field_selector,
+                    timeout=watch_timeout,
+                )
+        except ApiError as exc:
+            if exc.gone:
+                log.debug("watch expired; listing again", extra=fields(resource=what))
+                continue
+            log.warning(
+                "list/watch failed; retrying", extra=fields(resource=what, error=str(exc), retry_in=delay)
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            log.warning(
+                "list/watch failed; retrying", extra=fields(resource=what, error=repr(exc), retry_in=delay)
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 30.0)
+
+
+async def _watch_until_end(
+    kube: KubeClient,
+    *,
+    resource: Resource,
+    version: str,
+    on_event: Callable[[str, Obj], None],
+    stop: asyncio.Event,
+    label_selector: str | None,
+    field_selector: str | None,
+    timeout: int,
+) -> str:
+    """Watch from version until the server ends the stream or stop is set; returns the last version."""
+    latest = version
+
+    async def consume() -> None:
+        nonlocal latest
+        async for event in kube.watch(
+            resource,
+            resource_version=latest,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            timeout_seconds=timeout,
+        ):
+            latest = str((event.object.get("metadata") or {}).get("resourceVersion") or latest)
+            if event.type != "BOOKMARK":
+                on_event(event.type, event.object)
+
+    watcher = asyncio.ensure_future(consume())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not watcher.done():
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    if watcher.done() and not watcher.cancelled() and (exc := watcher.exception()) is not None:
+        raise exc
+    return latest

@@ -1,0 +1,259 @@
+"""What the agent tells the cluster about its drivers: NodeDriverConfig.status (only when it
+changed), NodeDevice.status.boundDrivers, Kubernetes Events, and the node's liveness Lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from storage_driver_api.constants import API_VERSION, LEASE_PREFIX, NODE_DEVICES, NODE_DRIVER_CONFIGS
+from storage_driver_api.kube import EVENTS, LEASES, ApiError, KubeClient
+from storage_driver_api.logs import fields
+
+from storage_driver_agent.drivers.status import merge_patch
+
+log = logging.getLogger(__name__)
+
+COMPONENT: Final = "storage-agent"
+EVENT_NAMESPACE: Final = "default"  # where Kubernetes keeps events of cluster-scoped objects
+MAX_QUEUED_EVENTS: Final = 1000
+COALESCE_SECONDS: Final = 0.02
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+class StatusWriter:
+    """Writes NodeDriverConfig.status whenever the submitted status differs from the last written.
+
+    Submissions coalesce: a burst of changes becomes one write of the newest status. The agent is
+    the status's only writer, so each write is the merge patch from what it wrote last (or what
+    the object held when the agent started) to the new status: only what changed is sent, which
+    the API server processes far faster than a replacement of the whole status."""
+
+    def __init__(self, kube: KubeClient, name: str):
+        self.kube = kube
+        self.name = name
+        self.latest: dict[str, Any] | None = None
+        self.written: dict[str, Any] | None = None
+        self.writes = 0
+        self._wake = asyncio.Event()
+
+    def submit(self, status: dict[str, Any]) -> None:
+        if status != self.latest:
+            self.latest = status
+            self._wake.set()
+
+    def server_has(self, status: dict[str, Any]) -> None:
+        """The status the object holds (it was read, or the object was recreated)."""
+        self.written = status
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = 0.2
+        while not stop.is_set():
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if stop.is_set():
+                return
+            # Changes a few milliseconds apart (a file verified, then its host started) make one write.
+            await _sleep_or_stop(stop, COALESCE_SECONDS)
+            self._wake.clear()
+            status, written = self.latest, self.written
+            if status is None or written is None or status == written:
+                continue
+            try:
+                await self.kube.patch(
+                    NODE_DRIVER_CONFIGS,
+                    self.name,
+                    {"status": merge_patch(written, status)},
+                    subresource="status",
+                )
+                self.written = status
+                self.writes += 1
+                delay = 0.2
+            except ApiError as exc:
+                if not exc.not_found:  # missing: written again once the object exists
+                    log.warning("cannot write NodeDriverConfig status", extra=fields(error=str(exc)))
+                    await _sleep_or_stop(stop, delay)
+                    delay = min(delay * 2, 10.0)
+                    self._wake.set()
+            except (OSError, TimeoutError) as exc:
+                log.warning("cannot write NodeDriverConfig status", extra=fields(error=repr(exc)))
+                await _sleep_or_stop(stop, delay)
+                delay = min(delay * 2, 10.0)
+                self._wake.set()
+
+
+class BindingWriter:
+    """Keeps NodeDevice.status.boundDrivers equal to the drivers whose hosts have the device
+    attached; patches only the devices whose list changed, and only that field."""
+
+    def __init__(self, kube: KubeClient):
+        self.kube = kube
+        self.sent: dict[str, list[str]] = {}
+        self._wanted: dict[str, list[str]] = {}
+        self._known: dict[str, list[str]] = {}
+        self._wake = asyncio.Event()
+
+    def submit(self, wanted: Mapping[str, list[str]], known: Mapping[str, list[str]]) -> None:
+        """wanted: device -> drivers bound now; known: device -> boundDrivers as the API shows it."""
+        self._wanted = dict(wanted)
+        self._known = dict(known)
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if stop.is_set():
+                return
+            self._wake.clear()
+            for device, current in self._known.items():
+                wanted = self._wanted.get(device, [])
+                if self.sent.get(device, current) == wanted:
+                    continue
+                try:
+                    await self.kube.patch(
+                        NODE_DEVICES, device, {"status": {"boundDrivers": wanted}}, subresource="status"
+                    )
+                    self.sent[device] = wanted
+                except ApiError as exc:
+                    if exc.not_found:
+                        self.sent.pop(device, None)
+                        continue
+                    log.warning(
+                        "cannot write NodeDevice boundDrivers", extra=fields(device=device, error=str(exc))
+                    )
+                    await _sleep_or_stop(stop, 1.0)
+                    self._wake.set()
+                    break
+                except (TimeoutError, OSError) as exc:
+                    log.warning(
+                        "cannot write NodeDevice boundDrivers", extra=fields(device=device, error=repr(exc))
+                    )
+                    await _sleep_or_stop(stop, 1.0)
+                    self._wake.set()
+                    break
+
+
+def _timestamp(at: dt.datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventRecorder:
+    """Emits core/v1 Events about the node's NodeDriverConfig without blocking the caller."""
+
+    def __init__(self, kube: KubeClient, node: str, config_uid: Callable[[], str | None]):
+        self.kube = kube
+        self.node = node
+        self.config_uid = config_uid
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_QUEUED_EVENTS)
+        self.emitted: list[tuple[str, str]] = []  # (reason, message), the most recent ones
+
+    def emit(self, reason: str, message: str, *, warning: bool = False) -> None:
+        now = _timestamp(dt.datetime.now(dt.UTC))
+        involved: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "NodeDriverConfig", "name": self.node}
+        if uid := self.config_uid():
+            involved["uid"] = uid
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{self.node}.{secrets.token_hex(8)}", "namespace": EVENT_NAMESPACE},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": COMPONENT, "host": self.node},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self.node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self.emitted = [*self.emitted[-99:], (reason, message)]
+        try:
+            self._queue.put_nowait(body)
+        except asyncio.QueueFull:
+            log.warning("event queue full; dropping an event", extra=fields(reason=reason, message=message))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            getter = asyncio.ensure_future(self._queue.get())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not getter.done():
+                getter.cancel()
+                return
+            body = getter.result()
+            try:
+                await self.kube.create(EVENTS, body, namespace=EVENT_NAMESPACE)
+            except (TimeoutError, ApiError, OSError) as exc:
+                log.warning("cannot create an Event", extra=fields(reason=body["reason"], error=str(exc)))
+
+
+def _micro_time(at: dt.datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaseKeeper:
+    """The node agent's liveness: one coordination.k8s.io Lease, renewed every few seconds."""
+
+    def __init__(self, kube: KubeClient, node: str, namespace: str, duration: int = 40, renew: float = 10.0):
+        self.kube = kube
+        self.node = node
+        self.namespace = namespace
+        self.duration = duration
+        self.renew = renew
+        self.name = LEASE_PREFIX + node
+        self._warned = False
+
+    async def renew_once(self) -> None:
+        now = _micro_time(dt.datetime.now(dt.UTC))
+        spec = {"holderIdentity": self.node, "leaseDurationSeconds": self.duration, "renewTime": now}
+        try:
+            await self.kube.patch(LEASES, self.name, {"spec": spec}, namespace=self.namespace)
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": {**spec, "acquireTime": now},
+            }
+            try:
+                await self.kube.create(LEASES, body, namespace=self.namespace)
+            except ApiError as create_exc:
+                if not create_exc.conflict:
+                    raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.renew_once()
+                if self._warned:
+                    log.info("lease renewed again", extra=fields(lease=f"{self.namespace}/{self.name}"))
+                self._warned = False
+            except (TimeoutError, ApiError, OSError) as exc:
+                if not self._warned:
+                    log.warning(
+                        "cannot renew the agent's lease; the operator may consider this agent down",
+                        extra=fields(lease=f"{self.namespace}/{self.name}", error=str(exc)),
+                    )
+                self._warned = True
+            await _sleep_or_stop(stop, self.renew)

@@ -1,0 +1,258 @@
+"""The pure mapping between the API and the state machine: desired drivers from
+NodeDriverConfig.spec, and NodeDriverConfig.status from the drivers' states."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from storage_driver_api.meta import ConditionStatus, set_condition
+from storage_driver_api.nodedriverconfig import (
+    MAX_AVAILABLE,
+    MAX_BOUND_DEVICES,
+    MAX_FACTS,
+    AvailableDriver,
+    BoundDevice,
+    Capacity,
+    DesiredDriver,
+    DriverError,
+    DriverPhase,
+    DriverStatus,
+    NodeDriverConfigStatus,
+)
+from storage_driver_api.storagedriver import KernelVersionRange
+from storage_driver_api.storagedriver import MinimumPlatform as ApiMinimumPlatform
+
+from storage_driver_agent.drivers.scan import ScannedDriver
+from storage_driver_agent.drivers.statemachine import (
+    Action,
+    Desired,
+    DriverState,
+    Phase,
+    SourceRef,
+    phase_of,
+)
+
+MESSAGE_MAX: Final = 1024
+FACT_VALUE_MAX: Final = 256
+
+
+def config_json(config: Mapping[str, Any]) -> str:
+    """Canonical JSON of a driver's config: equal configs give equal strings."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def desired_from_api(driver: DesiredDriver) -> Desired:
+    source = driver.source
+    config_map = None
+    if source.config_map_name:
+        config_map = (source.config_map_namespace or "", source.config_map_name, source.config_map_key or "")
+    return Desired(
+        name=driver.name,
+        driver_name=driver.driver_name,
+        version=driver.version,
+        source=SourceRef(source.kind, source.path, source.sha256, source.url, config_map),
+        config_json=config_json(driver.config),
+        grace_seconds=driver.unload_grace_period_seconds,
+        devices=frozenset(driver.devices),
+        priority=driver.priority,
+    )
+
+
+def available_from_scan(scanned: ScannedDriver) -> AvailableDriver | None:
+    """The status entry for a scanned file; None when the file has no readable content at all."""
+    if not scanned.sha256:
+        return None
+    declaration = scanned.declaration
+    if declaration is None:
+        return AvailableDriver(file=scanned.file, sha256=scanned.sha256, error=(scanned.error or "")[:1024])
+    platform = None
+    if declaration.minimum_platform is not None:
+        mp = declaration.minimum_platform
+        kernel = (
+            KernelVersionRange(at_least=mp.kernel, below=mp.kernel_below)
+            if mp.kernel or mp.kernel_below
+            else None
+        )
+        platform = ApiMinimumPlatform(kernel_version=kernel, os=mp.os, architectures=list(mp.architectures))
+    return AvailableDriver(
+        file=scanned.file,
+        sha256=scanned.sha256,
+        driver_name=declaration.driver_name,
+        class_name=declaration.class_name,
+        version=declaration.version,
+        supported_devices=list(declaration.supported_devices),
+        description=declaration.description,
+        auto_load=declaration.auto_load,
+        minimum_platform=platform,
+    )
+
+
+@dataclass(frozen=True)
+class LastError:
+    reason: str
+    message: str
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class DriverReport:
+    """What the status of one driver is built from."""
+
+    state: DriverState
+    in_flight: Action | None = None
+    restarts: int = 0
+    last_error: LastError | None = None
+    unhealthy: str | None = None
+    facts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def _facts(values: Mapping[str, Any]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for key in sorted(values)[:MAX_FACTS]:
+        value = values[key]
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        result[str(key)[:64]] = text[:FACT_VALUE_MAX]
+    return result
+
+
+def _wall(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(seconds), dt.UTC)
+
+
+def driver_status(report: DriverReport, present: frozenset[str], now: float) -> DriverStatus | None:
+    """The status entry of one driver; None once it is neither desired nor running."""
+    state = report.state
+    if state.desired is None and state.host is None and report.in_flight is None:
+        return None
+    phase, message = phase_of(state, present, now, report.in_flight)
+    host = state.host
+    if report.unhealthy and host is not None:
+        message = f"unhealthy: {report.unhealthy}" + (f"; {message}" if message else "")
+    bound = sorted(host.attached)[:MAX_BOUND_DEVICES] if host else []
+    return DriverStatus(
+        name=state.name,
+        phase=DriverPhase(phase.value),
+        version=host.version if host else (state.desired.version if state.desired else None),
+        sha256=host.sha256 if host else None,
+        pid=host.pid if host else None,
+        start_time=_wall(host.started_at) if host else None,
+        restarts=report.restarts,
+        bound_devices=bound,
+        last_error=(
+            DriverError(
+                reason=report.last_error.reason[:128],
+                message=report.last_error.message[:4096],
+                time=report.last_error.at,
+            )
+            if report.last_error
+            else None
+        ),
+        message=message[:MESSAGE_MAX],
+        devices=[BoundDevice(name=name, facts=_facts(report.facts.get(name) or {})) for name in bound],
+    )
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    generation: int | None
+    boot_id: str
+    agent_version: str
+    max_loaded_drivers: int
+    drivers: list[DriverReport]
+    available: list[ScannedDriver]
+    previous: NodeDriverConfigStatus | None = None  # keeps condition transition times
+
+
+def build_status(
+    node: NodeReport, present: frozenset[str], now: float, at: dt.datetime
+) -> NodeDriverConfigStatus:
+    drivers = [s for s in (driver_status(r, present, now) for r in node.drivers) if s is not None]
+    drivers.sort(key=lambda s: s.name)
+    available = [a for a in (available_from_scan(s) for s in node.available) if a is not None]
+    available.sort(key=lambda a: a.file)
+    desired = [r for r in node.drivers if r.state.desired is not None]
+    by_phase: dict[str, list[str]] = {}
+    for status in drivers:
+        by_phase.setdefault(str(status.phase), []).append(status.name)
+    loaded = by_phase.get(Phase.LOADED.value, [])
+    failed = by_phase.get(Phase.FAILED.value, [])
+    waiting = sorted(
+        set(by_phase.get(Phase.LOADING.value, []))
+        | set(by_phase.get(Phase.PENDING.value, []))
+        | set(by_phase.get(Phase.UNLOADING.value, []))
+    )
+    if failed:
+        ready = (ConditionStatus.FALSE, "DriversFailed", f"failed: {_names(failed)}")
+    elif waiting:
+        ready = (ConditionStatus.FALSE, "Converging", f"not yet converged: {_names(waiting)}")
+    else:
+        ready = (ConditionStatus.TRUE, "Converged", f"{len(loaded)} driver(s) loaded as the spec asks")
+    previous = node.previous.conditions if node.previous else []
+    conditions = set_condition(
+        previous, "Ready", ready[0], ready[1], ready[2], observed_generation=node.generation, at=at
+    )
+    return NodeDriverConfigStatus(
+        observed_generation=node.generation,
+        boot_id=node.boot_id or None,
+        agent_version=node.agent_version,
+        drivers=drivers,
+        available=available[:MAX_AVAILABLE],
+        capacity=Capacity(max_loaded_drivers=node.max_loaded_drivers),
+        desired_count=len(desired),
+        loaded_count=len(loaded),
+        failed_count=len(failed),
+        conditions=conditions,
+    )
+
+
+def api_document(status: NodeDriverConfigStatus) -> dict[str, Any]:
+    """The status as written to the API, without empty strings: the API server (1.20) turns an
+    empty string inside an item of a map-keyed list into null and then refuses it; every such
+    field is optional, so leaving it out says the same."""
+    document: dict[str, Any] = _without_empty_strings(status.to_api())
+    return document
+
+
+def _without_empty_strings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_empty_strings(v) for k, v in value.items() if v != ""}
+    if isinstance(value, list):
+        return [_without_empty_strings(v) for v in value]
+    return value
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The RFC 7386 merge patch that turns `old` into `new` (null removes a key; lists are
+    replaced whole). Empty when nothing changed."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            inner = merge_patch(before, value)
+            if inner:
+                patch[key] = inner
+        elif key not in old or before != value:
+            patch[key] = value
+    return patch
+
+
+def _names(names: Iterable[str], limit: int = 5) -> str:
+    ordered = sorted(names)
+    shown = ", ".join(ordered[:limit])
+    return shown + (f" and {len(ordered) - limit} more" if len(ordered) > limit else "")
+
+
+def bound_drivers_by_device(reports: Iterable[DriverReport]) -> dict[str, list[str]]:
+    """NodeDevice name -> the drivers whose host has it attached (NodeDevice.status.boundDrivers)."""
+    result: dict[str, list[str]] = {}
+    for report in reports:
+        host = report.state.host
+        if host is None:
+            continue
+        for device in host.attached:
+            result.setdefault(device, []).append(report.state.name)
+    return {device: sorted(names) for device, names in result.items()}

@@ -1,0 +1,183 @@
+"""`storage-agent supervise`: a long-lived process that spawns and reaps driver hosts for the agent.
+
+In a cluster the supervisor runs in its own DaemonSet (see docs/driver-runtime.md) and shares
+the state directory with the agent. The agent asks it, over `<state-dir>/supervisor.sock`, to
+spawn a host, to tell whether one is alive, its exit status, or to signal it. Because the hosts
+are the supervisor's children, restarting or upgrading the agent leaves them running; only
+stopping the supervisor stops them (cleanly: SIGTERM, then SIGKILL after --stop-timeout).
+
+It starts nothing but driver hosts (`python -m storage_driver_agent.drivers.host`), and signals
+only processes that are driver hosts serving the socket named in the request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from storage_driver_api.logs import fields, setup_logging
+
+from storage_driver_agent.drivers.launcher import (
+    SUPERVISOR_SOCKET,
+    HostProcess,
+    LauncherError,
+    is_driver_host,
+    spawn_host,
+)
+
+log = logging.getLogger("storage_driver_agent.supervisor")
+PR_SET_CHILD_SUBREAPER: Final = 36
+MAX_EXIT_RECORDS: Final = 1024
+
+
+class Supervisor:
+    def __init__(self, state_dir: Path, stop_timeout: float):
+        self.state_dir = state_dir
+        self.stop_timeout = stop_timeout
+        self.children: dict[int, str] = {}  # pid -> driver name
+        self.exit_codes: dict[int, int] = {}
+
+    def reap(self) -> None:
+        """Collect every exited child (hosts, and orphans we inherit as a subreaper)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            name = self.children.pop(pid, None)
+            if name is not None:
+                self.exit_codes[pid] = code
+                log.info("driver host exited", extra=fields(driver=name, pid=pid, code=code))
+                while len(self.exit_codes) > MAX_EXIT_RECORDS:
+                    self.exit_codes.pop(next(iter(self.exit_codes)))
+
+    def handle(self, op: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        if op == "spawn":
+            argv = [str(a) for a in args["argv"]]
+            process = spawn_host(argv, Path(str(args["log"])))
+            self.children[process.pid] = str(args.get("name", "?"))
+            self.exit_codes.pop(process.pid, None)  # a recycled pid: forget the old process's exit
+            # The supervisor reaps with waitpid(-1); Popen must not try to.
+            process.returncode = 0
+            log.info("driver host started", extra=fields(driver=args.get("name"), pid=process.pid))
+            return {"pid": process.pid}
+        # Our own children are known until reaped (their pid cannot be reused before), even in the
+        # moment between fork and exec when /proc still shows the supervisor's command line.
+        # Other processes (hosts of an earlier supervisor) are checked through /proc.
+        if op == "alive":
+            pid = int(args["pid"])
+            host = HostProcess(pid, Path(str(args["socket"])))
+            return {"alive": pid in self.children or (pid not in self.exit_codes and is_driver_host(host))}
+        if op == "exit_status":
+            return {"code": self.exit_codes.get(int(args["pid"]))}
+        if op == "signal":
+            host = HostProcess(int(args["pid"]), Path(str(args["socket"])))
+            if host.pid in self.children or is_driver_host(host):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(host.pid, int(args["signal"]))
+            return {}
+        raise LauncherError(f"unknown op {op!r}")
+
+    async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                request: dict[str, Any] = {}
+                try:
+                    request = json.loads(line)
+                    self.reap()
+                    result = self.handle(str(request.get("op")), request.get("args") or {})
+                    reply: dict[str, Any] = {"id": request.get("id"), "ok": True, "result": result}
+                except Exception as exc:
+                    log.warning("request refused", extra=fields(op=request.get("op"), error=str(exc)))
+                    reply = {"id": request.get("id"), "ok": False, "error": str(exc)}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop_hosts(self) -> None:
+        self.reap()
+        if not self.children:
+            return
+        log.info("stopping driver hosts", extra=fields(count=len(self.children)))
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while self.children and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            self.reap()
+        for pid, name in list(self.children.items()):
+            log.warning("driver host did not stop in time; killing it", extra=fields(driver=name, pid=pid))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        while self.children and time.monotonic() < deadline + 5:
+            await asyncio.sleep(0.05)
+            self.reap()
+
+    async def run(self) -> int:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / SUPERVISOR_SOCKET
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        server = await asyncio.start_unix_server(self.serve_client, str(path))
+        path.chmod(0o600)
+        log.info("supervisor listening", extra=fields(socket=str(path), pid=os.getpid()))
+        async with server:
+            await stop.wait()
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        await self.stop_hosts()
+        log.info("supervisor stopped")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="storage-agent supervise", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("STORAGE_AGENT_STATE_DIR", "/var/lib/storage-agent")),
+        help="the agent's state directory; the socket is <state-dir>/supervisor.sock (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long hosts may take to stop their drivers before they are killed (default: %(default)s)",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-format", choices=["json", "text"], default=os.environ.get("LOG_FORMAT", "json")
+    )
+    args = parser.parse_args(argv)
+    setup_logging("storage-agent-supervisor", args.log_level, args.log_format)
+    return asyncio.run(Supervisor(args.state_dir, args.stop_timeout).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

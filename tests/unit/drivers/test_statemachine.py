@@ -1,0 +1,415 @@
+"""The driver state machine: the next action per driver from desired, actual and time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from storage_driver_agent.drivers.statemachine import (
+    IDLE,
+    NEVER,
+    Artifact,
+    BackoffPolicy,
+    Bind,
+    Desired,
+    DriverState,
+    Failure,
+    Fetch,
+    Host,
+    Phase,
+    Refusal,
+    SourceRef,
+    Start,
+    Stop,
+    StopReason,
+    Wait,
+    admitted,
+    forget_host,
+    next_action,
+    next_failure,
+    phase_of,
+)
+
+SOURCE = SourceRef("hostPath", "loop_info.py")
+POLICY = BackoffPolicy(base_seconds=1.0, max_seconds=60.0, stable_seconds=600.0)
+
+
+def desired(
+    version: str = "1.0.0", config: str = "{}", devices: frozenset[str] = frozenset({"d1"}), **kw
+) -> Desired:
+    return Desired(
+        name=kw.pop("name", "loop-info"),
+        driver_name="Loop Info",
+        version=version,
+        source=kw.pop("source", SOURCE),
+        config_json=config,
+        devices=devices,
+        **kw,
+    )
+
+
+def artifact_for(d: Desired, sha: str = "a" * 64) -> Artifact:
+    return Artifact(d.fetch_key, sha, "LoopInfo")
+
+
+def host_for(d: Desired, sha: str = "a" * 64, attached: frozenset[str] = frozenset()) -> Host:
+    return Host(
+        pid=42,
+        driver_name=d.driver_name,
+        version=d.version,
+        sha256=sha,
+        config_json=d.config_json,
+        attached=attached,
+    )
+
+
+def ready(d: Desired, **kw) -> DriverState:
+    """A state whose artifact is fetched and whose file is unchanged."""
+    sha = kw.pop("sha", "a" * 64)
+    return DriverState("loop-info", desired=d, artifact=artifact_for(d, sha), file_sha=sha, **kw)
+
+
+PRESENT = frozenset({"d1", "d2"})
+
+
+# --- the table of decisions ------------------------------------------------------------------
+
+
+def test_nothing_desired_nothing_running_is_idle() -> None:
+    assert next_action(DriverState("x"), PRESENT, 0) == IDLE
+
+
+def test_a_new_driver_is_fetched_first() -> None:
+    assert next_action(DriverState("loop-info", desired=desired()), PRESENT, 0) == Fetch()
+
+
+def test_a_verified_driver_starts_with_the_devices_the_node_has() -> None:
+    d = desired(devices=frozenset({"d1", "d3"}))
+    assert next_action(ready(d), PRESENT, 0) == Start(frozenset({"d1"}))
+
+
+def test_one_action_in_flight_per_driver() -> None:
+    assert next_action(replace(ready(desired()), busy=True), PRESENT, 0) == IDLE
+
+
+def test_removed_from_spec_stops_the_host() -> None:
+    d = desired()
+    state = DriverState("loop-info", host=host_for(d))
+    assert next_action(state, PRESENT, 0) == Stop(StopReason.REMOVED)
+
+
+def test_over_capacity_stops_the_host() -> None:
+    d = desired()
+    state = replace(ready(d, host=host_for(d, attached=frozenset({"d1"}))), admitted=False)
+    assert next_action(state, PRESENT, 0) == Stop(StopReason.CAPACITY)
+
+
+def test_over_capacity_without_host_is_idle_and_failed() -> None:
+    state = replace(ready(desired()), admitted=False)
+    assert next_action(state, PRESENT, 0) == IDLE
+    assert phase_of(state, PRESENT, 0, None)[0] is Phase.FAILED
+
+
+def test_a_changed_file_is_fetched_again_then_reloaded() -> None:
+    d = desired()
+    running = ready(d, host=host_for(d, attached=frozenset({"d1"})))
+    changed = replace(running, file_sha="b" * 64)
+    assert next_action(changed, PRESENT, 0) == Fetch()
+    refetched = replace(changed, artifact=artifact_for(d, "b" * 64))
+    assert next_action(refetched, PRESENT, 0) == Stop(StopReason.RELOAD)
+    assert next_action(forget_host(refetched), PRESENT, 0) == Start(frozenset({"d1"}))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"version": "1.1.0"},
+        {"config": '{"read_ahead_kb":1024}'},
+    ],
+)
+def test_a_new_version_or_config_reloads(change: dict[str, Any]) -> None:
+    old = desired()
+    new = desired(**change)
+    state = DriverState(
+        "loop-info",
+        desired=new,
+        artifact=artifact_for(new),
+        file_sha="a" * 64,
+        host=host_for(old, attached=frozenset({"d1"})),
+    )
+    assert next_action(state, PRESENT, 0) == Stop(StopReason.RELOAD)
+
+
+def test_devices_are_attached_and_detached_as_they_come_and_go() -> None:
+    d = desired(devices=frozenset({"d1", "d2"}))
+    state = ready(d, host=host_for(d, attached=frozenset({"d1", "d9"})))
+    assert next_action(state, PRESENT, 0) == Bind(attach=frozenset({"d2"}), detach=frozenset({"d9"}))
+
+
+def test_a_device_that_left_the_node_is_detached() -> None:
+    d = desired(devices=frozenset({"d1", "d2"}))
+    state = ready(d, host=host_for(d, attached=frozenset({"d1", "d2"})))
+    assert next_action(state, frozenset({"d1"}), 0) == Bind(attach=frozenset(), detach=frozenset({"d2"}))
+
+
+def test_a_failed_attach_waits_for_its_retry_time() -> None:
+    d = desired(devices=frozenset({"d1", "d2"}))
+    state = ready(d, host=host_for(d, attached=frozenset({"d1"})), attach_retry={"d2": 10.0})
+    assert next_action(state, PRESENT, 5.0) == Wait(10.0)
+    assert next_action(state, PRESENT, 10.0) == Bind(attach=frozenset({"d2"}), detach=frozenset())
+
+
+def test_converged_is_idle_and_loaded() -> None:
+    d = desired()
+    state = ready(d, host=host_for(d, attached=frozenset({"d1"})))
+    assert next_action(state, PRESENT, 0) == IDLE
+    assert phase_of(state, PRESENT, 0, None) == (Phase.LOADED, "")
+
+
+def test_a_crash_waits_out_the_backoff_before_the_next_start() -> None:
+    d = desired()
+    failure = next_failure(None, "Crashed", "exit 1", now=100.0, policy=POLICY)
+    state = ready(d, failure=failure)
+    assert next_action(state, PRESENT, 100.5) == Wait(101.0)
+    assert phase_of(state, PRESENT, 100.5, None)[0] is Phase.FAILED
+    assert next_action(state, PRESENT, 101.0) == Start(frozenset({"d1"}))
+
+
+def test_a_refused_source_does_not_start() -> None:
+    d = desired()
+    refusal = Refusal(d.fetch_key, "ChecksumMismatch", "wrong sha", file_sha="b" * 64)
+    state = DriverState("loop-info", desired=d, artifact=refusal, file_sha="b" * 64)
+    assert next_action(state, PRESENT, 0) == IDLE
+    assert phase_of(state, PRESENT, 0, None) == (Phase.FAILED, "ChecksumMismatch")
+
+
+def test_a_refused_new_file_keeps_the_verified_host_running() -> None:
+    d = desired()
+    refusal = Refusal(d.fetch_key, "ChecksumMismatch", "wrong sha", file_sha="b" * 64)
+    state = DriverState("loop-info", desired=d, artifact=refusal, file_sha="b" * 64, host=host_for(d))
+    assert next_action(state, PRESENT, 0) == IDLE
+    phase, message = phase_of(state, PRESENT, 0, None)
+    assert phase is Phase.FAILED and "keeps running" in message
+
+
+def test_a_removed_file_unloads_the_host() -> None:
+    d = desired()
+    refusal = Refusal(d.fetch_key, "SourceNotFound", "gone", file_sha=None)
+    state = DriverState("loop-info", desired=d, artifact=refusal, file_sha=None, host=host_for(d))
+    assert next_action(state, PRESENT, 0) == Stop(StopReason.SOURCE_REMOVED)
+
+
+def test_a_refusal_is_retried_when_the_file_changes_or_its_time_comes() -> None:
+    d = desired()
+    refusal = Refusal(d.fetch_key, "DownloadFailed", "503", file_sha=None, retry_at=30.0)
+    state = DriverState("loop-info", desired=d, artifact=refusal, file_sha=None)
+    assert next_action(state, PRESENT, 10.0) == Wait(30.0)
+    assert next_action(state, PRESENT, 30.0) == Fetch()
+    assert next_action(replace(state, file_sha="c" * 64), PRESENT, 10.0) == Fetch()
+
+
+def test_a_changed_source_in_the_spec_is_fetched_again() -> None:
+    d = desired()
+    moved = replace(d, source=SourceRef("hostPath", "other.py"))
+    state = DriverState("loop-info", desired=moved, artifact=artifact_for(d), file_sha="a" * 64)
+    assert next_action(state, PRESENT, 0) == Fetch()
+
+
+# --- backoff (fake time) ---------------------------------------------------------------------
+
+
+def test_backoff_doubles_up_to_the_maximum() -> None:
+    failure: Failure | None = None
+    delays = []
+    for attempt in range(10):
+        now = attempt * 1000.0
+        failure = next_failure(failure, "Crashed", "", now=now, policy=POLICY)
+        delays.append(failure.retry_at - now)
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]
+
+
+def test_backoff_starts_over_after_a_stable_run() -> None:
+    failure = next_failure(None, "Crashed", "", now=0.0, policy=POLICY)
+    failure = next_failure(failure, "Crashed", "", now=10.0, policy=POLICY, running_since=5.0)
+    assert failure.attempts == 2
+    failure = next_failure(failure, "Crashed", "", now=2000.0, policy=POLICY, running_since=1000.0)
+    assert failure.attempts == 1 and failure.retry_at == 2001.0
+
+
+# --- capacity --------------------------------------------------------------------------------
+
+
+def test_admission_by_priority_then_name() -> None:
+    drivers = [
+        desired(name="c", priority=0),
+        desired(name="a", priority=0),
+        desired(name="z", priority=10),
+        desired(name="b", priority=-5),
+    ]
+    assert admitted(drivers, 2) == {"z", "a"}
+    assert admitted(drivers, 0) == frozenset()
+    assert admitted(drivers, 100) == {"a", "b", "c", "z"}
+
+
+# --- property: no lost or doubled load under bursts of events --------------------------------
+
+SHAS = ["a" * 64, "b" * 64]
+VARIANTS = [
+    desired(),
+    desired(version="1.1.0"),
+    desired(config='{"x":1}'),
+    desired(devices=frozenset({"d1", "d2"})),
+    desired(devices=frozenset()),
+]
+
+
+@dataclass
+class World:
+    """Performs the actions the state machine asks for, in any order, with injected failures.
+
+    Like the agent's reconcile loop it asks for the next action whenever told to step, even while
+    actions are in flight; each action works with the desired state it started from."""
+
+    state: DriverState = field(default_factory=lambda: DriverState("loop-info"))
+    file_sha: str | None = SHAS[0]
+    present: frozenset[str] = frozenset({"d1", "d2"})
+    now: float = 0.0
+    in_flight: list[tuple[object, Desired | None]] = field(default_factory=list)
+    processes: int = 0  # live hosts of this driver
+
+    def sync(self) -> None:
+        self.state = replace(self.state, file_sha=self.file_sha)
+
+    def step(self) -> None:
+        self.sync()
+        action = next_action(self.state, self.present, self.now)
+        if not isinstance(action, type(IDLE) | Wait):
+            self.in_flight.append((action, self.state.desired))
+            self.state = replace(self.state, busy=True)
+
+    def complete(self, ok: bool, index: int = 0) -> None:
+        if not self.in_flight:
+            return
+        action, d = self.in_flight.pop(index % len(self.in_flight))
+        state = replace(self.state, busy=bool(self.in_flight))
+        if isinstance(action, Fetch):
+            assert d is not None
+            if self.file_sha is None:
+                state = replace(state, artifact=Refusal(d.fetch_key, "SourceNotFound", "", None))
+            elif ok:
+                state = replace(state, artifact=Artifact(d.fetch_key, self.file_sha, "C"))
+            else:
+                state = replace(
+                    state, artifact=Refusal(d.fetch_key, "DownloadFailed", "", self.file_sha, self.now + 30)
+                )
+        elif isinstance(action, Start):
+            assert d is not None and isinstance(state.artifact, Artifact)
+            if ok:
+                self.processes += 1
+                attached = action.devices & self.present
+                sha = state.artifact.sha256
+                state = replace(state, host=Host(1, d.driver_name, d.version, sha, d.config_json, attached))
+            else:
+                failure = next_failure(state.failure, "StartFailed", "", now=self.now, policy=POLICY)
+                state = replace(state, failure=failure)
+        elif isinstance(action, Bind):
+            if state.host is not None:
+                attached = (state.host.attached - action.detach) | (
+                    action.attach & self.present if ok else frozenset()
+                )
+                retry = {} if ok else {dev: self.now + 5 for dev in action.attach}
+                state = replace(state, host=replace(state.host, attached=attached), attach_retry=retry)
+        elif isinstance(action, Stop):
+            if state.host is not None:
+                self.processes -= 1
+            state = forget_host(state)
+        self.state = state
+
+    def crash(self) -> None:
+        if self.state.host is not None and not any(isinstance(a, Stop) for a, _ in self.in_flight):
+            self.processes -= 1
+            failure = next_failure(self.state.failure, "Crashed", "", now=self.now, policy=POLICY)
+            self.state = replace(forget_host(self.state), failure=failure)
+
+    def settle(self) -> None:
+        """No more outside events: let everything finish successfully, moving time to deadlines."""
+        for _ in range(100):
+            self.sync()
+            if self.in_flight:
+                self.complete(True)
+                continue
+            action = next_action(self.state, self.present, self.now)
+            if isinstance(action, Wait):
+                self.now = action.until
+            elif action == IDLE:
+                return
+            else:
+                self.step()
+        raise AssertionError(f"did not settle: {self.state}")
+
+    def check(self) -> None:
+        assert self.processes in (0, 1), "two hosts for one driver"
+        assert (self.processes == 1) == (self.state.host is not None)
+
+    def check_converged(self) -> None:
+        d, host = self.state.desired, self.state.host
+        if d is None or self.file_sha is None:
+            assert host is None and self.processes == 0, "a driver runs that should not"
+            return
+        assert host is not None, "a desired driver was lost"
+        assert host.sha256 == self.file_sha
+        assert (host.version, host.config_json) == (d.version, d.config_json)
+        assert host.attached == d.devices & self.present
+        assert phase_of(self.state, self.present, self.now, None)[0] is Phase.LOADED
+
+
+events = st.one_of(
+    st.tuples(st.just("desire"), st.sampled_from([*VARIANTS, None])),
+    st.tuples(st.just("file"), st.sampled_from([*SHAS, None])),
+    st.tuples(st.just("devices"), st.sampled_from([frozenset(), frozenset({"d1"}), frozenset({"d1", "d2"})])),
+    st.tuples(st.just("step"), st.none()),
+    st.tuples(st.just("step"), st.none()),
+    st.tuples(st.just("complete"), st.tuples(st.booleans(), st.integers(0, 3))),
+    st.tuples(st.just("complete"), st.tuples(st.just(True), st.integers(0, 3))),
+    st.tuples(st.just("crash"), st.none()),
+    st.tuples(st.just("time"), st.floats(min_value=0, max_value=100)),
+    st.tuples(st.just("settle"), st.none()),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(events, max_size=80))
+def test_bursts_of_events_never_double_a_load_and_always_converge(script: list[tuple[str, Any]]) -> None:
+    world = World()
+    for kind, value in script:
+        if kind == "desire":
+            previous = world.state.desired
+            world.state = replace(world.state, desired=value)
+            if value != previous:
+                world.state = replace(world.state, failure=None, attach_retry={})
+        elif kind == "file":
+            world.file_sha = value
+        elif kind == "devices":
+            world.present = value
+        elif kind == "step":
+            world.step()
+        elif kind == "complete":
+            world.complete(*value)
+        elif kind == "crash":
+            world.crash()
+        elif kind == "settle":
+            world.settle()
+            world.check_converged()
+        else:
+            world.now += value
+        world.check()
+    world.settle()
+    world.check()
+    world.check_converged()
+
+
+def test_never_sentinel_is_infinite() -> None:
+    assert NEVER > 10**12

@@ -1,0 +1,322 @@
+"""NodeDriverConfig status built from driver states, and desired drivers read from the spec."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from storage_driver_agent.drivers.reconcile import HostSlot, describe_exit, error_reason
+from storage_driver_agent.drivers.scan import Declaration, ScannedDriver
+from storage_driver_agent.drivers.service import device_present, parse_size
+from storage_driver_agent.drivers.sources import SourceError, check_relative_path
+from storage_driver_agent.drivers.statemachine import (
+    Artifact,
+    Desired,
+    DriverState,
+    Failure,
+    Fetch,
+    Host,
+    Refusal,
+    SourceRef,
+    Stop,
+    StopReason,
+)
+from storage_driver_agent.drivers.status import (
+    DriverReport,
+    LastError,
+    NodeReport,
+    bound_drivers_by_device,
+    build_status,
+    config_json,
+    desired_from_api,
+    merge_patch,
+)
+from storage_driver_agent.drivers.watch import debounce_deadline
+from storage_driver_api.nodedriverconfig import NodeDriverConfig
+from storage_driver_sdk import MinimumPlatform
+
+AT = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+SHA = "a" * 64
+
+
+def desired(name: str, devices: tuple[str, ...] = ("d1",)) -> Desired:
+    return Desired(
+        name, "Loop Info", "1.0.0", SourceRef("hostPath", "loop_info.py"), "{}", devices=frozenset(devices)
+    )
+
+
+def loaded(name: str, attached: tuple[str, ...] = ("d1",)) -> DriverReport:
+    d = desired(name, attached)
+    host = Host(4242, "Loop Info", "1.0.0", SHA, "{}", frozenset(attached), started_at=AT.timestamp())
+    state = DriverState(name, desired=d, artifact=Artifact(d.fetch_key, SHA, "C"), file_sha=SHA, host=host)
+    return DriverReport(state, facts={"d1": {"sizeBytes": 8388608, "backingFile": "/x.img"}})
+
+
+def node(drivers: list[DriverReport], available: list[ScannedDriver] | None = None) -> NodeReport:
+    return NodeReport(7, "boot-1", "0.1.0", 100, drivers, available or [])
+
+
+def test_desired_from_the_api_spec() -> None:
+    model = NodeDriverConfig.model_validate(
+        {
+            "spec": {
+                "drivers": [
+                    {
+                        "name": "qs",
+                        "driverName": "Queue Settings Driver",
+                        "version": "1.1.0",
+                        "source": {
+                            "kind": "configMap",
+                            "path": "qs.py",
+                            "configMapNamespace": "ns",
+                            "configMapName": "cm",
+                            "configMapKey": "qs.py",
+                        },
+                        "config": {"read_ahead_kb": 1024, "scheduler": "none"},
+                        "unloadGracePeriodSeconds": 9,
+                        "devices": ["d2", "d1"],
+                        "priority": 3,
+                    }
+                ]
+            }
+        }
+    )
+    (result,) = [desired_from_api(d) for d in model.spec.drivers]
+    assert result.source == SourceRef("configMap", "qs.py", None, None, ("ns", "cm", "qs.py"))
+    assert result.config_json == '{"read_ahead_kb":1024,"scheduler":"none"}'
+    assert result.devices == {"d1", "d2"} and result.grace_seconds == 9 and result.priority == 3
+
+
+def test_equal_configs_give_equal_keys() -> None:
+    assert config_json({"b": 1, "a": {"y": 2, "x": 1}}) == config_json({"a": {"x": 1, "y": 2}, "b": 1})
+
+
+def test_a_loaded_driver_reports_everything() -> None:
+    status = build_status(node([loaded("loop-info")]), frozenset({"d1"}), 0.0, AT)
+    (driver,) = status.drivers
+    assert driver.phase == "Loaded"
+    assert driver.pid == 4242 and driver.sha256 == SHA and driver.version == "1.0.0"
+    assert driver.bound_devices == ["d1"]
+    assert driver.devices[0].facts == {"backingFile": "/x.img", "sizeBytes": "8388608"}
+    assert driver.start_time == AT
+    assert (status.desired_count, status.loaded_count, status.failed_count) == (1, 1, 0)
+    assert status.observed_generation == 7 and status.boot_id == "boot-1"
+    assert status.capacity.max_loaded_drivers == 100
+    (ready,) = status.conditions
+    assert (ready.type, ready.status, ready.reason, ready.observed_generation) == (
+        "Ready",
+        "True",
+        "Converged",
+        7,
+    )
+    # The API accepts it (the CRD schema comes from the same model).
+    NodeDriverConfig.model_validate({"status": status.to_api()})
+
+
+def test_failures_make_ready_false_with_the_names() -> None:
+    d = desired("bad")
+    refused = DriverState(
+        "bad", desired=d, artifact=Refusal(d.fetch_key, "ChecksumMismatch", "m", SHA), file_sha=SHA
+    )
+    report = DriverReport(refused, last_error=LastError("ChecksumMismatch", "wrong sha", AT))
+    status = build_status(node([loaded("good"), report]), frozenset({"d1"}), 0.0, AT)
+    assert [(d.name, d.phase) for d in status.drivers] == [("bad", "Failed"), ("good", "Loaded")]
+    assert (
+        status.drivers[0].last_error is not None and status.drivers[0].last_error.reason == "ChecksumMismatch"
+    )
+    assert status.failed_count == 1
+    assert status.conditions[0].status == "False" and "bad" in status.conditions[0].message
+
+
+def test_phases_while_actions_run() -> None:
+    d = desired("x")
+    fetching = DriverReport(DriverState("x", desired=d, busy=True), in_flight=Fetch())
+    stopping = loaded("y")
+    stopping = DriverReport(stopping.state, in_flight=Stop(StopReason.REMOVED))
+    reloading = DriverReport(loaded("z").state, in_flight=Stop(StopReason.RELOAD))
+    backoff = DriverReport(
+        DriverState(
+            "w",
+            desired=desired("w"),
+            artifact=Artifact(desired("w").fetch_key, SHA, "C"),
+            file_sha=SHA,
+            failure=Failure("Crashed", "", 0.0, 2, 10.0),
+        ),
+        restarts=2,
+    )
+    status = build_status(node([fetching, stopping, reloading, backoff]), frozenset({"d1"}), 1.0, AT)
+    phases = {d.name: (d.phase, d.restarts) for d in status.drivers}
+    assert phases == {"x": ("Loading", 0), "y": ("Unloading", 0), "z": ("Loading", 0), "w": ("Failed", 2)}
+
+
+def test_gone_drivers_leave_the_status() -> None:
+    assert build_status(node([DriverReport(DriverState("gone"))]), frozenset(), 0.0, AT).drivers == []
+
+
+def test_condition_transition_time_stays_while_the_status_holds() -> None:
+    first = build_status(node([loaded("a")]), frozenset({"d1"}), 0.0, AT)
+    later = AT + dt.timedelta(hours=1)
+    again = build_status(
+        NodeReport(7, "boot-1", "0.1.0", 100, [loaded("a")], [], previous=first),
+        frozenset({"d1"}),
+        0.0,
+        later,
+    )
+    assert again.conditions[0].last_transition_time == AT
+    assert again.to_api() == first.to_api()  # nothing changed: nothing to write
+
+
+def test_available_lists_scanned_files_with_their_metadata_or_error() -> None:
+    good = ScannedDriver(
+        "loop_info.py",
+        SHA,
+        Declaration(
+            "C",
+            3,
+            "Loop Info",
+            "1.0.0",
+            ("loop",),
+            "d",
+            True,
+            MinimumPlatform(kernel="5.10", architectures=("amd64",)),
+        ),
+    )
+    broken = ScannedDriver("broken.py", "b" * 64, error="syntax error at line 1: invalid syntax")
+    unreadable = ScannedDriver("gone.py", "", error="cannot read")
+    status = build_status(node([], [good, broken, unreadable]), frozenset(), 0.0, AT)
+    assert [a.file for a in status.available] == ["broken.py", "loop_info.py"]
+    entry = status.available[1]
+    assert (entry.driver_name, entry.class_name, entry.supported_devices) == ("Loop Info", "C", ["loop"])
+    assert entry.minimum_platform is not None and entry.minimum_platform.kernel_version is not None
+    assert entry.minimum_platform.kernel_version.at_least == "5.10"
+    assert status.available[0].error == "syntax error at line 1: invalid syntax"
+
+
+def test_bound_drivers_per_device() -> None:
+    result = bound_drivers_by_device(
+        [loaded("b", ("d1", "d2")), loaded("a", ("d1",)), DriverReport(DriverState("c"))]
+    )
+    assert result == {"d1": ["a", "b"], "d2": ["b"]}
+
+
+# --- small pure helpers ----------------------------------------------------------------------
+
+
+def test_debounce_waits_for_quiet_but_not_forever() -> None:
+    assert debounce_deadline(first=0.0, last=0.2, debounce=0.5, max_delay=5.0) == 0.7
+    assert debounce_deadline(first=0.0, last=4.9, debounce=0.5, max_delay=5.0) == 5.0
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("0", 0), ("512Mi", 512 * 2**20), ("2Gi", 2 * 2**30), ("1k", 1000), ("100", 100)]
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_bad_size_is_refused() -> None:
+    with pytest.raises(Exception, match="not a size"):
+        parse_size("lots")
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/etc/passwd", "PathEscapesDriverDirectory"),
+        ("../x.py", "PathEscapesDriverDirectory"),
+        ("a/../../x.py", "PathEscapesDriverDirectory"),
+        ("", "PathEscapesDriverDirectory"),
+        (".hidden.py", "InvalidSourcePath"),
+        ("a/b/c/d/e.py", "InvalidSourcePath"),
+    ],
+)
+def test_paths_that_leave_the_directory_are_refused(path: str, reason: str) -> None:
+    with pytest.raises(SourceError) as refused:
+        check_relative_path(path)
+    assert refused.value.reason == reason
+
+
+def test_good_relative_paths_pass() -> None:
+    check_relative_path("loop_info.py")
+    check_relative_path("vendor/pkg")
+
+
+def test_error_reasons_and_exit_descriptions() -> None:
+    assert error_reason("MemoryError") == "MemoryLimitExceeded"
+    assert error_reason("ModuleNotFoundError") == "ImportFailed"
+    assert error_reason("RuntimeError") == "StartFailed"
+    assert describe_exit(-signal.SIGKILL) == "the driver host was killed by SIGKILL"
+    assert describe_exit(3) == "the driver host exited with code 3"
+    assert describe_exit(None) == "the driver host exited unexpectedly"
+
+
+def test_host_slot_paths_fit_a_unix_socket() -> None:
+    slot = HostSlot.for_driver(Path("/var/lib/storage-agent/hosts"), "x" * 253)
+    assert len(str(slot.socket)) < 100
+    assert slot.socket.name.startswith("xxxxxxxx") and slot.socket.suffix == ".sock"
+    assert HostSlot.for_driver(Path("/h"), "a") != HostSlot.for_driver(Path("/h"), "A")
+
+
+def test_device_presence() -> None:
+    spec = {"type": "loop"}
+    assert device_present({"spec": spec})
+    assert device_present({"spec": spec, "status": {"conditions": [{"type": "Present", "status": "True"}]}})
+    assert not device_present(
+        {"spec": spec, "status": {"conditions": [{"type": "Present", "status": "False"}]}}
+    )
+    assert not device_present({"spec": {"type": "floppy"}})
+
+
+# --- merge patches ---------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+documents = st.dictionaries(st.text(max_size=3), json_values.filter(lambda v: v is not None), max_size=4)
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_merge_patch(result.get(key), value)
+    return result
+
+
+def _strip_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+@given(documents, documents)
+def test_merge_patch_turns_the_old_status_into_the_new(old: dict[str, Any], new: dict[str, Any]) -> None:
+    # Statuses carry no nulls (None is never rendered), so nested nulls are left out here too.
+    old, new = _strip_nulls(old), _strip_nulls(new)
+    assert apply_merge_patch(old, merge_patch(old, new)) == new
+
+
+def test_merge_patch_sends_only_what_changed() -> None:
+    old = {
+        "observedGeneration": 1,
+        "drivers": [{"name": "a"}],
+        "capacity": {"maxLoadedDrivers": 100},
+        "bootId": "x",
+    }
+    new = {"observedGeneration": 2, "drivers": [{"name": "a"}], "capacity": {"maxLoadedDrivers": 100}}
+    assert merge_patch(old, new) == {"observedGeneration": 2, "bootId": None}
+    assert merge_patch(new, new) == {}
