@@ -77,6 +77,8 @@ def describe(
     parent_identity: DeviceIdentity | None = parent.spec.identity if parent else None
     ident = identity.base_identity(device, kind, node_name, parent_identity)
     serial, model = identity.serial_and_model(device, kind)
+    # Shown, never used for identity: udev data may appear or vanish with udevd.
+    serial = serial or device.udev.get("ID_SERIAL_SHORT")
     queue = _queue_node(device, kind)
     values: dict[str, object] = {
         "node_name": node_name,

@@ -153,8 +153,8 @@ def bounded(value: str) -> str:
     """An identity value that fits the API's limit; a long one keeps its head and a hash of all."""
     if len(value) <= MAX_IDENTITY:
         return value
-    digest = hashlib.sha256(value.encode()).hexdigest()
-    return f"{value[: MAX_IDENTITY - len(digest) - 8]}...sha256:{digest}"
+    suffix = "...sha256:" + hashlib.sha256(value.encode()).hexdigest()
+    return value[: MAX_IDENTITY - len(suffix)] + suffix
 
 
 # --- duplicates ------------------------------------------------------------------------------

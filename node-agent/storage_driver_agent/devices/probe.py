@@ -12,6 +12,7 @@ backing file, a hidden path device of NVMe multipathing.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ DEVICES_ROOT = "/sys/devices"
 BY_ID_DIR = "/dev/disk/by-id"
 UDEV_DB_DIR = "/run/udev/data"
 MAX_ANCESTORS = 16
+LOOP_DISK = re.compile(r"^loop\d+$")
 
 # Attributes of the device's own directory (absent ones are skipped).
 BLOCK_ATTRS = (
@@ -211,6 +213,12 @@ class Probe:
         path = self.host.resolve(f"{CLASS_DIRS[cls]}/{name}")
         if not self.host.exists(path):
             return None  # removed between listing and reading
+        if (
+            cls is DeviceClass.BLOCK
+            and LOOP_DISK.match(name)
+            and not self.host.exists(f"{path}/loop/backing_file")
+        ):
+            return None  # a loop device exists only while attached; skip reading the rest
         reader = _Reader(self.host, path)
         own = reader.node(path, BLOCK_ATTRS if cls is DeviceClass.BLOCK else NVME_CONTROLLER_ATTRS)
         if cls is DeviceClass.BLOCK and not self._present(name, own):
@@ -218,7 +226,7 @@ class Probe:
         chain = [own, *self._ancestors(reader, path)]
         chain.extend(self._nvme_controller_chain(reader, chain))
         udev, udev_links = self._udev(reader, cls, own)
-        backing_inode = self._backing_inode(reader, own) if name.startswith("loop") else None
+        backing_inode = self._backing_inode(reader, own) if LOOP_DISK.match(name) else None
         return RawDevice(
             kernel_name=name,
             device_class=cls,
@@ -234,8 +242,8 @@ class Probe:
     def _present(name: str, own: SysNode) -> bool:
         if own.attrs.get("hidden") == "1":
             return False  # NVMe multipath path devices (nvme0c0n1): the namespace head stands for them
-        if name.startswith("loop") and own.devtype == "disk":
-            return "loop/backing_file" in own.attrs  # a loop device exists only while attached
+        if LOOP_DISK.match(name):
+            return "loop/backing_file" in own.attrs  # detached between the check above and now
         return True
 
     def _ancestors(self, reader: _Reader, path: str) -> list[SysNode]:
