@@ -44,6 +44,20 @@ class SysNode:
 
 
 @dataclass(frozen=True)
+class BackingFile:
+    """Which file a loop device is attached to, beyond its path: a file put at the same path
+    later has another inode, or (when the filesystem reuses the inode) another generation."""
+
+    device: int  # st_dev
+    inode: int  # st_ino
+    generation: int | None = None  # FS_IOC_GETVERSION; None where the filesystem has none
+
+    def __str__(self) -> str:
+        tail = f":{self.generation}" if self.generation is not None else ""
+        return f"{self.device}:{self.inode}{tail}"
+
+
+@dataclass(frozen=True)
 class RawDevice:
     """Everything read about one device; `chain[0]` is the device, then its ancestors, nearest first."""
 
@@ -53,7 +67,7 @@ class RawDevice:
     udev: Mapping[str, str] = field(default_factory=dict)  # whitelisted udev database properties
     links: tuple[str, ...] = ()  # /dev/disk/by-id links pointing at the device
     slaves: tuple[str, ...] = ()  # kernel names under `slaves/` (dm, md)
-    backing_inode: tuple[int, int] | None = None  # loop: (st_dev, st_ino) of the backing file
+    backing: BackingFile | None = None  # loop devices: the file they are attached to
     read_errors: tuple[str, ...] = ()  # "attribute: reason" for everything that could not be read
 
     @property

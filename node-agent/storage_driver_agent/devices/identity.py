@@ -118,8 +118,8 @@ def virtual_value(device: RawDevice, kind: DeviceType, node_name: str) -> str:
     attrs = device.node
     if kind is DeviceType.LOOP:
         backing = attrs.attr("loop/backing_file") or ""
-        inode = f"@{device.backing_inode[0]}:{device.backing_inode[1]}" if device.backing_inode else ""
-        return f"{node_name}/{device.kernel_name}/{backing}{inode}"
+        which = f"@{device.backing}" if device.backing else ""
+        return f"{node_name}/{device.kernel_name}/{backing}{which}"
     if kind is DeviceType.DEVICE_MAPPER and (uuid := attrs.attr("dm/uuid")):
         return f"{node_name}/dm-uuid/{uuid}"
     if kind is DeviceType.MD_RAID and (uuid := attrs.attr("md/uuid")):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from storage_driver_api.nodedevice import UDEV_PROPERTY_WHITELIST
 
 from storage_driver_agent.devices.facts import (
+    BackingFile,
     DeviceClass,
     RawDevice,
     SysNode,
@@ -226,7 +227,7 @@ class Probe:
         chain = [own, *self._ancestors(reader, path)]
         chain.extend(self._nvme_controller_chain(reader, chain))
         udev, udev_links = self._udev(reader, cls, own)
-        backing_inode = self._backing_inode(reader, own) if LOOP_DISK.match(name) else None
+        backing = self._backing(reader, own) if LOOP_DISK.match(name) else None
         return RawDevice(
             kernel_name=name,
             device_class=cls,
@@ -234,7 +235,7 @@ class Probe:
             udev=udev,
             links=tuple(sorted(set(links.get(name, [])) | {x for x in udev_links if "/by-id/" in x})),
             slaves=tuple(self.host.listdir(f"{path}/slaves")) if cls is DeviceClass.BLOCK else (),
-            backing_inode=backing_inode,
+            backing=backing,
             read_errors=tuple(reader.errors),
         )
 
@@ -281,22 +282,29 @@ class Probe:
         properties, links = parse_udev_db(text)
         return {k: v for k, v in properties.items() if k in UDEV_PROPERTY_WHITELIST}, links
 
-    def _backing_inode(self, reader: _Reader, own: SysNode) -> tuple[int, int] | None:
-        backing = own.attrs.get("loop/backing_file")
-        if not backing:
+    def _backing(self, reader: _Reader, own: SysNode) -> BackingFile | None:
+        path = own.attrs.get("loop/backing_file")
+        if not path:
             return None
         dev_path = "/dev/" + own.uevent.get("DEVNAME", own.name)
         try:
-            return self.host.loop_backing_inode(dev_path)
+            device, inode = self.host.loop_backing_inode(dev_path)
         except OSError as ioctl_error:
             # No device node here (a container without /dev, a recorded tree): fall back to the
             # file at the backing path, which is right unless it was replaced since.
             try:
-                st = self.host.stat(backing.removesuffix(" (deleted)"))
+                st = self.host.stat(path)
             except OSError as stat_error:
                 reader.errors.append(
                     f"loop/backing_file inode: {dev_path}: {describe_os_error(ioctl_error)}; "
-                    f"{backing}: {describe_os_error(stat_error)}"
+                    f"{path}: {describe_os_error(stat_error)}"
                 )
                 return None
-            return st.st_dev, st.st_ino
+            device, inode = st.st_dev, st.st_ino
+        try:
+            file_device, file_inode, generation = self.host.file_generation(path)
+        except OSError:
+            return BackingFile(device, inode)  # no generation on this filesystem, or no file there
+        if (file_device, file_inode) != (device, inode):
+            return BackingFile(device, inode)  # the path names another file now
+        return BackingFile(device, inode, generation)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import struct
+import sys
 from pathlib import Path
 
 LOOP_GET_STATUS64 = 0x4C05
@@ -18,6 +20,8 @@ LOOP_GET_STATUS64 = 0x4C05
 # lo_number, lo_encrypt_type, lo_encrypt_key_size, lo_flags (u32 each), then names and keys.
 LOOP_INFO64_SIZE = 232
 LOOP_INFO64_HEAD = struct.Struct("=QQ")
+# _IOR('v', 1, long): the inode's generation, which changes when a filesystem reuses an inode.
+FS_IOC_GETVERSION = 0x80087601
 
 
 class HostRoot:
@@ -89,6 +93,20 @@ class HostRoot:
             os.close(fd)
         device, inode = LOOP_INFO64_HEAD.unpack_from(info)
         return device, inode
+
+    def file_generation(self, host_path: str) -> tuple[int, int, int]:
+        """(st_dev, st_ino, i_generation) of a regular file; OSError where the filesystem keeps
+        no generation (ENOTTY, EOPNOTSUPP) or the file cannot be opened."""
+        fd = os.open(self.local(host_path), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            value = bytearray(8)
+            fcntl.ioctl(fd, FS_IOC_GETVERSION, value)
+        finally:
+            os.close(fd)
+        return st.st_dev, st.st_ino, int.from_bytes(value[:4], sys.byteorder)
 
 
 def describe_os_error(exc: BaseException) -> str:

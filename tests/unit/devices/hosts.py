@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage_driver_agent.devices.describe import DescribedDevice, describe_all
-from storage_driver_agent.devices.facts import DeviceClass, RawDevice, SysNode
+from storage_driver_agent.devices.facts import BackingFile, DeviceClass, RawDevice, SysNode
 from storage_driver_agent.devices.probe import Probe
 from storage_driver_agent.devices.sysfs import HostRoot
 
@@ -31,7 +31,7 @@ def block_device(
     *ancestors: SysNode,
     devtype: str = "disk",
     attrs: dict[str, str] | None = None,
-    backing_inode: tuple[int, int] | None = None,
+    backing: BackingFile | None = None,
     udev: dict[str, str] | None = None,
 ) -> RawDevice:
     own = SysNode(
@@ -41,7 +41,7 @@ def block_device(
         {"DEVNAME": name, "DEVTYPE": devtype, "MAJOR": "8", "MINOR": "0"},
         {"size": "2048", **(attrs or {})},
     )
-    return RawDevice(name, DeviceClass.BLOCK, (own, *ancestors), udev=udev or {}, backing_inode=backing_inode)
+    return RawDevice(name, DeviceClass.BLOCK, (own, *ancestors), udev=udev or {}, backing=backing)
 
 
 def scsi_disk(

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from storage_driver_agent.devices.classify import device_type, transport
 from storage_driver_agent.devices.describe import describe
-from storage_driver_agent.devices.facts import DeviceClass, RawDevice, SysNode
+from storage_driver_agent.devices.facts import BackingFile, DeviceClass, RawDevice, SysNode
 from storage_driver_agent.devices.identity import MMC_AREA
 from storage_driver_api.nodedevice import NodeDeviceSpec
 from storage_driver_sdk.devices import DeviceType
@@ -154,7 +154,7 @@ def raw_devices(draw: st.DrawFn) -> RawDevice:
         ),
         links=tuple(draw(st.lists(text, max_size=40))),
         read_errors=tuple(draw(st.lists(text, max_size=40))),
-        backing_inode=(1, 2),
+        backing=BackingFile(1, 2, 3),
     )
 
 

@@ -7,7 +7,7 @@ import string
 from hypothesis import given
 from hypothesis import strategies as st
 from storage_driver_agent.devices.describe import describe, describe_all
-from storage_driver_agent.devices.facts import RawDevice, SysNode, parse_vpd_pg80
+from storage_driver_agent.devices.facts import BackingFile, RawDevice, SysNode, parse_vpd_pg80
 from storage_driver_agent.devices.identity import (
     MAX_IDENTITY,
     Candidate,
@@ -127,28 +127,36 @@ def test_a_replugged_stick_keeps_its_location_although_the_scsi_host_number_chan
     assert location(first + "/sdb1") == location(first)
 
 
-def loop(name: str, backing: str, inode: tuple[int, int] | None) -> RawDevice:
+def loop(name: str, backing: str, which: BackingFile | None) -> RawDevice:
     return block_device(
-        name, f"/sys/devices/virtual/block/{name}", attrs={"loop/backing_file": backing}, backing_inode=inode
+        name, f"/sys/devices/virtual/block/{name}", attrs={"loop/backing_file": backing}, backing=which
     )
 
 
 def test_a_loop_device_reattached_to_a_different_file_at_the_same_path_is_a_new_device() -> None:
-    first = identity_of(loop("loop3", "/var/lib/images/scratch.img", (65024, 1001)))
-    same_file_again = identity_of(loop("loop3", "/var/lib/images/scratch.img", (65024, 1001)))
-    replaced_file = identity_of(loop("loop3", "/var/lib/images/scratch.img", (65024, 2002)))
-    other_loop = identity_of(loop("loop4", "/var/lib/images/scratch.img", (65024, 1001)))
+    path = "/var/lib/images/scratch.img"
+    first = identity_of(loop("loop3", path, BackingFile(65024, 1001, 77)))
+    same_file_again = identity_of(loop("loop3", path, BackingFile(65024, 1001, 77)))
+    replaced_file = identity_of(loop("loop3", path, BackingFile(65024, 2002, 5)))
+    reused_inode = identity_of(loop("loop3", path, BackingFile(65024, 1001, 78)))
+    other_loop = identity_of(loop("loop4", path, BackingFile(65024, 1001, 77)))
     assert first == same_file_again
     assert first.kind == IdentityKind.VIRTUAL
-    assert first.value == f"{NODE}/loop3//var/lib/images/scratch.img@65024:1001"
+    assert first.value == f"{NODE}/loop3/{path}@65024:1001:77"
     assert replaced_file != first
+    assert reused_inode != first  # ext4 hands a deleted file's inode to the next new file
     assert other_loop != first  # the chain names the kernel name for virtual devices
-    names = {node_device_name(NODE, i) for i in (first, replaced_file, other_loop)}
-    assert len(names) == 3
+    names = {node_device_name(NODE, i) for i in (first, replaced_file, reused_inode, other_loop)}
+    assert len(names) == 4
+    # Where the filesystem keeps no generation, device and inode still tell files apart.
+    assert (
+        identity_of(loop("loop3", path, BackingFile(65024, 1001))).value == f"{NODE}/loop3/{path}@65024:1001"
+    )
+    assert identity_of(loop("loop3", path, None)).value == f"{NODE}/loop3/{path}"
 
 
 def test_virtual_identities_name_the_node() -> None:
-    device = loop("loop0", "/images/a.img", (1, 2))
+    device = loop("loop0", "/images/a.img", BackingFile(1, 2))
     assert identity_of(device).value.startswith(f"{NODE}/")
     other = describe(device, "worker-2")
     assert other is not None and other.spec.identity.value.startswith("worker-2/")
@@ -177,7 +185,7 @@ def test_long_identities_are_bounded_and_still_distinct() -> None:
     b = bounded("x" * 5000 + "b")
     assert len(a) <= MAX_IDENTITY and len(b) <= MAX_IDENTITY and a != b
     assert bounded("short") == "short"
-    deep = loop("loop1", "/" + "d/" * 2000 + "f.img", (1, 2))
+    deep = loop("loop1", "/" + "d/" * 2000 + "f.img", BackingFile(1, 2))
     assert len(identity_of(deep).value) <= MAX_IDENTITY
 
 
