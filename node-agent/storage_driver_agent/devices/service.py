@@ -71,11 +71,13 @@ class DeviceAgent:
         self.retention_at: float | None = None
         self.next_resync = 0.0
         self.failing_since: float | None = None
+        self.uevents = 0  # received, for tests and benchmarks
 
     # --- uevents ---------------------------------------------------------------------------
 
     def on_uevent(self, action: str, name: str) -> None:
         log.debug("uevent", extra=fields(action=action, device=name))
+        self.uevents += 1
         self.coalescer.add(name, self.clock())
         self.wake.set()
 
