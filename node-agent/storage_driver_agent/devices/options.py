@@ -133,7 +133,8 @@ class Options:
             type=_duration("--coalesce-window"),
             default=0.02,
             metavar="DURATION",
-            help="gather uevents this long before re-probing the devices they name (default: 20ms)",
+            help="the longest a burst of uevents is gathered before the devices they name are re-probed; "
+            "a burst ends earlier when events pause for 5ms (default: 20ms)",
         )
         parser.add_argument(
             "--uevent-source",

@@ -33,13 +33,17 @@ from storage_driver_agent.devices.probe import Probe
 from storage_driver_agent.devices.publisher import NodeNotFound, Publisher
 from storage_driver_agent.devices.sysfs import HostRoot
 
-__all__ = ["DeviceAgent", "Options", "run"]
+__all__ = ["DeviceAgent", "DeviceDiscoveryError", "Options", "run"]
 
 log = logging.getLogger("storage_driver_agent.devices")
 
 MAX_PASSES = 3  # re-list and re-plan this often in one sync when the view turned out stale
 DELETION_RECHECK = 1.0  # seconds: a device is back while its old NodeDevice is still being deleted
 TRANSIENT = (ApiError, aiohttp.ClientError, TimeoutError, OSError, NodeNotFound)
+
+
+class DeviceDiscoveryError(RuntimeError):
+    """Device discovery cannot run as configured."""
 
 
 def utcnow() -> dt.datetime:
@@ -88,6 +92,12 @@ class DeviceAgent:
     # --- the loop --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        block_class = self.options.host_root / "sys/class/block"
+        if not block_class.is_dir():
+            # Probing an empty tree would mark every device of the node absent, then delete them.
+            message = f"{block_class} is not a directory: --host-root must be where the host's / is mounted"
+            log.error("device discovery cannot start", extra=fields(error=message))
+            raise DeviceDiscoveryError(message)
         source = pick_source(self.options.uevent_source, self.options.host_root)
         monitor = UeventMonitor(source, self.on_uevent, self.on_lost_uevents)
         try:
@@ -112,7 +122,17 @@ class DeviceAgent:
                 ),
             )
             while not stop.is_set():
-                await self.step()
+                # A pass may wait on an unreachable API server for a while; shutting down must not.
+                step = asyncio.create_task(self.step())
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if not step.done():
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await step
+                    break
+                step.result()
                 if stop.is_set():
                     break
                 await self._wait()
