@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 import aiohttp
 from storage_driver_api.kube import ApiError, KubeClient
 from storage_driver_api.logs import fields
+from storage_driver_api.nodedevice import NodeDeviceSpec
 
 from storage_driver_agent.config import AgentConfig
 from storage_driver_agent.devices.coalesce import Backoff, Coalescer
@@ -148,6 +149,7 @@ class DeviceAgent:
         """Re-probe what is due, then publish if anything may differ (unless backing off)."""
         now = self.clock()
         batch = self.coalescer.take(now)
+        probed = batch is not None or now >= self.next_resync
         if batch is not None:
             names, full = batch
             if full:
@@ -164,6 +166,10 @@ class DeviceAgent:
         if self.retention_at is not None and now >= self.retention_at:
             self.retention_at = None
             self.dirty = True
+        if probed and self.published is not None:
+            # Note arrivals and removals now, not when the (maybe unreachable) API server is next
+            # tried, so that lastTransitionTime says when the device really came or went.
+            self._desired()
         if self.dirty and (self.retry_at is None or now >= self.retry_at):
             await self.sync()
 
@@ -228,10 +234,8 @@ class DeviceAgent:
             self.clock() + max(0.0, (outcome.wake_at - wall).total_seconds()) if outcome.wake_at else None
         )
 
-    def _plan(self) -> Plan:
-        owner = self.publisher.owner
-        assert owner is not None  # refresh() sets it or raises NodeNotFound
-        now = utcnow()
+    def _desired(self) -> dict[str, NodeDeviceSpec]:
+        """The specs to publish, by name; records when names appeared or vanished."""
         want = desired(
             describe_all(self.devices, self.node_name),
             self.publisher.objects,
@@ -240,14 +244,21 @@ class DeviceAgent:
         )
         names = set(want)
         if self.published is not None:
+            now = utcnow()
             for name in names ^ self.published:
                 self.transitions[name] = now  # the latest arrival or removal
         self.published = names
+        return want
+
+    def _plan(self) -> Plan:
+        owner = self.publisher.owner
+        assert owner is not None  # refresh() sets it or raises NodeNotFound
+        want = self._desired()
         return plan(
             want,
             self.publisher.objects,
             owner,
-            now=now,
+            now=utcnow(),
             retention=dt.timedelta(seconds=self.options.retention),
             transitions=self.transitions,
         )

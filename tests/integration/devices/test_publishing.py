@@ -287,12 +287,12 @@ async def test_an_api_outage_loses_no_change(
         stop_apiserver(cluster)
         try:
             arriving = loop_devices(size_bytes=6 * MiB)
-            detach(leaving)
-            detached_at = dt.datetime.now(dt.UTC)
             await eventually(lambda: _failing(agent), timeout=30, what="the agent to notice the outage")
-            await asyncio.sleep(3)  # several failed retries
+            await asyncio.sleep(3)  # several failed retries: the backoff has grown
+            await asyncio.to_thread(detach, leaving)
+            detached_at = dt.datetime.now(dt.UTC)
+            await asyncio.sleep(2)
         finally:
-            restarted_at = dt.datetime.now(dt.UTC)
             await asyncio.to_thread(localcluster.up, cluster)
         async with KubeClient(load_kubeconfig(cluster.kubeconfig)) as fresh:
             arrived = await until_present(fresh, node, arriving)
@@ -301,9 +301,13 @@ async def test_an_api_outage_loses_no_change(
     assert gone["metadata"]["uid"] == before["metadata"]["uid"]
     condition = present_condition(gone)
     assert condition is not None
-    # The removal is dated when the agent saw it, not when the API server came back.
-    assert detached_at - dt.timedelta(seconds=2) <= condition.last_transition_time <= restarted_at
-    assert (restarted_at - detached_at).total_seconds() > 3
+    # The removal is dated when the agent saw it, not when the API server came back (seconds
+    # later: the restart alone takes several).
+    assert (
+        detached_at - dt.timedelta(seconds=1)
+        <= condition.last_transition_time
+        <= detached_at + dt.timedelta(seconds=1)
+    )
 
 
 async def _failing(agent: DeviceAgent) -> bool:
