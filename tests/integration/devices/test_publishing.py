@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
 from storage_driver_agent.devices.diff import present_condition
 from storage_driver_agent.devices.filters import DeviceFilter
 from storage_driver_agent.devices.options import Options
@@ -253,23 +252,19 @@ async def _unchanged(kube: KubeClient, obj: Obj) -> bool:
 
 
 async def test_the_agent_waits_for_its_node_then_publishes(
-    cluster: localcluster.ClusterConfig, kube: KubeClient, make_node: Callable[..., Any]
+    cluster: localcluster.ClusterConfig,
+    kube: KubeClient,
+    make_node: Callable[..., Any],
+    loop_devices: Callable[..., LoopDevice],
 ) -> None:
-    disks = machine_disks()
-    if not disks:
-        pytest.skip("no virtio disk on this machine to look for")
     node = "devices-late"
+    loop = loop_devices(size_bytes=2 * MiB)
     async with running_agent(cluster, node) as agent:
-        await asyncio.sleep(2)
+        await eventually(lambda: _failing(agent), what="the agent to find its Node missing")
         assert await objects_of(kube, node) == []
-        assert agent.failing_since is not None
         await make_node(node)
-
-        async def disks_published() -> bool:
-            names = {o["spec"]["kernelName"] for o in await objects_of(kube, node)}
-            return set(disks) <= names
-
-        await eventually(disks_published, timeout=60, what="the agent to publish once its Node exists")
+        obj = await until_present(kube, node, loop)
+        assert obj["metadata"]["ownerReferences"][0]["name"] == node
 
 
 async def test_an_api_outage_loses_no_change(
