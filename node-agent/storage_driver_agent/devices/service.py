@@ -166,11 +166,13 @@ class DeviceAgent:
         if self.retention_at is not None and now >= self.retention_at:
             self.retention_at = None
             self.dirty = True
-        if probed and self.published is not None:
+        syncing = self.dirty and (self.retry_at is None or now >= self.retry_at)
+        if probed and self.published is not None and (not syncing or self.publisher.stale):
             # Note arrivals and removals now, not when the (maybe unreachable) API server is next
-            # tried, so that lastTransitionTime says when the device really came or went.
+            # reached, so that lastTransitionTime says when the device really came or went. (A
+            # sync that plans at once, with no request before, notes them itself.)
             self._desired()
-        if self.dirty and (self.retry_at is None or now >= self.retry_at):
+        if syncing:
             await self.sync()
 
     def _merge(self, probed: Mapping[str, RawDevice | None]) -> None:
