@@ -36,12 +36,13 @@ def parse_duration(text: str, option: str = "duration") -> float:
 
 def _duration(option: str, minimum: float = 0.0) -> Callable[[str], float]:
     def convert(text: str) -> float:
+        # argparse names the option itself ("argument --retention: ...").
         try:
             value = parse_duration(text, option)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option}: ")) from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"{option}: must be at least {minimum:g}s, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}s, got {text!r}")
         return value
 
     return convert
@@ -52,7 +53,7 @@ def _types(option: str) -> Callable[[str], frozenset[DeviceType]]:
         try:
             return parse_types(text, option)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option}: ")) from None
 
     return convert
 

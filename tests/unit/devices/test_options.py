@@ -63,9 +63,9 @@ def test_durations() -> None:
 @pytest.mark.parametrize(
     ("argument", "message"),
     [
-        ("--include-types=loop,disk", "--include-types: unknown device type 'disk'; valid types:"),
-        ("--retention=soon", "--retention: 'soon' is not a duration"),
-        ("--resync-interval=10ms", "--resync-interval: must be at least 1s"),
+        ("--include-types=loop,disk", "argument --include-types: unknown device type 'disk'; valid types:"),
+        ("--retention=soon", "argument --retention: 'soon' is not a duration"),
+        ("--resync-interval=10ms", "argument --resync-interval: must be at least 1s, got '10ms'"),
     ],
 )
 def test_bad_values_are_refused_naming_the_option(
