@@ -267,6 +267,11 @@ def _start(cfg: ClusterConfig, component: str, binary: str, args: list[str]) -> 
             start_new_session=True,
         )
     cfg.pid_file(component).write_text(str(proc.pid))
+    # Until the child has exec'd, /proc/<pid>/cmdline still names python, and running_pid()
+    # would report the component as exited; wait for the exec (or the exit) first.
+    deadline = time.monotonic() + 10
+    while not _pid_alive(proc.pid, component) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     return proc.pid
 
 

@@ -1,0 +1,297 @@
+"""What the agent writes for a node: nothing when nothing changed, only what changed otherwise."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from storage_driver_agent.devices.describe import DescribedDevice
+from storage_driver_agent.devices.diff import (
+    Create,
+    Delete,
+    Owner,
+    Plan,
+    SetPresence,
+    UpdateSpec,
+    desired,
+    plan,
+    present_condition,
+)
+from storage_driver_agent.devices.filters import DeviceFilter
+from storage_driver_api.constants import DEVICE_TYPE_LABEL, MANAGED_BY_LABEL, NODE_LABEL
+from storage_driver_api.nodedevice import DeviceIdentity, IdentityKind, NodeDeviceSpec, node_device_name
+
+from tests.unit.devices.hosts import described
+
+NODE = "worker-1"
+OWNER = Owner(NODE, "uid-node-1")
+T0 = dt.datetime(2026, 11, 25, 10, 0, 0, tzinfo=dt.UTC)
+RETENTION = dt.timedelta(minutes=10)
+
+
+def loop_spec(
+    name: str = "loop3", size: int = 8 * 1024 * 1024, backing: str = "/images/a.img"
+) -> NodeDeviceSpec:
+    return NodeDeviceSpec(
+        node_name=NODE,
+        type="loop",
+        identity=DeviceIdentity(kind=IdentityKind.VIRTUAL, value=f"{NODE}/{name}/{backing}@1:2"),
+        kernel_name=name,
+        dev_path=f"/dev/{name}",
+        sys_path=f"/sys/devices/virtual/block/{name}",
+        size_bytes=size,
+        backing_file=backing,
+        kernel_driver="loop",
+    )
+
+
+class FakeApi:
+    """A store that applies plans the way the API server would, counting writes."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.writes = 0
+        self.version = 0
+
+    def _bump(self, obj: dict[str, Any]) -> None:
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+
+    def apply(self, outcome: Plan) -> None:
+        for action in outcome.actions:
+            self.writes += 1
+            if isinstance(action, Create):
+                obj = copy.deepcopy(action.body)
+                obj["metadata"]["uid"] = f"uid-{action.name}"
+                obj["status"] = {"conditions": copy.deepcopy(action.conditions)}
+                self.writes += 1  # the status write that follows the create
+                self._bump(obj)
+                self.objects[action.name] = obj
+            elif isinstance(action, UpdateSpec):
+                obj = self.objects[action.name]
+                merge(obj, copy.deepcopy(action.patch))
+                self._bump(obj)
+            elif isinstance(action, SetPresence):
+                obj = self.objects[action.name]
+                obj.setdefault("status", {})["conditions"] = copy.deepcopy(action.conditions)
+                self._bump(obj)
+            elif isinstance(action, Delete):
+                assert self.objects[action.name]["metadata"]["uid"] == action.uid
+                del self.objects[action.name]
+
+
+def merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    """RFC 7386 merge patch."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def want(*specs: NodeDeviceSpec) -> dict[str, NodeDeviceSpec]:
+    return {node_device_name(NODE, s.identity): s for s in specs}
+
+
+def run(api: FakeApi, wanted: dict[str, NodeDeviceSpec], now: dt.datetime = T0, **kwargs: Any) -> Plan:
+    outcome = plan(wanted, api.objects, OWNER, now=now, retention=RETENTION, **kwargs)
+    api.apply(outcome)
+    return outcome
+
+
+def test_a_new_device_is_created_with_labels_owner_and_present() -> None:
+    api = FakeApi()
+    outcome = run(api, want(loop_spec()))
+    assert [type(a) for a in outcome.actions] == [Create]
+    (obj,) = api.objects.values()
+    assert obj["metadata"]["labels"] == {
+        NODE_LABEL: NODE,
+        DEVICE_TYPE_LABEL: "loop",
+        MANAGED_BY_LABEL: "storage-agent",
+    }
+    assert obj["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": "uid-node-1"}
+    ]
+    assert obj["spec"]["sizeBytes"] == 8 * 1024 * 1024
+    condition = present_condition(obj)
+    assert condition is not None and condition.status == "True" and condition.last_transition_time == T0
+
+
+def test_nothing_changed_means_no_write() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    writes = api.writes
+    for minute in range(1, 30):
+        outcome = run(api, want(loop_spec()), now=T0 + dt.timedelta(minutes=minute))
+        assert outcome.empty
+    assert api.writes == writes
+
+
+def test_a_changed_attribute_is_patched_alone() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec(size=8 << 20)))
+    outcome = run(api, want(loop_spec(size=16 << 20)))
+    (action,) = outcome.actions
+    assert isinstance(action, UpdateSpec)
+    assert action.patch == {"spec": {"sizeBytes": 16 << 20}}
+    assert action.changed == ("spec.sizeBytes",)
+
+
+def test_a_field_that_disappears_is_removed_with_null() -> None:
+    api = FakeApi()
+    spec = loop_spec()
+    run(api, want(spec))
+    without = spec.model_copy(update={"kernel_driver": None})
+    (action,) = run(api, want(without)).actions
+    assert isinstance(action, UpdateSpec) and action.patch == {"spec": {"kernelDriver": None}}
+    assert "kernelDriver" not in next(iter(api.objects.values()))["spec"]
+
+
+def test_bound_drivers_and_other_conditions_are_left_alone() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    obj = next(iter(api.objects.values()))
+    obj["status"]["boundDrivers"] = ["loop-info"]
+    obj["status"]["conditions"].append(
+        {
+            "type": "Bound",
+            "status": "True",
+            "reason": "Attached",
+            "message": "",
+            "lastTransitionTime": "2026-11-25T10:00:00Z",
+        }
+    )
+    assert run(api, want(loop_spec())).empty
+    outcome = run(api, {}, now=T0 + dt.timedelta(minutes=1))
+    (action,) = outcome.actions
+    assert isinstance(action, SetPresence) and not action.present
+    assert [c["type"] for c in action.conditions] == ["Present", "Bound"]
+    assert obj["status"]["boundDrivers"] == ["loop-info"]
+
+
+def test_a_gone_device_is_marked_absent_then_deleted_after_retention() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    gone_at = T0 + dt.timedelta(minutes=1)
+    outcome = run(api, {}, now=gone_at)
+    assert [type(a) for a in outcome.actions] == [SetPresence]
+    assert outcome.wake_at == gone_at + RETENTION
+    obj = next(iter(api.objects.values()))
+    condition = present_condition(obj)
+    assert condition is not None and condition.status == "False" and condition.last_transition_time == gone_at
+    assert condition.reason == "Removed" and "loop3" in condition.message
+    # Within the retention: nothing, and the wake-up time stays.
+    later = run(api, {}, now=gone_at + RETENTION - dt.timedelta(seconds=1))
+    assert later.empty and later.wake_at == gone_at + RETENTION
+    expired = run(api, {}, now=gone_at + RETENTION)
+    assert [type(a) for a in expired.actions] == [Delete]
+    assert api.objects == {} and expired.wake_at is None
+
+
+def test_a_device_that_comes_back_is_present_again_without_being_recreated() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    uid = next(iter(api.objects.values()))["metadata"]["uid"]
+    run(api, {}, now=T0 + dt.timedelta(minutes=1))
+    back = run(api, want(loop_spec()), now=T0 + dt.timedelta(minutes=2))
+    assert [type(a) for a in back.actions] == [SetPresence]
+    obj = next(iter(api.objects.values()))
+    assert obj["metadata"]["uid"] == uid
+    condition = present_condition(obj)
+    assert condition is not None and condition.status == "True"
+    assert condition.last_transition_time == T0 + dt.timedelta(minutes=2)
+
+
+def test_transition_times_seen_by_the_agent_win_over_now() -> None:
+    """After an API outage the condition records when the device really went."""
+    api = FakeApi()
+    spec = loop_spec()
+    run(api, want(spec))
+    name = node_device_name(NODE, spec.identity)
+    really_gone = T0 + dt.timedelta(minutes=1)
+    run(api, {}, now=T0 + dt.timedelta(minutes=5), transitions={name: really_gone})
+    condition = present_condition(api.objects[name])
+    assert condition is not None and condition.last_transition_time == really_gone
+
+
+def test_a_recreated_node_gets_its_uid_into_the_owner_reference() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    new_owner = Owner(NODE, "uid-node-2")
+    outcome = plan(want(loop_spec()), api.objects, new_owner, now=T0, retention=RETENTION)
+    (action,) = outcome.actions
+    assert isinstance(action, UpdateSpec)
+    assert action.patch == {
+        "metadata": {
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": "uid-node-2"}]
+        }
+    }
+
+
+def test_an_object_being_deleted_is_waited_for() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    next(iter(api.objects.values()))["metadata"]["deletionTimestamp"] = "2026-11-25T10:00:00Z"
+    outcome = plan(want(loop_spec()), api.objects, OWNER, now=T0, retention=RETENTION)
+    assert outcome.empty and len(outcome.waiting_for_deletion) == 1
+
+
+def test_a_broken_condition_written_by_someone_else_is_replaced() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    obj = next(iter(api.objects.values()))
+    obj["status"]["conditions"] = [{"type": "Present", "status": "maybe"}]
+    (action,) = run(api, want(loop_spec())).actions
+    assert isinstance(action, SetPresence) and action.present
+    assert [c["status"] for c in action.conditions] == ["True"]
+
+
+def test_desired_applies_filters_and_resolves_duplicates_from_a_real_tree() -> None:
+    devices: list[DescribedDevice] = list(described("usb-laptop").values())
+    everything = desired(devices, {}, NODE, DeviceFilter())
+    assert len(everything) == 4
+    assert {s.kernel_name for s in everything.values()} == {"sdb", "sdb1", "sdc", "sdd"}
+    only_disks = desired(devices, {}, NODE, DeviceFilter(exclude_paths=("/dev/sd*[0-9]",)))
+    assert {s.kernel_name for s in only_disks.values()} == {"sdb", "sdc", "sdd"}
+    # Each name is the hash of the (resolved) identity it carries.
+    for name, spec in everything.items():
+        assert name == node_device_name(NODE, spec.identity)
+
+
+# --- property: one round converges; repeats and event storms write nothing --------------------
+
+sizes = st.sampled_from([0, 8 << 20, 16 << 20])
+populations = st.dictionaries(st.sampled_from([f"loop{i}" for i in range(6)]), sizes, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(populations, min_size=1, max_size=6), st.integers(0, 5))
+def test_any_sequence_of_states_converges_in_one_round_and_repeats_write_nothing(
+    states: list[dict[str, int]], repeats: int
+) -> None:
+    api = FakeApi()
+    now = T0
+    for state in states:
+        now += dt.timedelta(seconds=30)
+        wanted = want(*(loop_spec(name, size) for name, size in state.items()))
+        run(api, wanted, now=now)
+        # Converged: every wanted device exists with its spec and Present=True; others are absent.
+        for name, spec in wanted.items():
+            obj = api.objects[name]
+            assert obj["spec"] == spec.to_api()
+            condition = present_condition(obj)
+            assert condition is not None and condition.status == "True"
+        for name, obj in api.objects.items():
+            if name not in wanted:
+                condition = present_condition(obj)
+                assert condition is not None and condition.status == "False"
+        # The same state again (an event storm without a real change): no write at all.
+        writes = api.writes
+        for _ in range(repeats):
+            assert run(api, wanted, now=now).empty
+        assert api.writes == writes
