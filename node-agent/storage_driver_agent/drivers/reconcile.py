@@ -394,7 +394,6 @@ class NodeReconciler:
         self.loads += 1
         process = HostProcess(pid, slot.socket)
         log.info("driver host started", extra=fields(driver=desired.name, pid=pid, version=desired.version))
-        devices = sorted(action.devices & self.present)
         conn: HostConnection | None = None
         try:
             conn = await HostConnection.connect(
@@ -405,7 +404,8 @@ class NodeReconciler:
                 {
                     "config": json.loads(desired.config_json),
                     "configJson": desired.config_json,
-                    "devices": [self._device_message(d) for d in devices],
+                    # Read the present devices only now: one may have gone while the host started.
+                    "devices": [self._device_message(d) for d in sorted(action.devices & self.present)],
                 },
                 timeout=self.settings.load_timeout,
             )

@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from storage_driver_api.constants import LEASE_PREFIX, NODE_DEVICES, NODE_DRIVER_CONFIGS
+from storage_driver_api.constants import (
+    LEASE_PREFIX,
+    NODE_DEVICES,
+    NODE_DRIVER_CONFIGS,
+    NODE_LABEL,
+    node_label_value,
+)
 from storage_driver_api.kube import EVENTS, LEASES, KubeClient
 
 from tests.harness.drivers import (
@@ -26,7 +32,6 @@ from tests.harness.drivers import (
     desired_driver,
     iter_events,
     journal,
-    loop_node_device,
     parent_pid,
     pid_alive,
     probe_source,
@@ -34,7 +39,7 @@ from tests.harness.drivers import (
     write_probe,
 )
 from tests.harness.localcluster import ClusterConfig
-from tests.harness.loopdev import LoopDevice
+from tests.harness.loopdev import LoopDevice, detach
 from tests.harness.processes import ComponentProcess, console_script
 from tests.harness.waiting import consistently, eventually
 
@@ -119,10 +124,23 @@ async def no_host_left(agent: Agent) -> bool:
     return not agent.hosts()
 
 
-async def create_device(kube: KubeClient, node: str, device: LoopDevice) -> str:
-    body = loop_node_device(node, device)
-    await kube.create(NODE_DEVICES, body)
-    return str(body["metadata"]["name"])
+async def published_device(kube: KubeClient, node: str, device: LoopDevice) -> str:
+    """The name of the NodeDevice the agent's device part publishes for an attached loop device."""
+
+    async def probe() -> str | None:
+        items, _ = await kube.list(NODE_DEVICES, label_selector=f"{NODE_LABEL}={node_label_value(node)}")
+        for item in items:
+            present = any(
+                c["type"] == "Present" and c["status"] == "True"
+                for c in item.get("status", {}).get("conditions", [])
+            )
+            if item["spec"]["kernelName"] == device.name and present:
+                return str(item["metadata"]["name"])
+        return None
+
+    name = await eventually(probe, what=f"the agent to publish {device.name}")
+    assert name is not None
+    return name
 
 
 # --- load, bind, unload ----------------------------------------------------------------------
@@ -135,7 +153,7 @@ async def test_load_bind_and_unload_a_real_driver_on_a_real_loop_device(
     shutil.copy(EXAMPLES / "loop_info.py", agent.driver_dir / "loop_info.py")
     agent.start()
     device = loop_devices(size_bytes=4 * 1024 * 1024)
-    device_name = await create_device(kube, node, device)
+    device_name = await published_device(kube, node, device)
 
     # The agent created the node's NodeDriverConfig, owned by the Node.
     ndc = await kube.get(NODE_DRIVER_CONFIGS, node)
@@ -207,17 +225,17 @@ async def test_devices_are_attached_and_detached_as_they_come_and_go(
     write_probe(agent.driver_dir)
     trail = agent.root / "probe.journal"
     agent.start()
-    device = loop_devices()
-    expected = loop_node_device(node, device)["metadata"]["name"]
+    await set_drivers(kube, node, [desired_driver("probe", config={"journal": str(trail)})])
+    entry = await wait_phase(kube, node, "probe", "Loaded")
+    assert entry["boundDevices"] == []
+
+    device = loop_devices()  # hot-plug: the agent's device part publishes it
+    expected = await published_device(kube, node, device)
     await set_drivers(
         kube, node, [desired_driver("probe", devices=[expected], config={"journal": str(trail)})]
     )
-    entry = await wait_phase(kube, node, "probe", "Loaded")
-    assert entry["boundDevices"] == []  # the NodeDevice does not exist yet
-
-    await create_device(kube, node, device)  # hot-plug: the device part publishes it
     await eventually(lambda: _bound(kube, node, "probe", [expected]), what="the new device to be attached")
-    await kube.delete(NODE_DEVICES, expected)  # hot-unplug
+    detach(device)  # hot-unplug: the device part marks it absent, the driver detaches it
     await eventually(lambda: _bound(kube, node, "probe", []), what="the removed device to be detached")
     assert [(e["event"], e.get("device")) for e in journal(trail)] == [
         ("start", None),
@@ -523,9 +541,9 @@ async def test_sigkilled_agent_leaves_drivers_running_and_the_next_adopts_them(
 ) -> None:
     kube = clean_cluster
     write_probe(agent.driver_dir)
-    device_name = await create_device(kube, node, loop_devices())
     trails = {name: agent.root / f"{name}.journal" for name in ("one", "two")}
     agent.start()
+    device_name = await published_device(kube, node, loop_devices())
     await set_drivers(
         kube,
         node,
