@@ -241,9 +241,11 @@ def _decide(
         entry = _with(template, match.devices) if up_to_date else _with(current, match.devices, template)
         return _Choice(Decision(name, Action.HOLD, Hold.DRIVER_NOT_AVAILABLE, match.message, True), entry)
 
-    if current is not None and match.reason == Reason.NO_MATCHING_DEVICES and match.absent_since is not None:
-        unload_at = match.absent_since + driver.spec.unload_delay_seconds
-        if now < unload_at:
+    if current is not None and match.reason == Reason.NO_MATCHING_DEVICES:
+        # absent_since is None when no matching device object is left at all (the agent deletes
+        # absent ones after its retention period): nothing more to wait for.
+        unload_at = (match.absent_since or now) + driver.spec.unload_delay_seconds
+        if match.absent_since is not None and now < unload_at:
             message = (
                 f"no matching device present; unloads {driver.spec.unload_delay_seconds}s after the last "
                 "one went away unless one returns"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -359,12 +360,17 @@ def driver_template(name: str, spec: StorageDriverSpec) -> DesiredDriver:
     )
 
 
+_CHECK_FIELD = re.compile(r"(^|; )(spec[A-Za-z0-9.\[\]]*): ([a-z][A-Za-z0-9]*(?:\[[0-9]+\])?(?:\.[a-z][A-Za-z0-9]*)*): ")
+
+
 def parse_spec(spec: Obj | None) -> tuple[StorageDriverSpec | None, str | None]:
     """The spec, or a message naming each wrong field (what the CRD schema cannot check)."""
     try:
         return StorageDriverSpec.model_validate(spec or {}), None
     except ValidationError as exc:
-        return None, describe_validation_error(exc, "spec")
+        message = describe_validation_error(exc, "spec")
+        # Checks across fields report "spec: maxUnavailable: ..."; name the field as a path.
+        return None, _CHECK_FIELD.sub(r"\1\2.\3: ", message)
 
 
 def storage_driver_view(obj: Obj) -> StorageDriverView:
