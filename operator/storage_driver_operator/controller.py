@@ -342,7 +342,9 @@ class Controller:
             return
         self.counters["status_writes"] += 1
         self.drivers.apply(obj)
-        ready: dict[str, Any] = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+        ready: dict[str, Any] = next(
+            (c for c in status.get("conditions", []) if c.get("type") == "Ready"), {}
+        )
         log.debug(
             "status written",
             extra=fields(storage_driver=driver.name, ready=ready.get("status"), reason=ready.get("reason")),

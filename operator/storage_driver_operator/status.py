@@ -10,6 +10,7 @@ status and causes no write.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -110,6 +111,17 @@ def aggregate(
         + ("; ..." if len(failures) > SHOWN_NODES else "")
     )
 
+    # Why the other nodes do not run it (NoMatchingDevices, PlatformTooOld, ...), counted.
+    elsewhere = Counter(
+        str(s.decision.reason) for s in states if not s.decision.in_spec and s.failure() is None
+    )
+    not_here = (
+        f"; not on {_nodes(sum(elsewhere.values()))}: "
+        + ", ".join(f"{reason} {count}" for reason, count in sorted(elsewhere.items()))
+        if elsewhere
+        else ""
+    )
+
     T, F = ConditionStatus.TRUE, ConditionStatus.FALSE
     if driver.spec is None:
         message = f"{driver.invalid}; nothing changes on the nodes until the spec is fixed"
@@ -129,11 +141,16 @@ def aggregate(
             put(READY, F, failure_reason, failure_message)
         elif len(current) == len(wanted):
             if wanted:
-                put(READY, T, "Loaded", f"version {version} loaded on {_nodes(len(wanted))}")
+                put(READY, T, "Loaded", f"version {version} loaded on {_nodes(len(wanted))}{not_here}")
             else:
-                put(READY, T, "NoMatchingNodes", "no node has a matching device; nothing to load")
+                put(READY, T, "NoMatchingNodes", f"no node needs the driver{not_here}")
         else:
-            put(READY, F, "Loading", f"version {version} loaded on {len(current)} of {_nodes(len(wanted))}")
+            put(
+                READY,
+                F,
+                "Loading",
+                f"version {version} loaded on {len(current)} of {_nodes(len(wanted))}{not_here}",
+            )
 
         current_nodes = {s.node for s in current}
         not_yet = [s.node for s in wanted if s.node not in current_nodes and s.failure() is None]

@@ -360,7 +360,9 @@ def driver_template(name: str, spec: StorageDriverSpec) -> DesiredDriver:
     )
 
 
-_CHECK_FIELD = re.compile(r"(^|; )(spec[A-Za-z0-9.\[\]]*): ([a-z][A-Za-z0-9]*(?:\[[0-9]+\])?(?:\.[a-z][A-Za-z0-9]*)*): ")
+_CHECK_FIELD = re.compile(
+    r"(^|; )(spec[A-Za-z0-9.\[\]]*): ([a-z][A-Za-z0-9]*(?:\[[0-9]+\])?(?:\.[a-z][A-Za-z0-9]*)*): "
+)
 
 
 def parse_spec(spec: Obj | None) -> tuple[StorageDriverSpec | None, str | None]:

@@ -42,7 +42,9 @@ def node(
     return node_view(
         {
             "metadata": meta,
-            "status": {"nodeInfo": {"kernelVersion": kernel, "operatingSystem": os_name, "architecture": arch}},
+            "status": {
+                "nodeInfo": {"kernelVersion": kernel, "operatingSystem": os_name, "architecture": arch}
+            },
         }
     )
 

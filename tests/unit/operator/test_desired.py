@@ -18,7 +18,9 @@ from tests.unit.operator.builders import NOW, config, device, driver, entry, lea
 
 
 def state(*devices, cfg=None, lease_=None, n=None) -> NodeState:  # type: ignore[no-untyped-def]
-    return NodeState(node=n or node(), devices=devices, config=cfg, lease=lease_ if lease_ is not None else lease())
+    return NodeState(
+        node=n or node(), devices=devices, config=cfg, lease=lease_ if lease_ is not None else lease()
+    )
 
 
 def names(plan) -> list[str]:  # type: ignore[no-untyped-def]
@@ -269,13 +271,19 @@ def test_a_version_change_rolls_one_node_at_a_time() -> None:
 def test_the_rollout_waits_until_the_switched_node_reports_loaded() -> None:
     world = rolling_world(3)
     new = world.drivers["drv"]
-    switched = config("n0", [entry(new, ["n0-d"])], runs=[run("drv", "Loading", "1.0.0")], generation=2, observed=1)
-    world = Snapshot(world.nodes, world.devices, {**world.configs, "n0": switched}, world.leases, world.drivers)
+    switched = config(
+        "n0", [entry(new, ["n0-d"])], runs=[run("drv", "Loading", "1.0.0")], generation=2, observed=1
+    )
+    world = Snapshot(
+        world.nodes, world.devices, {**world.configs, "n0": switched}, world.leases, world.drivers
+    )
     rollout = plan_rollout(new, world.configs.values())
     assert rollout.allowed == frozenset()
     assert (rollout.total, rollout.updated, rollout.unavailable, rollout.waiting) == (3, 1, 1, 2)
     # Loaded at the new version, and the agent has seen the current spec: the next node goes.
-    done = config("n0", [entry(new, ["n0-d"])], runs=[run("drv", "Loaded", "2.0.0")], generation=2, observed=2)
+    done = config(
+        "n0", [entry(new, ["n0-d"])], runs=[run("drv", "Loaded", "2.0.0")], generation=2, observed=2
+    )
     world = Snapshot(world.nodes, world.devices, {**world.configs, "n0": done}, world.leases, world.drivers)
     assert plan_rollout(new, world.configs.values()).allowed == frozenset({"n1"})
 
@@ -283,7 +291,9 @@ def test_the_rollout_waits_until_the_switched_node_reports_loaded() -> None:
 def test_a_failed_new_version_halts_the_rollout() -> None:
     world = rolling_world(3)
     new = world.drivers["drv"]
-    failed = config("n0", [entry(new, ["n0-d"])], runs=[run("drv", "Failed", "2.0.0")], generation=2, observed=2)
+    failed = config(
+        "n0", [entry(new, ["n0-d"])], runs=[run("drv", "Failed", "2.0.0")], generation=2, observed=2
+    )
     configs = {**world.configs, "n0": failed}
     assert plan_rollout(new, configs.values()).allowed == frozenset()
 

@@ -36,7 +36,11 @@ def spec_of(**spec: object):  # type: ignore[no-untyped-def]
         ({"matchLabels": {"zone": "a"}}, {"zone": "a"}, True),
         ({"matchLabels": {"zone": "a"}}, {"zone": "b"}, False),
         ({"matchLabels": {"zone": "a"}}, {}, False),
-        ({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]}, {"zone": "b"}, True),
+        (
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]},
+            {"zone": "b"},
+            True,
+        ),
         ({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}, {}, False),
         ({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}, {}, True),
         ({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}, {"zone": "a"}, False),
@@ -127,12 +131,16 @@ def req(key: str, operator: str, *values: str) -> DeviceSelectorRequirement:
         (req("udev.ID_BUS", "In", "usb"), {"udev.ID_BUS": "ata"}, False),
     ],
 )
-def test_requirement(requirement: DeviceSelectorRequirement, attributes: dict[str, str], expected: bool) -> None:
+def test_requirement(
+    requirement: DeviceSelectorRequirement, attributes: dict[str, str], expected: bool
+) -> None:
     assert requirement_matches(requirement, attributes) is expected
 
 
 def test_device_attributes_are_seen_as_selector_strings() -> None:
-    dev = device("d", sizeBytes=8388608, rotational=False, readOnly=True, vendor="ACME", udev={"ID_BUS": "usb"})
+    dev = device(
+        "d", sizeBytes=8388608, rotational=False, readOnly=True, vendor="ACME", udev={"ID_BUS": "usb"}
+    )
     assert dev.attributes["sizeBytes"] == "8388608"
     assert dev.attributes["rotational"] == "false"
     assert dev.attributes["readOnly"] == "true"

@@ -126,7 +126,11 @@ def applied(world: Snapshot, plans: dict[str, NodePlan]) -> Snapshot:
     return Snapshot(world.nodes, world.devices, configs, world.leases, world.drivers)
 
 
-PROPERTY = settings(max_examples=int(os.environ.get("SDO_PROPERTY_EXAMPLES", "120")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=int(os.environ.get("SDO_PROPERTY_EXAMPLES", "120")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @PROPERTY
@@ -245,7 +249,9 @@ def test_status_of_an_unchanged_world_is_rewritten_identically_and_makes_no_even
     at = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
     for name, view in world.drivers.items():
         states = [
-            NodeDriverState(n, p.decisions[name], (world.configs[n].runs.get(name) if n in world.configs else None))
+            NodeDriverState(
+                n, p.decisions[name], (world.configs[n].runs.get(name) if n in world.configs else None)
+            )
             for n, p in plans.items()
         ]
         first = aggregate(view, states, at)

@@ -16,12 +16,16 @@ AT = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
 LATER = AT + dt.timedelta(minutes=5)
 
 
-def load(node: str, phase: str | None = "Loaded", version: str = "1.0.0", action: Action = Action.KEEP, **run) -> NodeDriverState:  # type: ignore[no-untyped-def]
+def load(
+    node: str, phase: str | None = "Loaded", version: str = "1.0.0", action: Action = Action.KEEP, **run
+) -> NodeDriverState:  # type: ignore[no-untyped-def]
     decision = Decision("drv", action, Reason.MATCHED, "1 matching device(s): d", True)
     return NodeDriverState(node, decision, DriverRun(phase=phase, version=version, **run) if phase else None)
 
 
-def skip(node: str, reason: Reason = Reason.NO_MATCHING_DEVICES, has_hardware: bool = False) -> NodeDriverState:
+def skip(
+    node: str, reason: Reason = Reason.NO_MATCHING_DEVICES, has_hardware: bool = False
+) -> NodeDriverState:
     return NodeDriverState(node, Decision("drv", Action.NONE, reason, f"{reason}", has_hardware))
 
 
@@ -31,10 +35,16 @@ def cond(status, type_):  # type: ignore[no-untyped-def]
 
 def test_all_loaded_is_ready() -> None:
     status = aggregate(driver(generation=3), [load("a"), load("b"), skip("c")], AT)
-    assert (status.matching_nodes, status.desired_nodes, status.loaded_nodes, status.failed_nodes) == (2, 2, 2, 0)
+    assert (status.matching_nodes, status.desired_nodes, status.loaded_nodes, status.failed_nodes) == (
+        2,
+        2,
+        2,
+        0,
+    )
     assert status.observed_generation == 3
     ready = cond(status, "Ready")
     assert (ready.status, ready.reason, ready.observed_generation) == ("True", "Loaded", 3)
+    assert ready.message == "version 1.0.0 loaded on 2 nodes; not on 1 node: NoMatchingDevices 1"
     assert cond(status, "Progressing").status == "False"
     assert cond(status, "Degraded").status == "False"
     assert [c.type for c in status.conditions] == ["Ready", "Progressing", "Degraded"]
@@ -44,11 +54,17 @@ def test_no_matching_node_is_ready_with_nothing_to_do() -> None:
     status = aggregate(driver(), [skip("a"), skip("b", Reason.PLATFORM_TOO_OLD)], AT)
     assert cond(status, "Ready").reason == "NoMatchingNodes"
     assert cond(status, "Ready").status == "True"
+    assert (
+        cond(status, "Ready").message
+        == "no node needs the driver; not on 2 nodes: NoMatchingDevices 1, PlatformTooOld 1"
+    )
     assert status.failing_nodes == []
 
 
 def test_loading_is_progressing() -> None:
-    status = aggregate(driver(), [load("a"), load("b", phase="Loading"), load("c", phase=None, action=Action.LOAD)], AT)
+    status = aggregate(
+        driver(), [load("a"), load("b", phase="Loading"), load("c", phase=None, action=Action.LOAD)], AT
+    )
     assert cond(status, "Ready").reason == "Loading"
     assert "1 of 3 nodes" in cond(status, "Ready").message
     progressing = cond(status, "Progressing")
@@ -89,7 +105,9 @@ def test_the_failing_list_is_bounded() -> None:
 def test_a_rollout_in_progress() -> None:
     drv = driver(version="2.0.0")
     pending = NodeDriverState(
-        "b", Decision("drv", Action.HOLD, Hold.ROLLOUT_PENDING, "keeps 1.0.0", True), DriverRun("Loaded", "1.0.0")
+        "b",
+        Decision("drv", Action.HOLD, Hold.ROLLOUT_PENDING, "keeps 1.0.0", True),
+        DriverRun("Loaded", "1.0.0"),
     )
     status = aggregate(drv, [load("a", version="2.0.0"), pending], AT)
     assert cond(status, "Progressing").reason == "RollingUpdate"
@@ -99,7 +117,11 @@ def test_a_rollout_in_progress() -> None:
 
 
 def test_unloading_is_progressing() -> None:
-    leaving = NodeDriverState("a", Decision("drv", Action.UNLOAD, Reason.NODE_NOT_SELECTED, "not selected"), DriverRun("Unloading", "1.0.0", pid=5))
+    leaving = NodeDriverState(
+        "a",
+        Decision("drv", Action.UNLOAD, Reason.NODE_NOT_SELECTED, "not selected"),
+        DriverRun("Unloading", "1.0.0", pid=5),
+    )
     status = aggregate(driver(), [leaving], AT)
     assert cond(status, "Progressing").reason == "Unloading"
     assert cond(status, "Ready").status == "True"
@@ -116,7 +138,9 @@ def test_invalid_spec() -> None:
 
 def test_deleting() -> None:
     deleting = driver(deleting=True)
-    leaving = NodeDriverState("a", Decision("drv", Action.UNLOAD, Reason.DELETING, "deleting"), DriverRun("Unloading", pid=5))
+    leaving = NodeDriverState(
+        "a", Decision("drv", Action.UNLOAD, Reason.DELETING, "deleting"), DriverRun("Unloading", pid=5)
+    )
     status = aggregate(deleting, [leaving], AT)
     assert cond(status, "Ready").reason == "Deleting"
     assert cond(status, "Progressing").message == "waiting for 1 node to unload: a"
@@ -147,14 +171,18 @@ def test_events_for_a_load() -> None:
     assert [(e.type, e.reason) for e in events] == [("Normal", "LoadRequested")]
     assert events[0].message.startswith("node a: ")
     loaded = {"a": observe(load("a"))}
-    assert [(e.reason, e.message) for e in transitions(requested, loaded, [], [])] == [("Loaded", "node a: version 1.0.0")]
+    assert [(e.reason, e.message) for e in transitions(requested, loaded, [], [])] == [
+        ("Loaded", "node a: version 1.0.0")
+    ]
 
 
 def test_events_for_failure_unload_and_placement_problems() -> None:
     before = {"a": observe(load("a")), "b": observe(load("b")), "c": observe(skip("c"))}
     after = {
         "a": observe(load("a", phase="Failed", error_reason="Crashed", error_message="boom")),
-        "b": observe(NodeDriverState("b", Decision("drv", Action.UNLOAD, Reason.NODE_NOT_SELECTED, "labels changed"))),
+        "b": observe(
+            NodeDriverState("b", Decision("drv", Action.UNLOAD, Reason.NODE_NOT_SELECTED, "labels changed"))
+        ),
         "c": observe(skip("c", Reason.CAPACITY_EXCEEDED, has_hardware=True)),
     }
     events = {(e.type, e.reason): e.message for e in transitions(before, after, [], [])}

@@ -44,7 +44,13 @@ def test_device_view_keeps_only_what_matching_reads() -> None:
         }
     )
     assert view is not None
-    assert (view.name, view.node, view.type, view.present, view.since) == ("n1-abc", "n1", "nvme-namespace", False, 10.0)
+    assert (view.name, view.node, view.type, view.present, view.since) == (
+        "n1-abc",
+        "n1",
+        "nvme-namespace",
+        False,
+        10.0,
+    )
     assert view.attributes == {
         "model": "Samsung SSD 980",
         "sizeBytes": "1000",
@@ -67,7 +73,9 @@ def test_config_view() -> None:
             "status": {
                 "observedGeneration": 3,
                 "capacity": {"maxLoadedDrivers": 7},
-                "drivers": [{"name": "drv", "phase": "Failed", "lastError": {"reason": "Crashed", "message": "x"}}],
+                "drivers": [
+                    {"name": "drv", "phase": "Failed", "lastError": {"reason": "Crashed", "message": "x"}}
+                ],
                 "available": [{"file": "loop_info.py", "sha256": "a" * 64, "error": "bad"}],
             },
         }
@@ -111,16 +119,27 @@ def test_lease_view() -> None:
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
-        ({"deviceSelector": [{"key": "model", "operator": "Regex", "values": ["(["]}]}, "spec.deviceSelector[0].values"),
+        (
+            {"deviceSelector": [{"key": "model", "operator": "Regex", "values": ["(["]}]},
+            "spec.deviceSelector[0].values",
+        ),
         ({"maxUnavailable": "lots"}, "spec.maxUnavailable"),
-        ({"minimumPlatform": {"kernelVersion": {"atLeast": "6.1", "below": "5.0"}}}, "spec.minimumPlatform.kernelVersion.below"),
+        (
+            {"minimumPlatform": {"kernelVersion": {"atLeast": "6.1", "below": "5.0"}}},
+            "spec.minimumPlatform.kernelVersion.below",
+        ),
         ({"supportedDevices": ["loop", "loop"]}, "spec.supportedDevices"),
         ({"config": {"blob": "x" * 20000}}, "spec.config"),
         ({"source": {}}, "spec.source"),
     ],
 )
 def test_invalid_specs_name_the_field(spec: dict, field: str) -> None:
-    body = {"driverName": "D", "version": "1.0.0", "supportedDevices": ["loop"], "source": {"hostPath": {"path": "d.py"}}}
+    body = {
+        "driverName": "D",
+        "version": "1.0.0",
+        "supportedDevices": ["loop"],
+        "source": {"hostPath": {"path": "d.py"}},
+    }
     parsed, message = parse_spec({**body, **spec})
     assert parsed is None
     assert message is not None and message.startswith(field + ":"), message
@@ -160,7 +179,9 @@ def test_storage_driver_view_and_its_entry() -> None:
 def test_rollout_key_ignores_devices_priority_and_grace() -> None:
     base = driver()
     assert base.template is not None
-    changed = base.template.model_copy(update={"devices": ["x"], "priority": 9, "unload_grace_period_seconds": 1})
+    changed = base.template.model_copy(
+        update={"devices": ["x"], "priority": 9, "unload_grace_period_seconds": 1}
+    )
     assert rollout_key(changed) == base.rollout_key
     assert driver(config={"a": 1}).rollout_key != base.rollout_key
     assert driver(version="1.0.1").rollout_key != base.rollout_key
