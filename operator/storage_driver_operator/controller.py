@@ -258,6 +258,9 @@ class Controller:
                 return
         self._failures.pop(name, None)
         self.configs.apply(obj)
+        # Plan it once more against what was written, so that the kept plan (which status and
+        # Events read) says "keep" rather than "load" or "update"; that plan writes nothing.
+        self._mark(name)
         actions = {
             d.driver: f"{d.action}:{d.reason}"
             for d in plan.decisions.values()
