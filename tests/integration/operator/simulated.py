@@ -68,14 +68,18 @@ async def add_device(
     """Publish a NodeDevice; present=None leaves the Present condition unset."""
     body = device_body(node, name, type_, **attributes)
     if node_uid:
-        body["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}]
+        body["metadata"]["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}
+        ]
     created = await kube.create(NODE_DEVICES, body)
     if present is None:
         return created
     return await set_present(kube, name, present)
 
 
-async def set_present(kube: KubeClient, name: str, present: bool, at: dt.datetime | None = None) -> dict[str, Any]:
+async def set_present(
+    kube: KubeClient, name: str, present: bool, at: dt.datetime | None = None
+) -> dict[str, Any]:
     condition = {
         "type": "Present",
         "status": "True" if present else "False",
@@ -89,7 +93,9 @@ async def set_present(kube: KubeClient, name: str, present: bool, at: dt.datetim
 
 async def ensure_lease_namespace(kube: KubeClient, namespace: str = LEASE_NAMESPACE_DEFAULT) -> None:
     try:
-        await kube.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        await kube.create(
+            NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+        )
     except ApiError as exc:
         if not exc.conflict:
             raise
@@ -188,7 +194,9 @@ async def report_loaded(kube: KubeClient, node: str, **extra: Any) -> dict[str, 
     return await report(kube, node, drivers=drivers, **extra)
 
 
-def available_entry(file: str, content: str = "driver", driver_name: str = "Loop Info Driver") -> dict[str, Any]:
+def available_entry(
+    file: str, content: str = "driver", driver_name: str = "Loop Info Driver"
+) -> dict[str, Any]:
     return {"file": file, "sha256": sha256_of(content), "driverName": driver_name, "version": "1.0.0"}
 
 

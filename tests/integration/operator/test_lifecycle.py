@@ -52,7 +52,10 @@ async def test_deletion_waits_until_every_live_node_has_unloaded(
     await wait_devices(kube, "del-a", "loop-info", None)
     await wait_devices(kube, "del-b", "loop-info", None)
     status = await wait_status(
-        kube, "loop-info", lambda s: sim.condition(s, "Ready").get("reason") == "Deleting", "Ready=False Deleting"
+        kube,
+        "loop-info",
+        lambda s: sim.condition(s, "Ready").get("reason") == "Deleting",
+        "Ready=False Deleting",
     )
     assert "waiting for 2 nodes" in sim.condition(status, "Progressing")["message"]
 
@@ -192,12 +195,19 @@ async def test_a_version_change_rolls_with_max_unavailable(
     await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info", maxUnavailable=1))
     await loaded_everywhere(kube, nodes, "loop-info")
     await wait_status(
-        kube, "loop-info", lambda s: sim.condition(s, "Ready").get("status") == "True", "Ready before the change"
+        kube,
+        "loop-info",
+        lambda s: sim.condition(s, "Ready").get("status") == "True",
+        "Ready before the change",
     )
     await kube.patch(STORAGE_DRIVERS, "loop-info", {"spec": {"version": "1.1.0"}})
 
     async def on_new() -> list[str]:
-        return [n for n in nodes if ((await sim.spec_drivers(kube, n) or {}).get("loop-info") or {}).get("version") == "1.1.0"]
+        return [
+            n
+            for n in nodes
+            if ((await sim.spec_drivers(kube, n) or {}).get("loop-info") or {}).get("version") == "1.1.0"
+        ]
 
     for step in range(1, 4):
         switched = await eventually(
@@ -214,7 +224,10 @@ async def test_a_version_change_rolls_with_max_unavailable(
         await consistently(no_more, duration=2, what=f"no more than {step} node(s) switching")
         await sim.report_loaded(kube, switched[-1])
     await wait_status(
-        kube, "loop-info", lambda s: sim.condition(s, "Ready").get("status") == "True", "Ready after the rollout"
+        kube,
+        "loop-info",
+        lambda s: sim.condition(s, "Ready").get("status") == "True",
+        "Ready after the rollout",
     )
 
 
@@ -245,7 +258,10 @@ async def test_no_arguments_runs_against_the_current_kubeconfig(
         "storage-operator",
         [console_script("storage-operator")],
         tmp_path / "operator.log",
-        env={"KUBECONFIG": str(cluster.kubeconfig), "LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz"},
+        env={
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
+        },
     ).start()
     try:
         await wait_devices(kube, "noarg-a", "loop-info", ["noarg-a-loop0"])

@@ -34,14 +34,18 @@ async def devices_of(kube: KubeClient, node: str, driver: str) -> list[str] | No
     return list(drivers[driver].get("devices") or [])
 
 
-async def wait_devices(kube: KubeClient, node: str, driver: str, expected: list[str] | None, timeout: float = 30) -> None:
+async def wait_devices(
+    kube: KubeClient, node: str, driver: str, expected: list[str] | None, timeout: float = 30
+) -> None:
     async def probe() -> bool:
         return await devices_of(kube, node, driver) == expected
 
     await eventually(probe, timeout=timeout, what=f"{node} spec for {driver} to bind {expected}")
 
 
-async def wait_status(kube: KubeClient, name: str, check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+async def wait_status(
+    kube: KubeClient, name: str, check: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
         status = await sim.driver_status(kube, name)
         return status if status and check(status) else None
@@ -51,7 +55,9 @@ async def wait_status(kube: KubeClient, name: str, check: Callable[[dict[str, An
 
 async def event_reasons(kube: KubeClient, name: str) -> list[str]:
     obj = await kube.get(STORAGE_DRIVERS, name)
-    items, _ = await kube.list(EVENTS, namespace="default", field_selector=f"involvedObject.uid={obj['metadata']['uid']}")
+    items, _ = await kube.list(
+        EVENTS, namespace="default", field_selector=f"involvedObject.uid={obj['metadata']['uid']}"
+    )
     return [item["reason"] for item in items]
 
 
@@ -66,7 +72,8 @@ async def test_apply_loads_where_it_matches_and_says_why_not_elsewhere(
     await sim.add_device(kube, "op-b", "op-b-nvme0", "nvme-namespace", node_uid=b)
     await sim.add_device(kube, "op-c", "op-c-loop0", node_uid=c)
     await kube.create(
-        STORAGE_DRIVERS, sim.storage_driver("loop-info", minimumPlatform={"kernelVersion": {"atLeast": "6.0"}})
+        STORAGE_DRIVERS,
+        sim.storage_driver("loop-info", minimumPlatform={"kernelVersion": {"atLeast": "6.0"}}),
     )
 
     await wait_devices(kube, "op-a", "loop-info", ["op-a-loop0"])
@@ -94,7 +101,10 @@ async def test_apply_loads_where_it_matches_and_says_why_not_elsewhere(
     )
     assert status["loadedNodes"] == 1
     assert sim.condition(status, "Ready")["reason"] == "Loaded"
-    assert status["observedGeneration"] == (await kube.get(STORAGE_DRIVERS, "loop-info"))["metadata"]["generation"]
+    assert (
+        status["observedGeneration"]
+        == (await kube.get(STORAGE_DRIVERS, "loop-info"))["metadata"]["generation"]
+    )
 
     table = kubectl(cluster, "get", "sd", "loop-info")
     assert table.splitlines()[0].split()[:6] == ["NAME", "VERSION", "MATCHING", "LOADED", "FAILED", "READY"]
@@ -223,13 +233,19 @@ async def test_node_labels_opt_in_and_kernel_versions(
     await kube.patch(NODES, "nl-a", {"status": {"nodeInfo": info}}, subresource="status")
     await wait_devices(kube, "nl-a", "picky", None)
     await wait_status(
-        kube, "picky", lambda s: "PlatformTooOld 1" in sim.condition(s, "Ready").get("message", ""), "PlatformTooOld"
+        kube,
+        "picky",
+        lambda s: "PlatformTooOld 1" in sim.condition(s, "Ready").get("message", ""),
+        "PlatformTooOld",
     )
     await kube.patch(NODES, "nl-a", {"metadata": {"labels": {opt_in_label("picky"): None}}})
     info["kernelVersion"] = "6.1.0-18-amd64"
     await kube.patch(NODES, "nl-a", {"status": {"nodeInfo": info}}, subresource="status")
     await wait_status(
-        kube, "picky", lambda s: "NotOptedIn 1" in sim.condition(s, "Ready").get("message", ""), "NotOptedIn again"
+        kube,
+        "picky",
+        lambda s: "NotOptedIn 1" in sim.condition(s, "Ready").get("message", ""),
+        "NotOptedIn again",
     )
     assert await devices_of(kube, "nl-a", "picky") is None
 
@@ -263,7 +279,9 @@ async def test_a_host_path_driver_waits_for_the_file_on_the_node(
     content = "driver source"
     await kube.create(
         STORAGE_DRIVERS,
-        sim.storage_driver("pinned", source={"hostPath": {"path": "loop_info.py", "sha256": sim.sha256_of(content)}}),
+        sim.storage_driver(
+            "pinned", source={"hostPath": {"path": "loop_info.py", "sha256": sim.sha256_of(content)}}
+        ),
     )
     status = await wait_status(kube, "pinned", lambda s: s.get("failingNodes"), "DriverNotAvailable")
     assert status["failingNodes"][0]["reason"] == "DriverNotAvailable"
@@ -272,7 +290,10 @@ async def test_a_host_path_driver_waits_for_the_file_on_the_node(
     # A file with another hash is still not the driver.
     await sim.report(kube, "hp-file", available=[sim.available_entry("loop_info.py", "other content")])
     status = await wait_status(
-        kube, "pinned", lambda s: "pins" in (s.get("failingNodes") or [{}])[0].get("message", ""), "the hash named"
+        kube,
+        "pinned",
+        lambda s: "pins" in (s.get("failingNodes") or [{}])[0].get("message", ""),
+        "the hash named",
     )
     await sim.report(kube, "hp-file", available=[sim.available_entry("loop_info.py", content)])
     await wait_devices(kube, "hp-file", "pinned", ["hp-file-loop0"])
@@ -325,7 +346,10 @@ async def test_deleting_a_node_is_left_to_the_garbage_collector(
     await kube.delete(NODES, "gone-a")
 
     async def collected() -> bool:
-        return await sim.spec_drivers(kube, "gone-a") is None and await kube.get_or_none(NODE_DEVICES, "gone-a-loop0") is None
+        return (
+            await sim.spec_drivers(kube, "gone-a") is None
+            and await kube.get_or_none(NODE_DEVICES, "gone-a-loop0") is None
+        )
 
     await eventually(collected, timeout=60, what="the NodeDriverConfig and NodeDevice to be collected")
 
