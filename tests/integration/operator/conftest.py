@@ -64,12 +64,13 @@ class Operator:
         process = self.process
         assert process is not None
 
-        async def ready() -> str | None:
+        async def ready() -> str:
             if not process.running:
                 raise AssertionError(f"storage-operator exited:\n{process.log()}")
-            return next((line for line in process.log(10_000).splitlines() if " ready " in line), None)
+            return next((line for line in process.log(10_000).splitlines() if " ready " in line), "")
 
-        return await eventually(ready, timeout=60, what="the operator to be ready")
+        line: str = await eventually(ready, timeout=60, what="the operator to be ready")
+        return line
 
     def stop(self) -> None:
         if self.process is not None:

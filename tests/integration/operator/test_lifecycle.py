@@ -210,9 +210,12 @@ async def test_a_version_change_rolls_with_max_unavailable(
         ]
 
     for step in range(1, 4):
-        switched = await eventually(
-            lambda step=step: _count(on_new, step), what=f"{step} node(s) on the new version"
-        )
+
+        async def switched_now(step: int = step) -> list[str]:
+            found = await on_new()
+            return found if len(found) == step else []
+
+        switched: list[str] = await eventually(switched_now, what=f"{step} node(s) on the new version")
         status = await sim.driver_status(kube, "loop-info")
         if step < 3:
             progressing = sim.condition(status, "Progressing")
@@ -229,11 +232,6 @@ async def test_a_version_change_rolls_with_max_unavailable(
         lambda s: sim.condition(s, "Ready").get("status") == "True",
         "Ready after the rollout",
     )
-
-
-async def _count(probe: Callable[[], Any], expected: int) -> list[str] | None:
-    found: list[str] = await probe()
-    return found if len(found) == expected else None
 
 
 async def test_liveness_endpoint(operator: Operator) -> None:

@@ -46,11 +46,12 @@ async def wait_devices(
 async def wait_status(
     kube: KubeClient, name: str, check: Callable[[dict[str, Any]], bool], what: str
 ) -> dict[str, Any]:
-    async def probe() -> dict[str, Any] | None:
+    async def probe() -> dict[str, Any]:
         status = await sim.driver_status(kube, name)
-        return status if status and check(status) else None
+        return status if status and check(status) else {}
 
-    return await eventually(probe, timeout=30, what=what)
+    found: dict[str, Any] = await eventually(probe, timeout=30, what=what)
+    return found
 
 
 async def event_reasons(kube: KubeClient, name: str) -> list[str]:
@@ -262,7 +263,9 @@ async def test_capacity_keeps_the_higher_priority_and_reports_the_rest(
     await kube.create(STORAGE_DRIVERS, sim.storage_driver("high", priority=10))
     await wait_devices(kube, "cap-a", "high", ["cap-a-loop0"])
     assert list(await sim.spec_drivers(kube, "cap-a") or {}) == ["high"]
-    status = await wait_status(kube, "low", lambda s: s.get("failingNodes"), "low to list its failing node")
+    status = await wait_status(
+        kube, "low", lambda s: bool(s.get("failingNodes")), "low to list its failing node"
+    )
     assert status["failingNodes"][0]["node"] == "cap-a"
     assert status["failingNodes"][0]["reason"] == "CapacityExceeded"
     degraded = sim.condition(status, "Degraded")
@@ -283,7 +286,7 @@ async def test_a_host_path_driver_waits_for_the_file_on_the_node(
             "pinned", source={"hostPath": {"path": "loop_info.py", "sha256": sim.sha256_of(content)}}
         ),
     )
-    status = await wait_status(kube, "pinned", lambda s: s.get("failingNodes"), "DriverNotAvailable")
+    status = await wait_status(kube, "pinned", lambda s: bool(s.get("failingNodes")), "DriverNotAvailable")
     assert status["failingNodes"][0]["reason"] == "DriverNotAvailable"
     assert await devices_of(kube, "hp-file", "pinned") is None
 

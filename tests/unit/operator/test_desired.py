@@ -5,6 +5,7 @@ from __future__ import annotations
 from storage_driver_operator.desired import (
     Action,
     Hold,
+    NodePlan,
     NodeState,
     Snapshot,
     max_unavailable_count,
@@ -13,17 +14,23 @@ from storage_driver_operator.desired import (
     plan_rollout,
 )
 from storage_driver_operator.matching import Reason
+from storage_driver_operator.views import ConfigView, DeviceView, LeaseView, NodeView
 
 from tests.unit.operator.builders import NOW, config, device, driver, entry, lease, node, run
 
 
-def state(*devices, cfg=None, lease_=None, n=None) -> NodeState:  # type: ignore[no-untyped-def]
+def state(
+    *devices: DeviceView,
+    cfg: ConfigView | None = None,
+    lease_: LeaseView | None = None,
+    n: NodeView | None = None,
+) -> NodeState:
     return NodeState(
         node=n or node(), devices=devices, config=cfg, lease=lease_ if lease_ is not None else lease()
     )
 
 
-def names(plan) -> list[str]:  # type: ignore[no-untyped-def]
+def names(plan: NodePlan) -> list[str]:
     return [d.name for d in plan.drivers]
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from storage_driver_api.constants import opt_in_label
 from storage_driver_api.meta import LabelSelector
-from storage_driver_api.storagedriver import DeviceSelectorRequirement, DriverSource, MinimumPlatform
+from storage_driver_api.storagedriver import (
+    DeviceSelectorRequirement,
+    DriverSource,
+    MinimumPlatform,
+    StorageDriverSpec,
+)
 from storage_driver_operator.matching import (
     Reason,
     match_node,
@@ -19,7 +26,7 @@ from storage_driver_operator.views import AvailableFile
 from tests.unit.operator.builders import device, driver, node
 
 
-def spec_of(**spec: object):  # type: ignore[no-untyped-def]
+def spec_of(**spec: Any) -> StorageDriverSpec:
     view = driver(**spec)
     assert view.spec is not None, view.invalid
     return view.spec
@@ -55,7 +62,9 @@ def spec_of(**spec: object):  # type: ignore[no-untyped-def]
         ),
     ],
 )
-def test_label_selector_semantics(selector: dict | None, labels: dict[str, str], expected: bool) -> None:
+def test_label_selector_semantics(
+    selector: dict[str, Any] | None, labels: dict[str, str], expected: bool
+) -> None:
     parsed = None if selector is None else LabelSelector.model_validate(selector)
     assert selects(parsed, labels) is expected
 
@@ -101,7 +110,9 @@ def test_os_and_architecture() -> None:
 
 
 def req(key: str, operator: str, *values: str) -> DeviceSelectorRequirement:
-    return DeviceSelectorRequirement(key=key, operator=operator, values=list(values))  # type: ignore[arg-type]
+    return DeviceSelectorRequirement.model_validate(
+        {"key": key, "operator": operator, "values": list(values)}
+    )
 
 
 @pytest.mark.parametrize(
@@ -221,7 +232,9 @@ def test_device_selector_filters_devices() -> None:
         ({"source": {"hostPath": {"path": "missing.py"}}}, {}, Reason.DRIVER_NOT_AVAILABLE),
     ],
 )
-def test_each_non_match_names_its_reason(spec: dict, labels: dict[str, str], reason: Reason) -> None:
+def test_each_non_match_names_its_reason(
+    spec: dict[str, Any], labels: dict[str, str], reason: Reason
+) -> None:
     result = match_node("drv", spec_of(**spec), node(labels=labels), [device("a")], AVAILABLE)
     assert result.reason == reason
     assert result.message

@@ -5,8 +5,8 @@ has a reason, capacity and order hold, unloads are conservative, rollouts keep t
 from __future__ import annotations
 
 import dataclasses
-import os
 import datetime as dt
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from storage_driver_api.storagedriver import FAILING_NODES_MAX
+from storage_driver_api.meta import Condition
+from storage_driver_api.storagedriver import FAILING_NODES_MAX, StorageDriverStatus
 from storage_driver_operator.desired import Action, Decision, Hold
 from storage_driver_operator.matching import Reason
 from storage_driver_operator.status import NodeDriverState, aggregate, observe, transitions
@@ -17,8 +19,8 @@ LATER = AT + dt.timedelta(minutes=5)
 
 
 def load(
-    node: str, phase: str | None = "Loaded", version: str = "1.0.0", action: Action = Action.KEEP, **run
-) -> NodeDriverState:  # type: ignore[no-untyped-def]
+    node: str, phase: str | None = "Loaded", version: str = "1.0.0", action: Action = Action.KEEP, **run: Any
+) -> NodeDriverState:
     decision = Decision("drv", action, Reason.MATCHED, "1 matching device(s): d", True)
     return NodeDriverState(node, decision, DriverRun(phase=phase, version=version, **run) if phase else None)
 
@@ -29,7 +31,7 @@ def skip(
     return NodeDriverState(node, Decision("drv", Action.NONE, reason, f"{reason}", has_hardware))
 
 
-def cond(status, type_):  # type: ignore[no-untyped-def]
+def cond(status: StorageDriverStatus, type_: str) -> Condition:
     return next(c for c in status.conditions if c.type == type_)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from storage_driver_operator.views import (
     config_view,
@@ -133,7 +135,7 @@ def test_lease_view() -> None:
         ({"source": {}}, "spec.source"),
     ],
 )
-def test_invalid_specs_name_the_field(spec: dict, field: str) -> None:
+def test_invalid_specs_name_the_field(spec: dict[str, Any], field: str) -> None:
     body = {
         "driverName": "D",
         "version": "1.0.0",
