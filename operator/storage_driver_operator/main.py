@@ -130,7 +130,7 @@ async def run(options: Options) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="storage-operator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="storage-operator", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {operator_version()}")
     Options.add_arguments(parser)
     return parser
