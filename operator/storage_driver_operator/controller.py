@@ -18,7 +18,7 @@ import datetime as dt
 import heapq
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -257,6 +257,7 @@ class Controller:
                 log.warning("cannot write node spec", extra=fields(node=name, error=str(exc)))
                 return
         self._failures.pop(name, None)
+        self.last_tick = self.clock()  # a long first batch is progress, not a stuck planner
         self.configs.apply(obj)
         # Plan it once more against what was written, so that the kept plan (which status and
         # Events read) says "keep" rather than "load" or "update"; that plan writes nothing.
@@ -472,5 +473,3 @@ class Controller:
             **self.counters,
         }
 
-    def summary(self) -> Iterable[tuple[str, object]]:
-        return self.counters.items()

@@ -253,9 +253,10 @@ def transitions(
     new_conditions: Sequence[Condition],
 ) -> list[Event]:
     """Events for what changed between two rounds: per node (grouped into one summary when more
-    than a few nodes change the same way) and for the Ready condition."""
+    than a few nodes change the same way) and for the Ready condition. A node missing from
+    `after` is gone (deleted with its objects): nothing to report about it."""
     grouped: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for node in sorted(set(before) | set(after)):
+    for node in sorted(after):
         for type_, reason, message in _node_changes(
             node, before.get(node, NOTHING), after.get(node, NOTHING)
         ):

@@ -117,14 +117,20 @@ def storage_drivers() -> list[dict[str, Any]]:
     ]
 
 
-async def delete_collection(
-    kube: KubeClient, res: Resource, selector: str, namespace: str | None = None
-) -> None:
-    try:
-        await kube.request("DELETE", res.path(namespace=namespace), params={"labelSelector": selector})
-    except ApiError as exc:
-        if not exc.not_found:
-            raise
+async def delete_collection(kube: KubeClient, res: Resource, selector: str, namespace: str | None = None) -> None:
+    """Delete every object the selector matches; the server gives up on big collections after
+    about 30 s (504) and goes on where it stopped on the next call."""
+    while True:
+        try:
+            await kube.request("DELETE", res.path(namespace=namespace), params={"labelSelector": selector})
+        except ApiError as exc:
+            if exc.not_found:
+                return
+            if exc.status != 504:
+                raise
+        page = await kube.list_page(res, namespace=namespace, label_selector=selector, limit=1)
+        if not page.get("items"):
+            return
 
 
 async def clean(kube: KubeClient) -> None:
@@ -345,7 +351,7 @@ async def measure(cluster: localcluster.ClusterConfig, logs: Path) -> list[Table
         ["start", "process start to ready", "spec writes at start", "RSS after ready", "peak RSS"],
         command=COMMAND,
         notes=(
-            f"{scale}; {created}. "
+            f"{scale}; {created}; load average {os.getloadavg()[0]:.1f} when measured (other work shares the machine). "
             f"Ready = every kind listed and every node planned; on the first start the "
             f"{NODE_COUNT:,} NodeDriverConfigs were all written {specs_seconds:.1f}s after ready was logged."
         ),

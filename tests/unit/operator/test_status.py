@@ -217,3 +217,9 @@ def test_ready_changes_are_events() -> None:
     invalid = aggregate(driver(maxUnavailable="x"), [], LATER)
     events = transitions({}, {}, ready.conditions, invalid.conditions)
     assert [(e.type, e.reason) for e in events] == [("Warning", "InvalidSpec")]
+
+
+def test_a_node_that_is_gone_makes_no_events() -> None:
+    before = {"a": observe(load("a")), "b": observe(load("b"))}
+    after = {"a": observe(load("a"))}
+    assert transitions(before, after, [], []) == []
