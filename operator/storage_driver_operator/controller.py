@@ -472,4 +472,3 @@ class Controller:
             "errors": {i.kind: i.last_error for i in self.informers if i.last_error},
             **self.counters,
         }
-

@@ -117,7 +117,9 @@ def storage_drivers() -> list[dict[str, Any]]:
     ]
 
 
-async def delete_collection(kube: KubeClient, res: Resource, selector: str, namespace: str | None = None) -> None:
+async def delete_collection(
+    kube: KubeClient, res: Resource, selector: str, namespace: str | None = None
+) -> None:
     """Delete every object the selector matches; the server gives up on big collections after
     about 30 s (504) and goes on where it stopped on the next call."""
     while True:

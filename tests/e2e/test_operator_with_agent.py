@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from storage_driver_api.constants import NODE_DEVICES, NODE_DRIVER_CONFIGS, NODE_LABEL, STORAGE_DRIVERS, node_label_value
+from storage_driver_api.constants import (
+    NODE_DEVICES,
+    NODE_DRIVER_CONFIGS,
+    NODE_LABEL,
+    STORAGE_DRIVERS,
+    node_label_value,
+)
 from storage_driver_api.kube import KubeClient
 
 from tests.conftest import REPO_ROOT, kubectl, require
@@ -33,7 +39,9 @@ DRIVER_FILE = REPO_ROOT / "examples" / "drivers" / "loop_info.py"
 
 def agent_missing() -> str | None:
     if not DRIVER_FILE.exists():
-        return f"{DRIVER_FILE.relative_to(REPO_ROOT)} is not in this checkout (the agent's driver runtime issue)"
+        return (
+            f"{DRIVER_FILE.relative_to(REPO_ROOT)} is not in this checkout (the agent's driver runtime issue)"
+        )
     try:
         usage = subprocess.run(
             [console_script("storage-agent"), "--help"], capture_output=True, text=True, timeout=60
@@ -133,7 +141,9 @@ async def test_loop_driver_loads_on_attach_and_unloads_after_detach(
             runs = [d["name"] for d in (config.get("status") or {}).get("drivers") or []]
             return "loop-info" not in wanted and "loop-info" not in runs
 
-        await eventually(unloaded, timeout=60 + delay, what="loop-info unloaded after the detach and the delay")
+        await eventually(
+            unloaded, timeout=60 + delay, what="loop-info unloaded after the detach and the delay"
+        )
         row = kubectl(cluster, "get", "sd", "loop-info").splitlines()[1].split()
         assert row[:5] == ["loop-info", "1.0.0", "0", "0", "0"], row
     finally:
