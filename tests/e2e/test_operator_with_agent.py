@@ -138,8 +138,12 @@ async def test_loop_driver_loads_on_attach_and_unloads_after_detach(
         async def unloaded() -> bool:
             config = await kube.get(NODE_DRIVER_CONFIGS, node)
             wanted = [d["name"] for d in config["spec"].get("drivers") or []]
-            runs = [d["name"] for d in (config.get("status") or {}).get("drivers") or []]
-            return "loop-info" not in wanted and "loop-info" not in runs
+            runs = {d["name"]: d for d in (config.get("status") or {}).get("drivers") or []}
+            run = runs.get("loop-info")
+            stopped = run is None or (
+                run.get("phase") not in ("Loading", "Loaded", "Unloading") and not run.get("pid")
+            )
+            return "loop-info" not in wanted and stopped
 
         await eventually(
             unloaded, timeout=60 + delay, what="loop-info unloaded after the detach and the delay"
