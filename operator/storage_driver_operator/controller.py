@@ -71,6 +71,7 @@ class Controller:
         common: dict[str, Any] = {
             "watch_timeout": options.watch_timeout,
             "inactivity_timeout": options.inactivity_timeout,
+            "from_watch_cache": not options.list_pages,
         }
         self.nodes: Informer[NodeView] = Informer(kube, NODES, node_view, on_change=self._on_node, **common)
         self.devices: Informer[DeviceView] = Informer(

@@ -27,6 +27,7 @@ class Options:
     watch_timeout: float = 300.0
     inactivity_timeout: float = 70.0
     deletion_wait: float = 30.0
+    list_pages: bool = False
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -93,6 +94,13 @@ class Options:
             "(default: %(default)s)",
         )
         add(
+            "--list-pages",
+            action="store_true",
+            default=_env("LIST_PAGES", "") in ("1", "true"),
+            help="list page by page from etcd instead of whole from the API server's watch cache "
+            "(slower at scale; both are consistent)",
+        )
+        add(
             "--log-level",
             default=_env("LOG_LEVEL", "INFO"),
             help="DEBUG, INFO, WARNING (default: %(default)s)",
@@ -113,6 +121,7 @@ class Options:
             watch_timeout=args.watch_timeout,
             inactivity_timeout=args.inactivity_timeout,
             deletion_wait=args.deletion_wait,
+            list_pages=args.list_pages,
             log_level=args.log_level,
             log_format=args.log_format,
         )
