@@ -371,11 +371,10 @@ async def measure(cluster: localcluster.ClusterConfig, logs: Path) -> list[Table
         ],
         command=COMMAND,
         notes=(
-            f"{scale}; {created}. Ready = every kind listed (paginated, 500 per page, consistent reads "
-            "from etcd) and every node planned; on the first start that includes creating every "
-            "NodeDriverConfig. Load avg = the machine's 1-minute load when the start began: other "
-            "developers' clusters and tests share its 2 cores, and the NodeDevice list from etcd "
-            "(the long pole) slows down with it."
+            f"{scale}; {created}. Ready = every kind listed (consistent lists from the API server's "
+            "watch cache, read item by item; see docs/operator.md) and every node planned; on the first "
+            "start that includes creating every NodeDriverConfig. Load avg = the machine's 1-minute "
+            "load when the start began: other developers' clusters and tests share its 2 cores."
         ),
     )
     ready.add(
