@@ -57,6 +57,9 @@ MANAGER = "storage-operator"
 TICK_SECONDS = 10.0
 STUCK_SECONDS = 120.0
 MAX_RETRY_SECONDS = 30.0
+# Lists from the API server's watch cache may trail etcd by a moment; the watches that follow
+# make it up. Waiting this long after the lists before the first plan lets them.
+SETTLE_SECONDS = 1.0
 
 
 def _lease_key(obj: Any) -> str | None:
@@ -433,6 +436,8 @@ class Controller:
     async def _sync(self) -> None:
         started = time.monotonic()
         await asyncio.gather(*(informer.synced.wait() for informer in self.informers))
+        if not self.options.list_pages:
+            await asyncio.sleep(SETTLE_SECONDS)
         self._seed_quietly = set(self.drivers.items)
         self.ready.set()
         self.mark_all()

@@ -97,8 +97,8 @@ class Options:
             "--list-pages",
             action="store_true",
             default=_env("LIST_PAGES", "") in ("1", "true"),
-            help="list page by page from etcd instead of whole from the API server's watch cache "
-            "(slower at scale; both are consistent)",
+            help="list page by page from etcd (consistent at once, several times slower at scale) "
+            "instead of whole from the API server's watch cache",
         )
         add(
             "--log-level",

@@ -371,10 +371,11 @@ async def measure(cluster: localcluster.ClusterConfig, logs: Path) -> list[Table
         ],
         command=COMMAND,
         notes=(
-            f"{scale}; {created}. Ready = every kind listed (consistent lists from the API server's "
-            "watch cache, read item by item; see docs/operator.md) and every node planned; on the first "
-            "start that includes creating every NodeDriverConfig. Load avg = the machine's 1-minute "
-            "load when the start began: other developers' clusters and tests share its 2 cores."
+            f"{scale}; {created}. Ready = every kind listed (whole lists from the API server's watch "
+            "cache, read item by item, then 1 s for the watches to catch up; see docs/operator.md) and "
+            "every node planned; on the first start that includes creating every NodeDriverConfig. "
+            "Load avg = the machine's 1-minute load when the start began: other developers' clusters "
+            "and tests share its 2 cores."
         ),
     )
     ready.add(
