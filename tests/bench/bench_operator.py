@@ -196,7 +196,7 @@ class OperatorRun:
         self.starts = 0
         self.process: ComponentProcess | None = None
 
-    def start(self) -> float:
+    def start(self, *extra: str) -> float:
         """Start it and wait for its `ready` line; seconds from spawn to ready."""
         self.starts += 1
         started = time.monotonic()
@@ -208,6 +208,7 @@ class OperatorRun:
                 "text",
                 "--liveness",
                 f"http://127.0.0.1:{free_port()}/healthz",
+                *extra,
             ],
             self.logs / f"operator-{self.starts}.log",
             env={"KUBECONFIG": str(self.cluster.kubeconfig)},
@@ -336,6 +337,15 @@ async def measure(cluster: localcluster.ClusterConfig, logs: Path) -> list[Table
             warm_list = operator.list_seconds("nodedevices")
             log(f"restart: ready in {warm:.2f}s, RSS {warm_rss:.0f} MB\n{operator.timings()}")
 
+            operator.stop()
+            pages_load = os.getloadavg()[0]
+            pages = operator.start("--list-pages")
+            pages_line = operator.ready_line()
+            assert operator.process is not None
+            pages_rss, pages_peak = rss_mb(operator.process.pid)
+            pages_list = operator.list_seconds("nodedevices")
+            log(f"restart with --list-pages: ready in {pages:.2f}s\n{operator.timings()}")
+
             latency_load = os.getloadavg()[0]
             latencies = await latency_samples(kube, uids, LATENCY_SAMPLES)
             assert operator.process is not None
@@ -395,6 +405,15 @@ async def measure(cluster: localcluster.ClusterConfig, logs: Path) -> list[Table
         f"{warm_rss:.0f} MB",
         f"{warm_peak:.0f} MB",
         f"{warm_load:.1f}",
+    )
+    ready.add(
+        "restart with --list-pages",
+        f"{pages:.2f} s",
+        f"{pages_list:.2f} s",
+        writes(pages_line),
+        f"{pages_rss:.0f} MB",
+        f"{pages_peak:.0f} MB",
+        f"{pages_load:.1f}",
     )
     latency = Table(
         "NodeDevice create to NodeDriverConfig spec write",
