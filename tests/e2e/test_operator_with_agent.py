@@ -153,4 +153,5 @@ async def test_loop_driver_loads_on_attach_and_unloads_after_detach(
     finally:
         agent.stop()
         operator.stop()
+        await remove_agent_leases(kube)
         print(f"--- operator log ---\n{operator.log()}\n--- agent log ---\n{agent.log()}")

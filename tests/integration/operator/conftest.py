@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -92,19 +91,24 @@ async def remove_agent_leases(kube: KubeClient) -> None:
             await kube.delete(LEASES, lease["metadata"]["name"], LEASE_NAMESPACE_DEFAULT)
 
 
+@pytest.fixture(autouse=True)
+async def no_agent_leases(clean_cluster: KubeClient) -> AsyncIterator[None]:
+    """No agent Lease of an earlier test (simulated node names repeat), before and after."""
+    await ensure_lease_namespace(clean_cluster)
+    await remove_agent_leases(clean_cluster)
+    yield
+    await remove_agent_leases(clean_cluster)
+
+
 @pytest.fixture
 async def operator(
     clean_cluster: KubeClient, cluster: ClusterConfig, tmp_path: Path
 ) -> AsyncIterator[Operator]:
     """A running storage-operator (stopped, with its log shown on failure, after the test)."""
-    await ensure_lease_namespace(clean_cluster)
-    await remove_agent_leases(clean_cluster)
     handle = Operator(cluster, tmp_path)
     await handle.start()
     try:
         yield handle
     finally:
         handle.stop()
-        await remove_agent_leases(clean_cluster)
-        await asyncio.sleep(0)
         print(f"--- operator log (last lines) ---\n{handle.log()}")
