@@ -216,8 +216,13 @@ async def test_a_version_change_rolls_with_max_unavailable(
             return found if len(found) == step else []
 
         switched: list[str] = await eventually(switched_now, what=f"{step} node(s) on the new version")
-        status = await sim.driver_status(kube, "loop-info")
         if step < 3:
+            status = await wait_status(
+                kube,
+                "loop-info",
+                lambda s: sim.condition(s, "Progressing").get("observedGeneration") == 2,
+                "a status for the new version",
+            )
             progressing = sim.condition(status, "Progressing")
             assert (progressing["status"], progressing["reason"]) == ("True", "RollingUpdate")
 
