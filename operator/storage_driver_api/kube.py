@@ -324,6 +324,30 @@ class KubeClient:
             if not token:
                 return items, str((page.get("metadata") or {}).get("resourceVersion", ""))
 
+    async def get_chunks(
+        self, path: str, params: Mapping[str, str | int], *, read_timeout: float = 60.0
+    ) -> AsyncIterator[bytes]:
+        """GET `path` and yield the body as it arrives, for responses too big to hold as one text
+        (a list of 16,000 objects). No total timeout; `read_timeout` bounds each silence."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout)
+        async with self.session.get(
+            self.credentials.server + path,
+            params={k: str(v) for k, v in params.items()},
+            headers=self._headers(),
+            timeout=timeout,
+        ) as response:
+            if response.status >= 400:
+                text = await response.text()
+                payload = json.loads(text) if text.strip().startswith("{") else {}
+                raise ApiError(
+                    response.status,
+                    str(payload.get("reason") or response.reason),
+                    str(payload.get("message") or text[:500]),
+                    payload,
+                )
+            async for chunk in response.content.iter_chunked(1 << 16):
+                yield chunk
+
     async def create(self, res: Resource, body: Obj, namespace: str | None = None) -> Obj:
         return await self.request("POST", res.path(namespace=namespace), body=body)
 

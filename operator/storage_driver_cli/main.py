@@ -7,10 +7,10 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 
-from storage_driver_cli import devices, plan, scan
+from storage_driver_cli import devices, drivers, plan, scan
 
 # Each command module has register(subparsers) and sets `handler` on its parser.
-COMMANDS: tuple[ModuleType, ...] = (devices, scan, plan)
+COMMANDS: tuple[ModuleType, ...] = (devices, scan, plan, drivers)
 
 Handler = Callable[[argparse.Namespace], int]
 

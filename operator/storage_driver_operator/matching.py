@@ -1,0 +1,264 @@
+"""Does a node match a StorageDriver, and if not, why: one pure function, `match_node`.
+
+A node must run a driver when it is selected by `nodeSelector`, meets `minimumPlatform`, opts in
+(for `autoLoad: false`), has at least one present NodeDevice of a supported type that passes
+every `deviceSelector` requirement, and can obtain the driver file. The checks run in that
+order and the first that fails names the reason, so every non-match has exactly one reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+from storage_driver_api.constants import opt_in_label
+from storage_driver_api.meta import LabelSelector, SelectorOperator
+from storage_driver_api.storagedriver import (
+    DeviceSelectorOperator,
+    DeviceSelectorRequirement,
+    DriverSource,
+    MinimumPlatform,
+    StorageDriverSpec,
+    kernel_tuple,
+)
+
+from storage_driver_operator.views import AvailableFile, DeviceView, NodeView
+
+
+class Reason(StrEnum):
+    """Why a driver does (Matched) or does not run on a node; shown in status and `sdctl plan`."""
+
+    MATCHED = "Matched"
+    NODE_NOT_SELECTED = "NodeNotSelected"
+    PLATFORM_TOO_OLD = "PlatformTooOld"
+    PLATFORM_TOO_NEW = "PlatformTooNew"
+    PLATFORM_UNKNOWN = "PlatformUnknown"
+    UNSUPPORTED_OS = "UnsupportedOS"
+    UNSUPPORTED_ARCHITECTURE = "UnsupportedArchitecture"
+    NOT_OPTED_IN = "NotOptedIn"
+    NO_MATCHING_DEVICES = "NoMatchingDevices"
+    DRIVER_NOT_AVAILABLE = "DriverNotAvailable"
+    # Decided after matching, by desired state:
+    CAPACITY_EXCEEDED = "CapacityExceeded"
+    INVALID_SPEC = "InvalidSpec"
+    DELETING = "Deleting"
+    DELETED = "StorageDriverDeleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The outcome for one driver on one node.
+
+    `devices` are the present matching NodeDevices (also filled when the file is missing, so
+    that a node keeping an older entry still gets its device list). `absent_since` is, when no
+    matching device is present, the latest removal time among matching devices that are marked
+    absent: the moment the node last had a matching device.
+    """
+
+    reason: Reason
+    message: str
+    devices: tuple[str, ...] = ()
+    absent_since: float | None = None
+
+    @property
+    def matched(self) -> bool:
+        return self.reason == Reason.MATCHED
+
+    @property
+    def has_hardware(self) -> bool:
+        """Node, platform, opt-in and devices match (the file may still be missing)."""
+        return self.reason in (Reason.MATCHED, Reason.DRIVER_NOT_AVAILABLE)
+
+
+# --- node selector -------------------------------------------------------------------------
+
+
+def selects(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
+    """Kubernetes label-selector semantics; an unset or empty selector selects every node."""
+    if selector is None:
+        return True
+    for key, wanted in selector.match_labels.items():
+        if labels.get(key) != wanted:
+            return False
+    for requirement in selector.match_expressions:
+        present = requirement.key in labels
+        value = labels.get(requirement.key)
+        op = requirement.operator
+        if op == SelectorOperator.IN and value not in requirement.values:
+            return False
+        if op == SelectorOperator.NOT_IN and present and value in requirement.values:
+            return False
+        if op == SelectorOperator.EXISTS and not present:
+            return False
+        if op == SelectorOperator.DOES_NOT_EXIST and present:
+            return False
+    return True
+
+
+# --- platform ------------------------------------------------------------------------------
+
+
+def platform_mismatch(minimum: MinimumPlatform | None, node: NodeView) -> tuple[Reason, str] | None:
+    if minimum is None:
+        return None
+    if minimum.os and node.operating_system != minimum.os:
+        return Reason.UNSUPPORTED_OS, (
+            f"node runs {node.operating_system or 'an unreported OS'}; the driver needs {minimum.os}"
+        )
+    if minimum.architectures and node.architecture not in minimum.architectures:
+        return Reason.UNSUPPORTED_ARCHITECTURE, (
+            f"node architecture {node.architecture or '(unreported)'} is not one of "
+            f"{', '.join(minimum.architectures)}"
+        )
+    kernel_range = minimum.kernel_version
+    if kernel_range and (kernel_range.at_least or kernel_range.below):
+        try:
+            kernel = kernel_tuple(node.kernel_version)
+        except ValueError:
+            return Reason.PLATFORM_UNKNOWN, (
+                f"node kernel version {node.kernel_version!r} cannot be compared with the driver's range"
+            )
+        if kernel_range.at_least and kernel < kernel_tuple(kernel_range.at_least):
+            return Reason.PLATFORM_TOO_OLD, (
+                f"kernel {node.kernel_version} is older than {kernel_range.at_least}"
+            )
+        if kernel_range.below and kernel >= kernel_tuple(kernel_range.below):
+            return Reason.PLATFORM_TOO_NEW, (
+                f"kernel {node.kernel_version} is not below {kernel_range.below}"
+            )
+    return None
+
+
+# --- devices -------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def _pattern(expression: str) -> re.Pattern[str]:
+    return re.compile(expression)
+
+
+def _integer(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def requirement_matches(requirement: DeviceSelectorRequirement, attributes: Mapping[str, str]) -> bool:
+    """One deviceSelector requirement against a device's attributes (as strings).
+
+    NotIn and DoesNotExist match a device that lacks the attribute, as in label selectors;
+    Gt, Lt and Regex never match a missing attribute.
+    """
+    value = attributes.get(requirement.key)
+    op = requirement.operator
+    if op == DeviceSelectorOperator.IN:
+        return value is not None and value in requirement.values
+    if op == DeviceSelectorOperator.NOT_IN:
+        return value is None or value not in requirement.values
+    if op == DeviceSelectorOperator.EXISTS:
+        return value is not None
+    if op == DeviceSelectorOperator.DOES_NOT_EXIST:
+        return value is None
+    if op in (DeviceSelectorOperator.GT, DeviceSelectorOperator.LT):
+        number, bound = _integer(value), _integer(requirement.values[0])
+        if number is None or bound is None:
+            return False
+        return number > bound if op == DeviceSelectorOperator.GT else number < bound
+    # Regex (the last operator)
+    return value is not None and _pattern(requirement.values[0]).fullmatch(value) is not None
+
+
+def device_matches(spec: StorageDriverSpec, device: DeviceView) -> bool:
+    """The device's type is supported and it passes every deviceSelector requirement."""
+    if device.type not in spec.supported_devices:
+        return False
+    return all(requirement_matches(r, device.attributes) for r in spec.device_selector)
+
+
+# --- obtaining the file --------------------------------------------------------------------
+
+
+def source_unavailable(source: DriverSource, available: Mapping[str, AvailableFile] | None) -> str | None:
+    """Why the node cannot obtain the driver file, or None when it can.
+
+    configMap and url sources are fetched by the agent; a hostPath file must already be listed
+    in the node's `status.available`, without a scan error, and with the pinned sha256 if any.
+    """
+    if source.host_path is None:
+        return None
+    path = source.host_path.path
+    if available is None:
+        return f"the node's agent has not reported its driver directory yet (needs {path})"
+    found = available.get(path)
+    if found is None:
+        return f"{path} is not in the node's driver directory"
+    if found.error:
+        return f"{path} cannot be used: {found.error}"
+    if source.host_path.sha256 and found.sha256 != source.host_path.sha256:
+        return f"{path} has sha256 {found.sha256 or '(unknown)'}, the StorageDriver pins {source.host_path.sha256}"
+    return None
+
+
+# --- the whole decision --------------------------------------------------------------------
+
+
+def _list(names: Iterable[str], limit: int = 5) -> str:
+    items = sorted(names)
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def match_node(
+    driver_name: str,
+    spec: StorageDriverSpec,
+    node: NodeView,
+    devices: Iterable[DeviceView],
+    available: Mapping[str, AvailableFile] | None,
+) -> Match:
+    """Whether `node` must run the driver `driver_name` (the StorageDriver's object name)."""
+    if not selects(spec.node_selector, node.labels):
+        return Match(Reason.NODE_NOT_SELECTED, "node labels do not match nodeSelector")
+    mismatch = platform_mismatch(spec.minimum_platform, node)
+    if mismatch is not None:
+        return Match(*mismatch)
+    if not spec.auto_load and node.labels.get(opt_in_label(driver_name)) != "true":
+        return Match(
+            Reason.NOT_OPTED_IN,
+            f"autoLoad is false and the node lacks the label {opt_in_label(driver_name)}=true",
+        )
+    present: list[str] = []
+    absent_since: float | None = None
+    absent = 0
+    for device in devices:
+        if not device_matches(spec, device):
+            continue
+        if device.present:
+            present.append(device.name)
+        else:
+            absent += 1
+            if device.since is not None and (absent_since is None or device.since > absent_since):
+                absent_since = device.since
+    if not present:
+        wanted = ", ".join(spec.supported_devices)
+        detail = f" ({absent} matching device(s) marked absent)" if absent else ""
+        selector = " passing deviceSelector" if spec.device_selector else ""
+        return Match(
+            Reason.NO_MATCHING_DEVICES,
+            f"no present {wanted} device{selector}{detail}",
+            absent_since=absent_since,
+        )
+    devices_found = tuple(sorted(present))
+    missing = source_unavailable(spec.source, available)
+    if missing is not None:
+        return Match(Reason.DRIVER_NOT_AVAILABLE, missing, devices=devices_found)
+    return Match(
+        Reason.MATCHED,
+        f"{len(devices_found)} matching device(s): {_list(devices_found)}",
+        devices=devices_found,
+    )

@@ -1,0 +1,363 @@
+"""A real storage-operator against the local control plane: StorageDrivers applied and changed,
+devices added and removed, node labels and kernels changed; the NodeDriverConfigs, statuses
+and Events are right after each step. The tests write what agents would (simulated)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from storage_driver_api.constants import NODE_DEVICES, STORAGE_DRIVERS, opt_in_label
+from storage_driver_api.kube import EVENTS, NODES, KubeClient
+
+from tests.conftest import kubectl
+from tests.harness.localcluster import ClusterConfig
+from tests.harness.waiting import consistently, eventually
+from tests.integration.operator import simulated as sim
+from tests.integration.operator.conftest import Operator
+
+NodeFactory = Callable[..., Any]
+
+
+async def live_node(make_node: NodeFactory, kube: KubeClient, name: str, **kwargs: Any) -> str:
+    """A simulated Node whose agent is alive (fresh Lease)."""
+    obj = await make_node(name, **kwargs)
+    await sim.renew_lease(kube, name)
+    return str(obj["metadata"]["uid"])
+
+
+async def devices_of(kube: KubeClient, node: str, driver: str) -> list[str] | None:
+    drivers = await sim.spec_drivers(kube, node)
+    if drivers is None or driver not in drivers:
+        return None
+    return list(drivers[driver].get("devices") or [])
+
+
+async def wait_devices(
+    kube: KubeClient, node: str, driver: str, expected: list[str] | None, timeout: float = 30
+) -> None:
+    async def probe() -> bool:
+        return await devices_of(kube, node, driver) == expected
+
+    await eventually(probe, timeout=timeout, what=f"{node} spec for {driver} to bind {expected}")
+
+
+async def wait_status(
+    kube: KubeClient, name: str, check: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    async def probe() -> dict[str, Any]:
+        status = await sim.driver_status(kube, name)
+        return status if status and check(status) else {}
+
+    found: dict[str, Any] = await eventually(probe, timeout=30, what=what)
+    return found
+
+
+async def event_reasons(kube: KubeClient, name: str) -> list[str]:
+    obj = await kube.get(STORAGE_DRIVERS, name)
+    items, _ = await kube.list(
+        EVENTS, namespace="default", field_selector=f"involvedObject.uid={obj['metadata']['uid']}"
+    )
+    return [item["reason"] for item in items]
+
+
+async def test_apply_loads_where_it_matches_and_says_why_not_elsewhere(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory, cluster: ClusterConfig
+) -> None:
+    kube = clean_cluster
+    a = await live_node(make_node, kube, "op-a")
+    b = await live_node(make_node, kube, "op-b")
+    c = await live_node(make_node, kube, "op-c", kernel="5.4.0-150-generic")
+    await sim.add_device(kube, "op-a", "op-a-loop0", node_uid=a, sizeBytes=8388608)
+    await sim.add_device(kube, "op-b", "op-b-nvme0", "nvme-namespace", node_uid=b)
+    await sim.add_device(kube, "op-c", "op-c-loop0", node_uid=c)
+    await kube.create(
+        STORAGE_DRIVERS,
+        sim.storage_driver("loop-info", minimumPlatform={"kernelVersion": {"atLeast": "6.0"}}),
+    )
+
+    await wait_devices(kube, "op-a", "loop-info", ["op-a-loop0"])
+    entry = (await sim.spec_drivers(kube, "op-a") or {})["loop-info"]
+    assert entry["version"] == "1.0.0"
+    assert entry["source"] == {
+        "kind": "url",
+        "path": "managed/loop-info.py",
+        "url": "https://drivers.example/loop-info.py",
+        "sha256": sim.sha256_of("loop-info"),
+    }
+    assert await sim.spec_drivers(kube, "op-b") is None  # no NodeDriverConfig needed there
+    assert await sim.spec_drivers(kube, "op-c") is None
+    status = await wait_status(
+        kube, "loop-info", lambda s: s.get("desiredNodes") == 1, "status to count the desired node"
+    )
+    assert (status["matchingNodes"], status["loadedNodes"]) == (1, 0)
+    ready = sim.condition(status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Loading")
+    assert "NoMatchingDevices 2" in ready["message"] and "PlatformTooOld 1" in ready["message"]
+
+    await sim.report_loaded(kube, "op-a")
+    status = await wait_status(
+        kube, "loop-info", lambda s: sim.condition(s, "Ready").get("status") == "True", "Ready=True"
+    )
+    assert status["loadedNodes"] == 1
+    assert sim.condition(status, "Ready")["reason"] == "Loaded"
+    assert (
+        status["observedGeneration"]
+        == (await kube.get(STORAGE_DRIVERS, "loop-info"))["metadata"]["generation"]
+    )
+
+    table = kubectl(cluster, "get", "sd", "loop-info")
+    assert table.splitlines()[0].split()[:6] == ["NAME", "VERSION", "MATCHING", "LOADED", "FAILED", "READY"]
+    assert table.splitlines()[1].split()[:6] == ["loop-info", "1.0.0", "1", "1", "0", "True"]
+
+    async def events() -> bool:
+        reasons = await event_reasons(kube, "loop-info")
+        return {"LoadRequested", "Loaded", "Ready"} <= set(reasons)
+
+    await eventually(events, what="LoadRequested, Loaded and Ready events")
+
+
+async def test_hot_plug_in_and_out_with_a_conservative_unload(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "hp-a")
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info", unloadDelaySeconds=3))
+    await sim.add_device(kube, "hp-a", "hp-a-loop0", node_uid=uid)
+    await wait_devices(kube, "hp-a", "loop-info", ["hp-a-loop0"])
+    await sim.add_device(kube, "hp-a", "hp-a-loop1", node_uid=uid)
+    await wait_devices(kube, "hp-a", "loop-info", ["hp-a-loop0", "hp-a-loop1"])
+
+    # Both devices leave: the driver stays (bound to nothing) for unloadDelaySeconds, then goes.
+    await sim.set_present(kube, "hp-a-loop0", False)
+    await sim.set_present(kube, "hp-a-loop1", False)
+    await wait_devices(kube, "hp-a", "loop-info", [])
+    await wait_devices(kube, "hp-a", "loop-info", None, timeout=30)
+
+
+async def test_a_flap_shorter_than_the_delay_unloads_nothing(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "fl-a")
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info", unloadDelaySeconds=4))
+    await sim.add_device(kube, "fl-a", "fl-a-loop0", node_uid=uid)
+    await wait_devices(kube, "fl-a", "loop-info", ["fl-a-loop0"])
+    await sim.set_present(kube, "fl-a-loop0", False)
+    await wait_devices(kube, "fl-a", "loop-info", [])
+    await sim.set_present(kube, "fl-a-loop0", True)
+    await wait_devices(kube, "fl-a", "loop-info", ["fl-a-loop0"])
+
+    async def still_there() -> bool:
+        return await devices_of(kube, "fl-a", "loop-info") == ["fl-a-loop0"]
+
+    await consistently(still_there, duration=6, what="the driver to stay through the flap")
+
+
+async def test_a_silent_agent_holds_the_unload_until_it_reports_again(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "sl-a")
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info", unloadDelaySeconds=1))
+    await sim.add_device(kube, "sl-a", "sl-a-loop0", node_uid=uid)
+    await wait_devices(kube, "sl-a", "loop-info", ["sl-a-loop0"])
+    # The agent stops renewing (its Lease expired long ago); its last report says absent.
+    await sim.renew_lease(kube, "sl-a", at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+    await sim.set_present(kube, "sl-a-loop0", False)
+    await wait_devices(kube, "sl-a", "loop-info", [])
+
+    async def held() -> bool:
+        return await devices_of(kube, "sl-a", "loop-info") == []
+
+    await consistently(held, duration=4, what="the driver to stay while the agent is silent")
+    await sim.renew_lease(kube, "sl-a")
+    await wait_devices(kube, "sl-a", "loop-info", None)
+
+
+async def test_spec_changes_apply_to_every_node(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    kube = clean_cluster
+    a = await live_node(make_node, kube, "sc-a")
+    b = await live_node(make_node, kube, "sc-b")
+    await sim.add_device(kube, "sc-a", "sc-a-loop0", node_uid=a, sizeBytes=10 * 2**20)
+    await sim.add_device(kube, "sc-b", "sc-b-nvme0", "nvme-namespace", node_uid=b, sizeBytes=2**40)
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("disk-info"))
+    await wait_devices(kube, "sc-a", "disk-info", ["sc-a-loop0"])
+
+    selector = [{"key": "sizeBytes", "operator": "Gt", "values": [str(2**30)]}]
+    patch = {"spec": {"supportedDevices": ["loop", "nvme-namespace"], "deviceSelector": selector}}
+    await kube.patch(STORAGE_DRIVERS, "disk-info", patch)
+    await wait_devices(kube, "sc-b", "disk-info", ["sc-b-nvme0"])
+    await wait_devices(kube, "sc-a", "disk-info", None)  # a user's change applies at once
+
+    await kube.patch(STORAGE_DRIVERS, "disk-info", {"spec": {"config": {"interval": 5}, "priority": 3}})
+
+    async def updated() -> bool:
+        entry = (await sim.spec_drivers(kube, "sc-b") or {}).get("disk-info") or {}
+        return entry.get("config") == {"interval": 5} and entry.get("priority") == 3
+
+    await eventually(updated, what="config and priority to reach the node")
+
+
+async def test_node_labels_opt_in_and_kernel_versions(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "nl-a", labels={"storage": "no"})
+    await sim.add_device(kube, "nl-a", "nl-a-loop0", node_uid=uid)
+    await kube.create(
+        STORAGE_DRIVERS,
+        sim.storage_driver(
+            "picky",
+            autoLoad=False,
+            nodeSelector={"matchLabels": {"storage": "yes"}},
+            minimumPlatform={"kernelVersion": {"atLeast": "6.0"}},
+        ),
+    )
+    await wait_status(kube, "picky", lambda s: s.get("observedGeneration") == 1, "a first status")
+    assert await devices_of(kube, "nl-a", "picky") is None
+
+    await kube.patch(NODES, "nl-a", {"metadata": {"labels": {"storage": "yes"}}})
+    status = await wait_status(
+        kube, "picky", lambda s: "NotOptedIn 1" in sim.condition(s, "Ready").get("message", ""), "NotOptedIn"
+    )
+    assert status["desiredNodes"] == 0
+    await kube.patch(NODES, "nl-a", {"metadata": {"labels": {opt_in_label("picky"): "true"}}})
+    await wait_devices(kube, "nl-a", "picky", ["nl-a-loop0"])
+
+    # The node reboots into an older kernel: the driver leaves at once.
+    node = await kube.get(NODES, "nl-a")
+    info = {**node["status"]["nodeInfo"], "kernelVersion": "5.10.0-28-amd64"}
+    await kube.patch(NODES, "nl-a", {"status": {"nodeInfo": info}}, subresource="status")
+    await wait_devices(kube, "nl-a", "picky", None)
+    await wait_status(
+        kube,
+        "picky",
+        lambda s: "PlatformTooOld 1" in sim.condition(s, "Ready").get("message", ""),
+        "PlatformTooOld",
+    )
+    await kube.patch(NODES, "nl-a", {"metadata": {"labels": {opt_in_label("picky"): None}}})
+    info["kernelVersion"] = "6.1.0-18-amd64"
+    await kube.patch(NODES, "nl-a", {"status": {"nodeInfo": info}}, subresource="status")
+    await wait_status(
+        kube,
+        "picky",
+        lambda s: "NotOptedIn 1" in sim.condition(s, "Ready").get("message", ""),
+        "NotOptedIn again",
+    )
+    assert await devices_of(kube, "nl-a", "picky") is None
+
+
+async def test_capacity_keeps_the_higher_priority_and_reports_the_rest(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "cap-a")
+    await sim.add_device(kube, "cap-a", "cap-a-loop0", node_uid=uid)
+    await sim.report(kube, "cap-a", max_loaded=1)  # the agent runs at most one driver
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("low"))
+    await wait_devices(kube, "cap-a", "low", ["cap-a-loop0"])
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("high", priority=10))
+    await wait_devices(kube, "cap-a", "high", ["cap-a-loop0"])
+    assert list(await sim.spec_drivers(kube, "cap-a") or {}) == ["high"]
+    status = await wait_status(
+        kube, "low", lambda s: bool(s.get("failingNodes")), "low to list its failing node"
+    )
+    assert status["failingNodes"][0]["node"] == "cap-a"
+    assert status["failingNodes"][0]["reason"] == "CapacityExceeded"
+    degraded = sim.condition(status, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "CapacityExceeded")
+    assert "CapacityExceeded" in await event_reasons(kube, "low")
+
+
+async def test_a_host_path_driver_waits_for_the_file_on_the_node(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "hp-file")
+    await sim.add_device(kube, "hp-file", "hp-file-loop0", node_uid=uid)
+    content = "driver source"
+    await kube.create(
+        STORAGE_DRIVERS,
+        sim.storage_driver(
+            "pinned", source={"hostPath": {"path": "loop_info.py", "sha256": sim.sha256_of(content)}}
+        ),
+    )
+    status = await wait_status(kube, "pinned", lambda s: bool(s.get("failingNodes")), "DriverNotAvailable")
+    assert status["failingNodes"][0]["reason"] == "DriverNotAvailable"
+    assert await devices_of(kube, "hp-file", "pinned") is None
+
+    # A file with another hash is still not the driver.
+    await sim.report(kube, "hp-file", available=[sim.available_entry("loop_info.py", "other content")])
+    status = await wait_status(
+        kube,
+        "pinned",
+        lambda s: "pins" in (s.get("failingNodes") or [{}])[0].get("message", ""),
+        "the hash named",
+    )
+    await sim.report(kube, "hp-file", available=[sim.available_entry("loop_info.py", content)])
+    await wait_devices(kube, "hp-file", "pinned", ["hp-file-loop0"])
+    entry = (await sim.spec_drivers(kube, "hp-file") or {})["pinned"]
+    assert entry["source"] == {"kind": "hostPath", "path": "loop_info.py", "sha256": sim.sha256_of(content)}
+
+
+async def test_an_invalid_spec_is_reported_and_changes_nothing_on_the_nodes(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "inv-a")
+    await sim.add_device(kube, "inv-a", "inv-a-loop0", node_uid=uid)
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("shaky"))
+    await wait_devices(kube, "inv-a", "shaky", ["inv-a-loop0"])
+
+    # A regular expression the schema accepts as a string but that does not compile.
+    bad = [{"key": "model", "operator": "Regex", "values": ["(["]}]
+    await kube.patch(STORAGE_DRIVERS, "shaky", {"spec": {"deviceSelector": bad, "version": "2.0.0"}})
+    status = await wait_status(
+        kube, "shaky", lambda s: sim.condition(s, "Ready").get("reason") == "InvalidSpec", "InvalidSpec"
+    )
+    message = sim.condition(status, "Ready")["message"]
+    assert message.startswith("spec.deviceSelector[0].values:"), message
+    assert "InvalidSpec" in await event_reasons(kube, "shaky")
+    await sim.add_device(kube, "inv-a", "inv-a-loop1", node_uid=uid)
+
+    async def unchanged() -> bool:
+        entry = (await sim.spec_drivers(kube, "inv-a") or {}).get("shaky") or {}
+        return entry.get("devices") == ["inv-a-loop0"] and entry.get("version") == "1.0.0"
+
+    await consistently(unchanged, duration=3, what="the node's entry to stay as it was")
+    await kube.patch(STORAGE_DRIVERS, "shaky", {"spec": {"deviceSelector": []}})
+    await wait_devices(kube, "inv-a", "shaky", ["inv-a-loop0", "inv-a-loop1"])
+
+
+async def test_deleting_a_node_is_left_to_the_garbage_collector(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "gone-a")
+    other = await live_node(make_node, kube, "gone-b")
+    await sim.add_device(kube, "gone-a", "gone-a-loop0", node_uid=uid)
+    await sim.add_device(kube, "gone-b", "gone-b-loop0", node_uid=other)
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info"))
+    await wait_devices(kube, "gone-a", "loop-info", ["gone-a-loop0"])
+    await wait_devices(kube, "gone-b", "loop-info", ["gone-b-loop0"])
+    await wait_status(kube, "loop-info", lambda s: s.get("desiredNodes") == 2, "two desired nodes")
+
+    await kube.delete(NODES, "gone-a")
+
+    async def collected() -> bool:
+        return (
+            await sim.spec_drivers(kube, "gone-a") is None
+            and await kube.get_or_none(NODE_DEVICES, "gone-a-loop0") is None
+        )
+
+    await eventually(collected, timeout=60, what="the NodeDriverConfig and NodeDevice to be collected")
+
+    async def not_recreated() -> bool:
+        return await sim.spec_drivers(kube, "gone-a") is None
+
+    await consistently(not_recreated, duration=3, what="the operator not to recreate it")
+    await wait_status(kube, "loop-info", lambda s: s.get("desiredNodes") == 1, "one desired node left")

@@ -1,0 +1,225 @@
+"""StorageDriver status aggregation and the Events between two rounds."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from storage_driver_api.meta import Condition
+from storage_driver_api.storagedriver import FAILING_NODES_MAX, StorageDriverStatus
+from storage_driver_operator.desired import Action, Decision, Hold
+from storage_driver_operator.matching import Reason
+from storage_driver_operator.status import NodeDriverState, aggregate, observe, transitions
+from storage_driver_operator.views import DriverRun
+
+from tests.unit.operator.builders import driver
+
+AT = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
+LATER = AT + dt.timedelta(minutes=5)
+
+
+def load(
+    node: str, phase: str | None = "Loaded", version: str = "1.0.0", action: Action = Action.KEEP, **run: Any
+) -> NodeDriverState:
+    decision = Decision("drv", action, Reason.MATCHED, "1 matching device(s): d", True)
+    return NodeDriverState(node, decision, DriverRun(phase=phase, version=version, **run) if phase else None)
+
+
+def skip(
+    node: str, reason: Reason = Reason.NO_MATCHING_DEVICES, has_hardware: bool = False
+) -> NodeDriverState:
+    return NodeDriverState(node, Decision("drv", Action.NONE, reason, f"{reason}", has_hardware))
+
+
+def cond(status: StorageDriverStatus, type_: str) -> Condition:
+    return next(c for c in status.conditions if c.type == type_)
+
+
+def test_all_loaded_is_ready() -> None:
+    status = aggregate(driver(generation=3), [load("a"), load("b"), skip("c")], AT)
+    assert (status.matching_nodes, status.desired_nodes, status.loaded_nodes, status.failed_nodes) == (
+        2,
+        2,
+        2,
+        0,
+    )
+    assert status.observed_generation == 3
+    ready = cond(status, "Ready")
+    assert (ready.status, ready.reason, ready.observed_generation) == ("True", "Loaded", 3)
+    assert ready.message == "version 1.0.0 loaded on 2 nodes; not on 1 node: NoMatchingDevices 1"
+    assert cond(status, "Progressing").status == "False"
+    assert cond(status, "Degraded").status == "False"
+    assert [c.type for c in status.conditions] == ["Ready", "Progressing", "Degraded"]
+
+
+def test_no_matching_node_is_ready_with_nothing_to_do() -> None:
+    status = aggregate(driver(), [skip("a"), skip("b", Reason.PLATFORM_TOO_OLD)], AT)
+    assert cond(status, "Ready").reason == "NoMatchingNodes"
+    assert cond(status, "Ready").status == "True"
+    assert (
+        cond(status, "Ready").message
+        == "no node needs the driver; not on 2 nodes: NoMatchingDevices 1, PlatformTooOld 1"
+    )
+    assert status.failing_nodes == []
+
+
+def test_loading_is_progressing() -> None:
+    status = aggregate(
+        driver(), [load("a"), load("b", phase="Loading"), load("c", phase=None, action=Action.LOAD)], AT
+    )
+    assert cond(status, "Ready").reason == "Loading"
+    assert "1 of 3 nodes" in cond(status, "Ready").message
+    progressing = cond(status, "Progressing")
+    assert (progressing.status, progressing.reason) == ("True", "Loading")
+    assert "b, c" in progressing.message
+
+
+def test_failures_degrade_and_are_listed_with_reasons() -> None:
+    states = [
+        load("a"),
+        load("b", phase="Failed", error_reason="Crashed", error_message="exit 3"),
+        skip("c", Reason.CAPACITY_EXCEEDED, has_hardware=True),
+        skip("d", Reason.DRIVER_NOT_AVAILABLE, has_hardware=True),
+        skip("e", Reason.PLATFORM_TOO_OLD),
+    ]
+    status = aggregate(driver(), states, AT)
+    assert status.failed_nodes == 1
+    assert [(f.node, f.reason) for f in status.failing_nodes] == [
+        ("b", "Crashed"),
+        ("c", "CapacityExceeded"),
+        ("d", "DriverNotAvailable"),
+    ]
+    assert status.failing_nodes[0].message == "exit 3"
+    ready, degraded = cond(status, "Ready"), cond(status, "Degraded")
+    assert (ready.status, ready.reason) == ("False", "LoadFailed")
+    assert (degraded.status, degraded.reason) == ("True", "LoadFailed")
+    assert "3 nodes failing" in degraded.message
+
+
+def test_the_failing_list_is_bounded() -> None:
+    states = [load(f"n{i:03}", phase="Failed") for i in range(100)]
+    status = aggregate(driver(), states, AT)
+    assert status.failed_nodes == 100
+    assert len(status.failing_nodes) == FAILING_NODES_MAX
+    assert status.failing_nodes[0].node == "n000"
+
+
+def test_a_rollout_in_progress() -> None:
+    drv = driver(version="2.0.0")
+    pending = NodeDriverState(
+        "b",
+        Decision("drv", Action.HOLD, Hold.ROLLOUT_PENDING, "keeps 1.0.0", True),
+        DriverRun("Loaded", "1.0.0"),
+    )
+    status = aggregate(drv, [load("a", version="2.0.0"), pending], AT)
+    assert cond(status, "Progressing").reason == "RollingUpdate"
+    assert "b" in cond(status, "Progressing").message
+    assert cond(status, "Ready").status == "False"
+    assert status.loaded_nodes == 2
+
+
+def test_unloading_is_progressing() -> None:
+    leaving = NodeDriverState(
+        "a",
+        Decision("drv", Action.UNLOAD, Reason.NODE_NOT_SELECTED, "not selected"),
+        DriverRun("Unloading", "1.0.0", pid=5),
+    )
+    status = aggregate(driver(), [leaving], AT)
+    assert cond(status, "Progressing").reason == "Unloading"
+    assert cond(status, "Ready").status == "True"
+
+
+def test_invalid_spec() -> None:
+    invalid = driver(maxUnavailable="lots")
+    status = aggregate(invalid, [skip("a", Reason.INVALID_SPEC)], AT)
+    ready = cond(status, "Ready")
+    assert (ready.status, ready.reason) == ("False", "InvalidSpec")
+    assert "spec.maxUnavailable" in ready.message
+    assert cond(status, "Degraded").status == "True"
+
+
+def test_deleting() -> None:
+    deleting = driver(deleting=True)
+    leaving = NodeDriverState(
+        "a", Decision("drv", Action.UNLOAD, Reason.DELETING, "deleting"), DriverRun("Unloading", pid=5)
+    )
+    status = aggregate(deleting, [leaving], AT)
+    assert cond(status, "Ready").reason == "Deleting"
+    assert cond(status, "Progressing").message == "waiting for 1 node to unload: a"
+    status = aggregate(deleting, [skip("a", Reason.DELETING)], AT)
+    assert cond(status, "Progressing").reason == "Unloaded"
+
+
+def test_an_unchanged_world_renders_an_identical_status() -> None:
+    states = [load("a"), load("b", phase="Loading")]
+    first = aggregate(driver(), states, AT)
+    again = aggregate(driver(status=first.to_api()), states, LATER)
+    assert again.to_api() == first.to_api()
+
+
+def test_transition_times_move_only_when_a_status_changes() -> None:
+    first = aggregate(driver(), [load("a", phase="Loading")], AT)
+    second = aggregate(driver(status=first.to_api()), [load("a")], LATER)
+    assert cond(second, "Ready").last_transition_time == LATER
+    assert cond(second, "Degraded").last_transition_time == AT  # still False
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def test_events_for_a_load() -> None:
+    requested = {"a": observe(load("a", phase=None, action=Action.LOAD))}
+    events = transitions({}, requested, [], [])
+    assert [(e.type, e.reason) for e in events] == [("Normal", "LoadRequested")]
+    assert events[0].message.startswith("node a: ")
+    loaded = {"a": observe(load("a"))}
+    assert [(e.reason, e.message) for e in transitions(requested, loaded, [], [])] == [
+        ("Loaded", "node a: version 1.0.0")
+    ]
+
+
+def test_events_for_failure_unload_and_placement_problems() -> None:
+    before = {"a": observe(load("a")), "b": observe(load("b")), "c": observe(skip("c"))}
+    after = {
+        "a": observe(load("a", phase="Failed", error_reason="Crashed", error_message="boom")),
+        "b": observe(
+            NodeDriverState("b", Decision("drv", Action.UNLOAD, Reason.NODE_NOT_SELECTED, "labels changed"))
+        ),
+        "c": observe(skip("c", Reason.CAPACITY_EXCEEDED, has_hardware=True)),
+    }
+    events = {(e.type, e.reason): e.message for e in transitions(before, after, [], [])}
+    assert events[("Warning", "LoadFailed")] == "node a: boom"
+    assert events[("Normal", "UnloadRequested")] == "node b: labels changed"
+    assert events[("Normal", "Unloaded")] == "node b: the node no longer runs the driver"
+    assert ("Warning", "CapacityExceeded") in events
+
+
+def test_many_nodes_changing_alike_make_one_event() -> None:
+    after = {f"n{i}": observe(load(f"n{i}")) for i in range(50)}
+    events = transitions({}, after, [], [])
+    loaded = [e for e in events if e.reason == "Loaded"]
+    assert len(loaded) == 1
+    assert loaded[0].message.startswith("50 nodes (n0, n1, n10 and 47 more)")
+
+
+def test_repeating_a_round_makes_no_events() -> None:
+    states = [load("a"), load("b", phase="Failed"), skip("c", Reason.CAPACITY_EXCEEDED, True)]
+    status = aggregate(driver(), states, AT)
+    observed = {s.node: observe(s) for s in states}
+    assert transitions(observed, observed, status.conditions, status.conditions) == []
+
+
+def test_ready_changes_are_events() -> None:
+    loading = aggregate(driver(), [load("a", phase="Loading")], AT)
+    ready = aggregate(driver(status=loading.to_api()), [load("a")], LATER)
+    events = transitions({}, {}, loading.conditions, ready.conditions)
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Ready")]
+    invalid = aggregate(driver(maxUnavailable="x"), [], LATER)
+    events = transitions({}, {}, ready.conditions, invalid.conditions)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "InvalidSpec")]
+
+
+def test_a_node_that_is_gone_makes_no_events() -> None:
+    before = {"a": observe(load("a")), "b": observe(load("b"))}
+    after = {"a": observe(load("a"))}
+    assert transitions(before, after, [], []) == []

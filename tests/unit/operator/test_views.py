@@ -1,0 +1,189 @@
+"""Projections of API objects into the slim views the operator keeps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from storage_driver_operator.views import (
+    config_view,
+    device_view,
+    lease_view,
+    parse_spec,
+    parse_time,
+    rollout_key,
+    storage_driver_view,
+)
+
+from tests.unit.operator.builders import driver, entry
+
+
+def test_parse_time() -> None:
+    assert parse_time("1970-01-01T00:01:40Z") == 100.0
+    assert parse_time("1970-01-01T00:01:40.500000Z") == 100.5
+    assert parse_time(None) is None
+    assert parse_time("yesterday") is None
+
+
+def test_device_view_keeps_only_what_matching_reads() -> None:
+    view = device_view(
+        {
+            "metadata": {"name": "n1-abc", "labels": {"x": "y"}, "managedFields": [{"big": "thing"}]},
+            "spec": {
+                "nodeName": "n1",
+                "type": "nvme-namespace",
+                "model": "Samsung SSD 980",
+                "sizeBytes": 1000,
+                "removable": False,
+                "byId": ["/dev/disk/by-id/x"],
+                "udev": {"ID_BUS": "nvme"},
+            },
+            "status": {
+                "conditions": [
+                    {"type": "Present", "status": "False", "lastTransitionTime": "1970-01-01T00:00:10Z"}
+                ]
+            },
+        }
+    )
+    assert view is not None
+    assert (view.name, view.node, view.type, view.present, view.since) == (
+        "n1-abc",
+        "n1",
+        "nvme-namespace",
+        False,
+        10.0,
+    )
+    assert view.attributes == {
+        "model": "Samsung SSD 980",
+        "sizeBytes": "1000",
+        "removable": "false",
+        "udev.ID_BUS": "nvme",
+    }
+
+
+def test_a_device_without_node_or_type_is_ignored() -> None:
+    assert device_view({"metadata": {"name": "x"}, "spec": {"type": "loop"}}) is None
+    assert device_view({"metadata": {"name": "x"}, "spec": {"nodeName": "n1"}}) is None
+
+
+def test_config_view() -> None:
+    drv = driver()
+    view = config_view(
+        {
+            "metadata": {"name": "n1", "uid": "u", "generation": 4},
+            "spec": {"drivers": [entry(drv, ["d1"]).to_api()]},
+            "status": {
+                "observedGeneration": 3,
+                "capacity": {"maxLoadedDrivers": 7},
+                "drivers": [
+                    {"name": "drv", "phase": "Failed", "lastError": {"reason": "Crashed", "message": "x"}}
+                ],
+                "available": [{"file": "loop_info.py", "sha256": "a" * 64, "error": "bad"}],
+            },
+        }
+    )
+    assert view.max_loaded_drivers == 7
+    assert not view.settled
+    assert view.runs["drv"].failed and view.runs["drv"].stopped
+    assert view.runs["drv"].error_reason == "Crashed"
+    assert view.available["loop_info.py"].error == "bad"
+    assert view.rollout_keys["drv"] == drv.rollout_key
+    assert view.entry("drv") == entry(drv, ["d1"])
+
+
+def test_a_config_without_status_has_default_capacity_and_nothing_available() -> None:
+    view = config_view({"metadata": {"name": "n1", "generation": 1}, "spec": {}})
+    assert not view.has_status
+    assert view.max_loaded_drivers == 100
+    assert view.available == {}
+
+
+def test_an_unreadable_spec_entry_is_reported_not_fatal() -> None:
+    view = config_view({"metadata": {"name": "n1"}, "spec": {"drivers": [{"name": "x"}]}})
+    assert view.spec_drivers == ()
+    assert view.spec_error and "spec.drivers[0]" in view.spec_error
+
+
+def test_lease_view() -> None:
+    lease = lease_view(
+        {
+            "metadata": {"name": "storage-agent-n1"},
+            "spec": {"renewTime": "1970-01-01T00:01:40.000000Z", "leaseDurationSeconds": 40},
+        }
+    )
+    assert lease is not None and lease.node == "n1"
+    assert lease.fresh(139.0) and not lease.fresh(140.0)
+    assert lease_view({"metadata": {"name": "kube-controller-manager"}, "spec": {}}) is None
+    never = lease_view({"metadata": {"name": "storage-agent-n2"}, "spec": {}})
+    assert never is not None and not never.fresh(0)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (
+            {"deviceSelector": [{"key": "model", "operator": "Regex", "values": ["(["]}]},
+            "spec.deviceSelector[0].values",
+        ),
+        ({"maxUnavailable": "lots"}, "spec.maxUnavailable"),
+        (
+            {"minimumPlatform": {"kernelVersion": {"atLeast": "6.1", "below": "5.0"}}},
+            "spec.minimumPlatform.kernelVersion.below",
+        ),
+        ({"supportedDevices": ["loop", "loop"]}, "spec.supportedDevices"),
+        ({"config": {"blob": "x" * 20000}}, "spec.config"),
+        ({"source": {}}, "spec.source"),
+    ],
+)
+def test_invalid_specs_name_the_field(spec: dict[str, Any], field: str) -> None:
+    body = {
+        "driverName": "D",
+        "version": "1.0.0",
+        "supportedDevices": ["loop"],
+        "source": {"hostPath": {"path": "d.py"}},
+    }
+    parsed, message = parse_spec({**body, **spec})
+    assert parsed is None
+    assert message is not None and message.startswith(field + ":"), message
+
+
+def test_storage_driver_view_and_its_entry() -> None:
+    view = storage_driver_view(
+        {
+            "metadata": {"name": "qs", "uid": "u", "generation": 2, "finalizers": ["f"]},
+            "spec": {
+                "driverName": "Queue Settings",
+                "version": "1.2.0",
+                "supportedDevices": ["virtio-block"],
+                "source": {"hostPath": {"path": "queue.py", "sha256": "f" * 64}},
+                "config": {"read_ahead_kb": 256},
+                "priority": 5,
+            },
+            "status": {"observedGeneration": 1},
+        }
+    )
+    assert view.template is not None
+    assert view.template.to_api() == {
+        "name": "qs",
+        "driverName": "Queue Settings",
+        "version": "1.2.0",
+        "source": {"kind": "hostPath", "path": "queue.py", "sha256": "f" * 64},
+        "config": {"read_ahead_kb": 256},
+        "unloadGracePeriodSeconds": 5,
+        "devices": [],
+        "priority": 5,
+    }
+    assert view.rollout_key == rollout_key(view.template)
+    assert view.status.observed_generation == 1
+    assert view.finalizers == ("f",)
+
+
+def test_rollout_key_ignores_devices_priority_and_grace() -> None:
+    base = driver()
+    assert base.template is not None
+    changed = base.template.model_copy(
+        update={"devices": ["x"], "priority": 9, "unload_grace_period_seconds": 1}
+    )
+    assert rollout_key(changed) == base.rollout_key
+    assert driver(config={"a": 1}).rollout_key != base.rollout_key
+    assert driver(version="1.0.1").rollout_key != base.rollout_key
