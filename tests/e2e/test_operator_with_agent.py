@@ -62,6 +62,12 @@ async def node_device_for(kube: KubeClient, node: str, device: LoopDevice) -> st
     return None
 
 
+async def sd_row(cluster: localcluster.ClusterConfig, expected: list[str]) -> bool:
+    """The first columns of `kubectl get sd loop-info` (its status is written at most once a second)."""
+    row = kubectl(cluster, "get", "sd", "loop-info").splitlines()[1].split()
+    return row[: len(expected)] == expected
+
+
 async def test_loop_driver_loads_on_attach_and_unloads_after_detach(
     clean_cluster: KubeClient,
     cluster: localcluster.ClusterConfig,
@@ -130,8 +136,10 @@ async def test_loop_driver_loads_on_attach_and_unloads_after_detach(
             )
 
         await eventually(loaded, timeout=90, what="loop-info Loaded with the new device bound")
-        row = kubectl(cluster, "get", "sd", "loop-info").splitlines()[1].split()
-        assert row[:6] == ["loop-info", "1.0.0", "1", "1", "0", "True"], row
+        await eventually(
+            lambda: sd_row(cluster, ["loop-info", "1.0.0", "1", "1", "0", "True"]),
+            what="kubectl get sd to show loop-info matching, loaded and Ready",
+        )
 
         detach(device)
 
@@ -148,8 +156,10 @@ async def test_loop_driver_loads_on_attach_and_unloads_after_detach(
         await eventually(
             unloaded, timeout=60 + delay, what="loop-info unloaded after the detach and the delay"
         )
-        row = kubectl(cluster, "get", "sd", "loop-info").splitlines()[1].split()
-        assert row[:5] == ["loop-info", "1.0.0", "0", "0", "0"], row
+        await eventually(
+            lambda: sd_row(cluster, ["loop-info", "1.0.0", "0", "0", "0"]),
+            what="kubectl get sd to show loop-info loaded nowhere",
+        )
     finally:
         agent.stop()
         operator.stop()

@@ -156,7 +156,7 @@ class Supervisor:
         return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="storage-agent supervise", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--state-dir",
@@ -174,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log-format", choices=["json", "text"], default=os.environ.get("LOG_FORMAT", "json")
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging("storage-agent-supervisor", args.log_level, args.log_format)
     return asyncio.run(Supervisor(args.state_dir, args.stop_timeout).run())
 
