@@ -424,6 +424,7 @@ def test_agent_never_writes_storage_drivers_and_operator_never_writes_node_statu
 
 # --- the chart's command lines against the components' real argument parsers ------------------------
 
+
 def _unknown(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     try:
         _, extra = parser.parse_known_args(argv)
@@ -460,5 +461,7 @@ def test_agent_leaves_driver_hosts_to_the_supervisor(defaults: list[dict[str, An
     args = container(find(defaults, "DaemonSet", "-agent"))["args"]
     assert "--launcher=supervisor" in args
     agent_state = {m["mountPath"] for m in container(find(defaults, "DaemonSet", "-agent"))["volumeMounts"]}
-    supervisor_state = {m["mountPath"] for m in container(find(defaults, "DaemonSet", "-supervisor"))["volumeMounts"]}
+    supervisor_state = {
+        m["mountPath"] for m in container(find(defaults, "DaemonSet", "-supervisor"))["volumeMounts"]
+    }
     assert "/var/lib/storage-agent" in agent_state & supervisor_state
