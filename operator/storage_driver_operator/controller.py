@@ -35,6 +35,7 @@ from storage_driver_api.logs import fields
 from storage_driver_operator import events
 from storage_driver_operator.cache import Informer
 from storage_driver_operator.desired import NodePlan, NodeState, Rollout, plan_node, plan_rollouts
+from storage_driver_operator.metrics import DriverStats, InformerStats, Snapshot
 from storage_driver_operator.options import Options
 from storage_driver_operator.status import NodeDriverState, Observed, aggregate, observe, transitions
 from storage_driver_operator.views import (
@@ -466,6 +467,28 @@ class Controller:
             group.create_task(self._status_writer(), name="status")
 
     # --- health --------------------------------------------------------------------------------
+
+    def metrics(self) -> Snapshot:
+        return Snapshot(
+            ready=self.ready.is_set(),
+            ready_seconds=self.ready_seconds,
+            counters=dict(self.counters),
+            informers=[
+                InformerStats(i.kind, len(i.items), i.lists, i.watches, i.events, i.synced.is_set())
+                for i in self.informers
+            ],
+            drivers=[
+                DriverStats(
+                    name=d.name,
+                    matching=d.status.matching_nodes,
+                    desired=d.status.desired_nodes,
+                    loaded=d.status.loaded_nodes,
+                    failed=d.status.failed_nodes,
+                    ready=any(c.type == "Ready" and c.status == "True" for c in d.status.conditions),
+                )
+                for d in sorted(self.drivers.items.values(), key=lambda d: d.name)
+            ],
+        )
 
     def health(self) -> dict[str, Any]:
         """For the liveness probe: raises when the planner has stopped ticking."""

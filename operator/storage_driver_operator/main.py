@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from typing import Any
@@ -20,6 +21,7 @@ from storage_driver_api.constants import ANNOTATION_PREFIX, FINALIZER, GROUP, ST
 from storage_driver_api.kube import Credentials, KubeClient, KubeConfigError, load_credentials
 from storage_driver_api.logs import fields, setup_logging
 
+from storage_driver_operator import metrics
 from storage_driver_operator.controller import Controller
 from storage_driver_operator.options import Options
 
@@ -101,6 +103,12 @@ async def run(options: Options) -> int:
     except KubeConfigError as exc:
         log.error("cannot reach the cluster", extra=fields(error=str(exc)))
         return 2
+    if options.metrics:
+        try:
+            metrics.listen_address(options.metrics)
+        except ValueError as exc:
+            log.error("invalid option", extra=fields(error=str(exc)))
+            return 2
     log.info(
         "operator starting",
         extra=fields(
@@ -111,8 +119,13 @@ async def run(options: Options) -> int:
         ),
     )
     stop = asyncio.Event()
-    async with KubeClient(credentials, user_agent=f"storage-operator/{operator_version()}") as kube:
+    async with contextlib.AsyncExitStack() as stack:
+        kube = await stack.enter_async_context(
+            KubeClient(credentials, user_agent=f"storage-operator/{operator_version()}")
+        )
         controller = Controller(kube, options)
+        if options.metrics:
+            await stack.enter_async_context(metrics.serve(options.metrics, controller.metrics))
         registry = build_registry(controller, credentials, options)
         async with asyncio.TaskGroup() as group:
             loop = group.create_task(controller.run(), name="controller")

@@ -21,6 +21,7 @@ class Options:
     lease_namespace: str = LEASE_NAMESPACE_DEFAULT
     event_namespace: str = "default"
     liveness: str = "http://0.0.0.0:8080/healthz"
+    metrics: str = "http://0.0.0.0:8081/metrics"
     coalesce_seconds: float = 0.05
     status_interval: float = 1.0
     write_concurrency: int = 16
@@ -55,6 +56,11 @@ class Options:
             "--liveness",
             default=_env("LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz"),
             help="liveness endpoint URL; empty to disable (default: %(default)s)",
+        )
+        add(
+            "--metrics",
+            default=_env("METRICS_ENDPOINT", "http://0.0.0.0:8081/metrics"),
+            help="Prometheus metrics endpoint URL; empty to disable (default: %(default)s)",
         )
         add(
             "--coalesce-seconds",
@@ -115,6 +121,7 @@ class Options:
             lease_namespace=args.lease_namespace,
             event_namespace=args.event_namespace,
             liveness=args.liveness,
+            metrics=args.metrics,
             coalesce_seconds=args.coalesce_seconds,
             status_interval=args.status_interval,
             write_concurrency=args.write_concurrency,

@@ -208,6 +208,8 @@ class OperatorRun:
                 "text",
                 "--liveness",
                 f"http://127.0.0.1:{free_port()}/healthz",
+                "--metrics",
+                "",
                 *extra,
             ],
             self.logs / f"operator-{self.starts}.log",

@@ -92,7 +92,13 @@ async def test_loop_driver_loads_on_attach_and_unloads_after_detach(
     env = {"KUBECONFIG": str(cluster.kubeconfig)}
     operator = ComponentProcess(
         "storage-operator",
-        [console_script("storage-operator"), "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+        [
+            console_script("storage-operator"),
+            "--liveness",
+            f"http://127.0.0.1:{free_port()}/healthz",
+            "--metrics",
+            f"http://127.0.0.1:{free_port()}/metrics",
+        ],
         tmp_path / "operator.log",
         env=env,
     ).start()

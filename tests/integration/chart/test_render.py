@@ -352,7 +352,9 @@ def test_service_monitor_scrapes_the_operator(tmp_values: Path) -> None:
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
-    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == "http"
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == "metrics"
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container(deployment)["ports"]
+    assert "--metrics=http://0.0.0.0:8081/metrics" in container(deployment)["args"]
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
 
 

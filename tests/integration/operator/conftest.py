@@ -30,12 +30,17 @@ class Operator:
         self.logs = logs
         self.extra = extra
         self.port = free_port()
+        self.metrics_port = free_port()
         self.starts = 0
         self.process: ComponentProcess | None = None
 
     @property
     def liveness(self) -> str:
         return f"http://127.0.0.1:{self.port}/healthz"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     async def start(self, *, wait: bool = True) -> ComponentProcess:
         self.starts += 1
@@ -45,6 +50,8 @@ class Operator:
                 console_script("storage-operator"),
                 "--liveness",
                 self.liveness,
+                "--metrics",
+                self.metrics,
                 "--log-format",
                 "text",
                 "--status-interval",
