@@ -53,6 +53,7 @@ from storage_driver_agent.drivers.statemachine import (
     next_failure,
 )
 from storage_driver_agent.drivers.status import DriverReport, LastError
+from storage_driver_agent.stopping import wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +245,7 @@ class NodeReconciler:
             deadline = self.step()
             self.on_change()
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
-            waiter = asyncio.ensure_future(self.wake.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
+            await wait_or_stop(self.wake, stop, timeout)
 
     async def shutdown(self) -> None:
         """Leave every host running (the next agent adopts them); stop talking to them."""

@@ -4,30 +4,24 @@ changed), NodeDevice.status.boundDrivers, Kubernetes Events, and the node's live
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
-import secrets
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from storage_driver_api.constants import API_VERSION, LEASE_PREFIX, NODE_DEVICES, NODE_DRIVER_CONFIGS
+from storage_driver_api.events import EVENT_NAMESPACE, event_body
 from storage_driver_api.kube import EVENTS, LEASES, ApiError, KubeClient
 from storage_driver_api.logs import fields
 
 from storage_driver_agent.drivers.status import merge_patch
+from storage_driver_agent.stopping import sleep_or_stop, wait_or_stop
 
 log = logging.getLogger(__name__)
 
 COMPONENT: Final = "storage-agent"
-EVENT_NAMESPACE: Final = "default"  # where Kubernetes keeps events of cluster-scoped objects
 MAX_QUEUED_EVENTS: Final = 1000
 COALESCE_SECONDS: Final = 0.02
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
 
 
 class StatusWriter:
@@ -59,15 +53,10 @@ class StatusWriter:
     async def run(self, stop: asyncio.Event) -> None:
         delay = 0.2
         while not stop.is_set():
-            waiter = asyncio.ensure_future(self._wake.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-            if stop.is_set():
+            if not await wait_or_stop(self._wake, stop):
                 return
             # Changes a few milliseconds apart (a file verified, then its host started) make one write.
-            await _sleep_or_stop(stop, COALESCE_SECONDS)
+            await sleep_or_stop(stop, COALESCE_SECONDS)
             self._wake.clear()
             status, written = self.latest, self.written
             if status is None or written is None or status == written:
@@ -85,12 +74,12 @@ class StatusWriter:
             except ApiError as exc:
                 if not exc.not_found:  # missing: written again once the object exists
                     log.warning("cannot write NodeDriverConfig status", extra=fields(error=str(exc)))
-                    await _sleep_or_stop(stop, delay)
+                    await sleep_or_stop(stop, delay)
                     delay = min(delay * 2, 10.0)
                     self._wake.set()
             except (OSError, TimeoutError) as exc:
                 log.warning("cannot write NodeDriverConfig status", extra=fields(error=repr(exc)))
-                await _sleep_or_stop(stop, delay)
+                await sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 10.0)
                 self._wake.set()
 
@@ -114,12 +103,7 @@ class BindingWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            waiter = asyncio.ensure_future(self._wake.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-            if stop.is_set():
+            if not await wait_or_stop(self._wake, stop):
                 return
             self._wake.clear()
             for device, current in self._known.items():
@@ -138,20 +122,16 @@ class BindingWriter:
                     log.warning(
                         "cannot write NodeDevice boundDrivers", extra=fields(device=device, error=str(exc))
                     )
-                    await _sleep_or_stop(stop, 1.0)
+                    await sleep_or_stop(stop, 1.0)
                     self._wake.set()
                     break
                 except (TimeoutError, OSError) as exc:
                     log.warning(
                         "cannot write NodeDevice boundDrivers", extra=fields(device=device, error=repr(exc))
                     )
-                    await _sleep_or_stop(stop, 1.0)
+                    await sleep_or_stop(stop, 1.0)
                     self._wake.set()
                     break
-
-
-def _timestamp(at: dt.datetime) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventRecorder:
@@ -165,25 +145,19 @@ class EventRecorder:
         self.emitted: list[tuple[str, str]] = []  # (reason, message), the most recent ones
 
     def emit(self, reason: str, message: str, *, warning: bool = False) -> None:
-        now = _timestamp(dt.datetime.now(dt.UTC))
         involved: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "NodeDriverConfig", "name": self.node}
         if uid := self.config_uid():
             involved["uid"] = uid
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{self.node}.{secrets.token_hex(8)}", "namespace": EVENT_NAMESPACE},
-            "involvedObject": involved,
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning" if warning else "Normal",
-            "source": {"component": COMPONENT, "host": self.node},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": self.node,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        body = event_body(
+            involved,
+            reason=reason,
+            message=message,
+            warning=warning,
+            component=COMPONENT,
+            host=self.node,
+            instance=self.node,
+            at=dt.datetime.now(dt.UTC),
+        )
         self.emitted = [*self.emitted[-99:], (reason, message)]
         try:
             self._queue.put_nowait(body)
@@ -256,4 +230,4 @@ class LeaseKeeper:
                         extra=fields(lease=f"{self.namespace}/{self.name}", error=str(exc)),
                     )
                 self._warned = True
-            await _sleep_or_stop(stop, self.renew)
+            await sleep_or_stop(stop, self.renew)

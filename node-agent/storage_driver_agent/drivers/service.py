@@ -53,6 +53,7 @@ from storage_driver_agent.drivers.status import (
     desired_from_api,
 )
 from storage_driver_agent.drivers.watch import DirectoryWatcher
+from storage_driver_agent.stopping import wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -325,12 +326,7 @@ class DriverRuntime:
         """Create the node's NodeDriverConfig (empty spec, owned by the Node) whenever it is missing."""
         warned = False
         while not stop.is_set():
-            waiter = asyncio.ensure_future(self.config_missing.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-            if stop.is_set():
+            if not await wait_or_stop(self.config_missing, stop):
                 return
             try:
                 node = await self.kube.get_or_none(NODES, self.node)
