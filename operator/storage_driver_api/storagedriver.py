@@ -45,6 +45,7 @@ KERNEL_VERSION = r"^[0-9]+(\.[0-9]+){0,3}$"
 DRIVER_NAME = r"^[A-Za-z0-9]([A-Za-z0-9 ._+-]*[A-Za-z0-9+])?$"
 RELATIVE_PATH = r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*$"
 CONFIG_MAX_BYTES = 16 * 1024
+MAX_UNLOAD_DELAY_SECONDS = 86400
 
 
 class DeviceSelectorOperator(StrEnum):
@@ -283,7 +284,7 @@ class StorageDriverSpec(ApiModel):
     unload_delay_seconds: int = Field(
         default=30,
         ge=0,
-        le=86400,
+        le=MAX_UNLOAD_DELAY_SECONDS,
         description="How long no matching device must be present on a node before the driver is unloaded "
         "there; brief flaps and agent restarts shorter than this unload nothing.",
     )

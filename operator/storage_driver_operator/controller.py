@@ -19,6 +19,7 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -31,6 +32,7 @@ from storage_driver_api.constants import (
 )
 from storage_driver_api.kube import LEASES, NODES, ApiError, KubeClient
 from storage_driver_api.logs import fields
+from storage_driver_api.storagedriver import MAX_UNLOAD_DELAY_SECONDS as MAX_UNLOAD_DELAY
 
 from storage_driver_operator import events
 from storage_driver_operator.cache import Informer
@@ -104,6 +106,9 @@ class Controller:
             self.drivers,
         )
         self.devices_by_node: dict[str, set[str]] = {}
+        # Devices the agent deleted after its retention period, kept as absent so that a longer
+        # unloadDelaySeconds is still honoured: node -> name -> view (absent since).
+        self.departed: dict[str, dict[str, DeviceView]] = {}
         self.plans: dict[str, NodePlan] = {}
         self.rollouts: dict[str, Rollout] = {}
         self.ready = asyncio.Event()
@@ -139,6 +144,7 @@ class Controller:
         if new is None or new.deleting:
             # Its NodeDriverConfig and NodeDevices are garbage-collected through ownerReferences.
             self.plans.pop(key, None)
+            self.departed.pop(key, None)
             self._dirty.discard(key)
             self._status_due.set()
             self._notify()
@@ -146,6 +152,11 @@ class Controller:
         self._mark(key)
 
     def _on_device(self, key: str, old: DeviceView | None, new: DeviceView | None) -> None:
+        if old is not None and new is None:
+            since = old.since if not old.present and old.since is not None else self.clock()
+            self.departed.setdefault(old.node, {})[key] = replace(old, present=False, since=since)
+        if new is not None and key in self.departed.get(new.node, {}):
+            del self.departed[new.node][key]
         if old is not None and (new is None or new.node != old.node):
             names = self.devices_by_node.get(old.node)
             if names is not None:
@@ -200,10 +211,21 @@ class Controller:
             self.devices.items[d]
             for d in sorted(self.devices_by_node.get(name, ()))
             if d in self.devices.items
-        )
+        ) + self._departed(name)
         return NodeState(
             node=node, devices=devices, config=self.configs.items.get(name), lease=self.leases.items.get(name)
         )
+
+    def _departed(self, node: str) -> tuple[DeviceView, ...]:
+        """This node's deleted devices that could still hold back an unload (the longest
+        unloadDelaySeconds the schema allows); older ones are forgotten."""
+        departed = self.departed.get(node)
+        if not departed:
+            return ()
+        horizon = self.clock() - MAX_UNLOAD_DELAY
+        for key in [k for k, v in departed.items() if (v.since or 0) < horizon]:
+            del departed[key]
+        return tuple(departed[k] for k in sorted(departed))
 
     def sorted_drivers(self) -> list[StorageDriverView]:
         return [self.drivers.items[name] for name in sorted(self.drivers.items)]

@@ -5,6 +5,7 @@ and Events are right after each step. The tests write what agents would (simulat
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -153,6 +154,29 @@ async def test_a_flap_shorter_than_the_delay_unloads_nothing(
         return await devices_of(kube, "fl-a", "loop-info") == ["fl-a-loop0"]
 
     await consistently(still_there, duration=6, what="the driver to stay through the flap")
+
+
+async def test_a_device_deleted_before_the_delay_ends_still_waits_out_the_delay(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    """The agent deletes absent NodeDevices after its retention period, which may be shorter
+    than a StorageDriver's unloadDelaySeconds: the delay still counts from the removal."""
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "dd-a")
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info", unloadDelaySeconds=8))
+    await sim.add_device(kube, "dd-a", "dd-a-loop0", node_uid=uid)
+    await wait_devices(kube, "dd-a", "loop-info", ["dd-a-loop0"])
+    await sim.set_present(kube, "dd-a-loop0", False)
+    await wait_devices(kube, "dd-a", "loop-info", [])
+    removed = time.monotonic()
+    await kube.delete(NODE_DEVICES, "dd-a-loop0")
+
+    async def kept() -> bool:
+        return await devices_of(kube, "dd-a", "loop-info") == []
+
+    await consistently(kept, duration=4, what="the driver to stay for the rest of the delay")
+    await wait_devices(kube, "dd-a", "loop-info", None, timeout=30)
+    assert time.monotonic() - removed >= 7  # not before the delay (minus clock granularity)
 
 
 async def test_a_silent_agent_holds_the_unload_until_it_reports_again(

@@ -27,7 +27,11 @@ def test_event_names_the_object_and_goes_to_default() -> None:
     assert event["metadata"]["namespace"] == "default"  # type: ignore[index]
     assert str(event["metadata"]["name"]).startswith("worker-1.")  # type: ignore[index]
     assert event["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": "worker-1"}
-    assert (event["type"], event["reason"], event["firstTimestamp"]) == ("Normal", "Loaded", "2026-11-25T10:00:00Z")
+    assert (event["type"], event["reason"], event["firstTimestamp"]) == (
+        "Normal",
+        "Loaded",
+        "2026-11-25T10:00:00Z",
+    )
 
 
 def test_each_event_is_a_new_object_and_messages_are_bounded() -> None:
