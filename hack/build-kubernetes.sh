@@ -4,8 +4,10 @@
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-1.20.2}
+# Bumped whenever the build itself changes (a patch below), so that cached binaries are rebuilt.
+BUILD_REVISION=2
 CACHE_ROOT=${SDO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/storage-driver-operator}
-BIN_DIR="$CACHE_ROOT/kubernetes-$KUBE_VERSION/bin"
+BIN_DIR="$CACHE_ROOT/kubernetes-$KUBE_VERSION-r$BUILD_REVISION/bin"
 WORK_DIR="$CACHE_ROOT/kubernetes-$KUBE_VERSION/src"
 TARGETS=(kube-apiserver kube-controller-manager kubectl)
 GO_BIN=/usr/lib/go-1.19/bin
@@ -48,6 +50,16 @@ log "step 3/4: replacing vendored reflect2 1.0.1 with Debian's 1.0.2 (1.0.1 cras
 rm -rf vendor/github.com/modern-go/reflect2
 mkdir -p vendor/github.com/modern-go/reflect2
 rsync -a --exclude go.mod --exclude go.sum "$REFLECT2/" vendor/github.com/modern-go/reflect2/
+
+# Go 1.18+ hands reflect.Zero and a zero value converted to an interface the same pointer, so
+# the vendored OpenAPI validators' "zero value means null" test (reflect.DeepEqual on two
+# reflect.Values) turns every empty string in a custom resource into null and rejects it
+# ("must be of type string: null"). Only nil is null, as in later releases of the validators.
+log "step 3/4: patching the OpenAPI type validators for Go 1.18+ (empty strings are not null)"
+for f in vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go vendor/github.com/go-openapi/validate/type.go; do
+  sed -i 's/\tif data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/\tif data == nil {/' "$f"
+  grep -q $'^\tif data == nil {$' "$f" || fail "patch validators" "$f does not have the expected code; the patch no longer applies."
+done
 
 for t in "${TARGETS[@]}"; do
   [[ -x $BIN_DIR/$t ]] && continue

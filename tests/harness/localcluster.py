@@ -36,6 +36,7 @@ from storage_driver_api.kube import NODES, ApiError, KubeClient, load_kubeconfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KUBE_VERSION = "1.20.2"
+KUBE_BUILD_REVISION = 2  # as in hack/build-kubernetes.sh
 
 
 def _env_int(name: str, default: int) -> int:
@@ -61,7 +62,7 @@ class ClusterConfig:
         )
         return cls(
             root=Path(os.environ.get("SDO_CLUSTER_DIR") or REPO_ROOT / ".local-cluster"),
-            bin_dir=cache / f"kubernetes-{KUBE_VERSION}" / "bin",
+            bin_dir=cache / f"kubernetes-{KUBE_VERSION}-r{KUBE_BUILD_REVISION}" / "bin",
             etcd_port=_env_int("SDO_ETCD_PORT", 23790),
             etcd_peer_port=_env_int("SDO_ETCD_PEER_PORT", 23800),
             apiserver_port=_env_int("SDO_APISERVER_PORT", 16443),

@@ -47,7 +47,6 @@ from storage_driver_agent.drivers.sources import FetchLimits, SourceFetcher
 from storage_driver_agent.drivers.statemachine import BackoffPolicy
 from storage_driver_agent.drivers.status import (
     NodeReport,
-    api_document,
     bound_drivers_by_device,
     build_status,
     desired_from_api,
@@ -430,7 +429,7 @@ class DriverRuntime:
             dt.datetime.now(dt.UTC).replace(microsecond=0),
         )
         self.previous_status = status
-        self.status_writer.submit(api_document(status))
+        self.status_writer.submit(status.to_api())
         known = {
             name: list((obj.get("status") or {}).get("boundDrivers") or [])
             for name, obj in self.device_objects.items()

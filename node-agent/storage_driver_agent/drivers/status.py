@@ -209,22 +209,6 @@ def build_status(
     )
 
 
-def api_document(status: NodeDriverConfigStatus) -> dict[str, Any]:
-    """The status as written to the API, without empty strings: the API server (1.20) turns an
-    empty string inside an item of a map-keyed list into null and then refuses it; every such
-    field is optional, so leaving it out says the same."""
-    document: dict[str, Any] = _without_empty_strings(status.to_api())
-    return document
-
-
-def _without_empty_strings(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_empty_strings(v) for k, v in value.items() if v != ""}
-    if isinstance(value, list):
-        return [_without_empty_strings(v) for v in value]
-    return value
-
-
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """The RFC 7386 merge patch that turns `old` into `new` (null removes a key; lists are
     replaced whole). Empty when nothing changed."""

@@ -78,6 +78,26 @@ async def test_server_fills_documented_defaults(clean_cluster: KubeClient) -> No
     assert created["spec"]["maxUnavailable"] == 1
 
 
+async def test_empty_strings_are_kept_not_turned_into_null(clean_cluster: KubeClient) -> None:
+    """A real 1.20 API server keeps "" (the test control plane's build is patched to, see
+    hack/build-kubernetes.sh); an empty description is a user's right."""
+    minimal = {
+        "driverName": "X",
+        "version": "1.0.0",
+        "description": "",
+        "supportedDevices": ["loop"],
+        "source": {"hostPath": {"path": "x.py"}},
+    }
+    created = await clean_cluster.create(STORAGE_DRIVERS, storage_driver("empty-description", minimal))
+    assert created["spec"]["description"] == ""
+    with pytest.raises(ApiError) as rejected:
+        await clean_cluster.create(
+            STORAGE_DRIVERS, storage_driver("empty-name", minimal | {"driverName": ""})
+        )
+    assert "should be at least 1 chars long" in rejected.value.message
+    assert "null" not in rejected.value.message
+
+
 async def test_printer_columns_and_short_names(clean_cluster: KubeClient, cluster: ClusterConfig) -> None:
     kubectl(
         cluster,

@@ -84,7 +84,6 @@ async def set_present(
         "type": "Present",
         "status": "True" if present else "False",
         "reason": "Attached" if present else "Detached",
-        # Never "": the local apiserver build rejects empty strings in custom resources as null.
         "message": "device attached" if present else "device detached",
         "lastTransitionTime": stamp(at),
     }
