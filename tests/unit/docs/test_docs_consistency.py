@@ -134,3 +134,21 @@ def test_the_example_nodedriverconfig_lists_the_sample_drivers_as_a_scan_reads_t
         available = {a["file"]: a for a in example["status"]["available"]}
         spec = next(d for d in example["spec"]["drivers"] if d["name"] == driver["name"])
         assert driver["sha256"] == available[spec["source"]["path"]]["sha256"]
+
+
+REPOSITORY_PATH = re.compile(
+    r"`((?:operator|node-agent|charts|crds|examples|docs|hack|images|tests|\.ci)/[^`\s]*)`"
+)
+
+
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_every_repository_path_named_exists(name: str) -> None:
+    text = (REPO_ROOT / name).read_text()
+    missing = []
+    for path in sorted(set(REPOSITORY_PATH.findall(text))):
+        if path in PENDING_FILES:
+            continue
+        # `charts/.../rbac-*.yaml` names several files; `crds/` a directory.
+        if not list(REPO_ROOT.glob(path.rstrip("/"))):
+            missing.append(path)
+    assert missing == []
