@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
         cluster-up cluster-down cluster-status crds bench demo images test-images clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 deps:  ## install Debian packages (root; idempotent)
 	@hack/install-system-packages.sh

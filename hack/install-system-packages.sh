@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   golang-1.19-go rsync etcd-server golang-github-modern-go-reflect2-dev  # control plane build
-  dpkg-dev openssl util-linux udev kmod procps iproute2 psmisc               # tools the harness calls
+  dpkg-dev openssl util-linux udev kmod procps iproute2 psmisc curl         # tools the harness and the docs call
   buildah debootstrap                                                       # container images
   lua5.1 lua5.4                                                             # docs/argocd-health.lua (Argo CD runs Lua 5.1)
 )

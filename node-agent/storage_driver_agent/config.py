@@ -1,5 +1,5 @@
 """Settings every part of the agent shares; each part adds its own options next to its code
-(`devices/options.py`, `drivers/options.py`)."""
+(`devices/options.py`, `drivers/service.py`)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ class AgentConfig:
         parser.add_argument(
             "--namespace",
             default=os.environ.get("POD_NAMESPACE", LEASE_NAMESPACE_DEFAULT),
-            help="namespace for the agent's Lease and Events (default: $POD_NAMESPACE, else %(default)s)",
+            help="namespace of the agent's Lease; its Events go to 'default' with the objects they are about "
+            "(default: $POD_NAMESPACE, else %(default)s)",
         )
         parser.add_argument(
             "--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING"

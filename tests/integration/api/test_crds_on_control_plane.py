@@ -113,7 +113,7 @@ async def test_printer_columns_and_short_names(clean_cluster: KubeClient, cluste
     assert header_sd.split() == ["NAME", "VERSION", "MATCHING", "LOADED", "FAILED", "READY", "AGE"]
     assert header_nd.split() == ["NAME", "NODE", "TYPE", "SIZE", "MODEL", "PRESENT", "AGE"]
     assert header_ndc.split() == ["NAME", "DRIVERS", "LOADED", "AGE"]
-    assert "loop-info" in out and "1.0.0" in out and "worker-1-5d0e6c1a2b" in out
+    assert "loop-info" in out and "1.0.0" in out and "worker-1-67803195e4" in out
     assert "storagedriver.storage.datawarehouse.io/loop-info" in kubectl(
         cluster, "get", "storage-drivers", "-o", "name"
     )

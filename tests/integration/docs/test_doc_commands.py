@@ -1,9 +1,14 @@
-"""Every command in the user docs runs against the local control plane, so the docs stay true
-(the markers are explained in tests/harness/doccommands.py)."""
+"""Every command in the README and the user docs runs, so the docs stay true (the markers are
+explained in tests/harness/doccommands.py). Documents whose commands need a running operator
+and agent are run by tests/e2e/docs; this module runs the others: against no cluster, against
+the session's local control plane (with the chart fresh or installed), and the README, which
+starts a control plane of its own with `make cluster-up` and is stopped with `make cluster-down`.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,62 +19,116 @@ from storage_driver_api.kube import KubeClient
 from tests.conftest import REPO_ROOT, apply_crds, require
 from tests.harness import doccommands, helm
 from tests.harness.localcluster import ClusterConfig
+from tests.harness.processes import VENV_BIN
 from tests.integration.chart.release import Release, delete_namespace, delete_project_crds
 
-# Each document and the state its commands start from: "fresh" is a cluster without the
-# project (no release, no CRDs); "installed" has the chart installed as the docs install it.
-DOCS = {
-    "installing.md": "fresh",
-    "security.md": "installed",
-    "troubleshooting.md": "installed",
-    "architecture.md": "installed",
-}
 RELEASE = "storage-driver-operator"
 NAMESPACE = "storage-driver-operator"
+WITH_CLUSTER = sorted(
+    name
+    for name, setting in doccommands.DOCUMENTS.items()
+    if setting.cluster == "session" and not setting.components
+)
+WITHOUT_CLUSTER = sorted(name for name, s in doccommands.DOCUMENTS.items() if s.cluster == "none")
 
 
-@pytest.mark.parametrize("name", sorted(DOCS))
-def test_every_command_block_is_marked(name: str) -> None:
-    document = REPO_ROOT / "docs" / name
-    assert not doccommands.problems(document)
-    assert any(b.mode for b in doccommands.blocks(document)), f"{name} has no command to run"
-
-
-@pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    """A checkout as the docs assume one (charts/, crds/, examples/), where files the commands
-    write stay out of the repository."""
-    for entry in ("charts", "crds", "examples", "docs"):
-        (tmp_path / entry).symlink_to(REPO_ROOT / entry)
-    return tmp_path
+    """A checkout as the docs assume one (charts/, crds/, examples/, docs/, tests/), where files
+    the commands write stay out of the repository."""
+    root = tmp_path / "checkout"
+    root.mkdir()
+    for entry in ("charts", "crds", "examples", "docs", "tests"):
+        (root / entry).symlink_to(REPO_ROOT / entry)
+    return root
+
+
+def search_path(*directories: Path) -> str:
+    return ":".join([*(str(d) for d in directories), os.environ["PATH"]])
+
+
+def check(problems: list[str]) -> None:
+    assert not problems, "\n\n".join(problems)
+
+
+@pytest.mark.parametrize("name", WITHOUT_CLUSTER)
+def test_commands_that_need_no_cluster(name: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": search_path(VENV_BIN)}
+    env.pop("KUBECONFIG", None)
+    check(doccommands.run(REPO_ROOT / name, workdir(tmp_path), env, tmp_path / "outputs"))
 
 
 @pytest.fixture
-def state(request: pytest.FixtureRequest, clean_cluster: KubeClient, cluster: ClusterConfig) -> Iterator[str]:
-    require(helm.missing())
-    name = request.param
+def prepared(
+    request: pytest.FixtureRequest, clean_cluster: KubeClient, cluster: ClusterConfig
+) -> Iterator[str]:
+    """The chart as the document expects it: fresh (no release, no CRDs) or installed."""
+    name: str = request.param
+    chart = doccommands.DOCUMENTS[name].chart
     release = Release(cluster, RELEASE, NAMESPACE)
-    release.uninstall(check=False)
-    delete_namespace(cluster, NAMESPACE)
-    if DOCS[name] == "fresh":
-        delete_project_crds(cluster)
-    else:
-        # The session's CRDs came from `kubectl apply`: let the release adopt them.
-        release.install("--take-ownership")
+    if chart != "none":
+        require(helm.missing())
+        release.uninstall(check=False)
+        delete_namespace(cluster, NAMESPACE)
+        if chart == "fresh":
+            delete_project_crds(cluster)
+        else:
+            # The session's CRDs came from `kubectl apply`: let the release adopt them.
+            release.install("--take-ownership")
     yield name
-    release.uninstall(check=False)
-    delete_namespace(cluster, NAMESPACE, wait=False)
-    apply_crds(cluster)
+    if chart != "none":
+        release.uninstall(check=False)
+        delete_namespace(cluster, NAMESPACE, wait=False)
+        apply_crds(cluster)
 
 
-@pytest.mark.parametrize("state", sorted(DOCS), indirect=True)
-def test_doc_commands_run(state: str, workdir: Path, cluster: ClusterConfig) -> None:
-    script = doccommands.script(REPO_ROOT / "docs" / state)
+@pytest.mark.parametrize("prepared", WITH_CLUSTER, indirect=True)
+def test_commands_on_the_local_control_plane(prepared: str, tmp_path: Path, cluster: ClusterConfig) -> None:
     env = {
         **helm.environment(cluster.kubeconfig),
-        "PATH": f"{helm.helm_binary().parent}:{cluster.bin_dir}:{os.environ['PATH']}",
+        "PATH": search_path(helm.helm_binary().parent, cluster.bin_dir, VENV_BIN),
     }
-    result = subprocess.run(
-        ["bash", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, f"docs/{state}:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    check(doccommands.run(REPO_ROOT / prepared, workdir(tmp_path), env, tmp_path / "outputs"))
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_readme_commands_from_a_checkout(tmp_path: Path) -> None:
+    """The README as a new user follows it in the checkout: `make cluster-up` starts a control
+    plane of its own (its own directory and ports, so the session's is untouched), kubectl,
+    helm and sdctl work against it, and `make cluster-down` stops everything it started."""
+    require(helm.missing())
+    require(None if os.geteuid() == 0 else "make cluster-up runs make deps, which needs root")
+    ports = free_ports(4)
+    names = ("SDO_ETCD_PORT", "SDO_ETCD_PEER_PORT", "SDO_APISERVER_PORT", "SDO_CONTROLLER_MANAGER_PORT")
+    cluster_dir = tmp_path / "cluster"
+    env = {
+        **helm.environment(),
+        **{name: str(port) for name, port in zip(names, ports, strict=True)},
+        "SDO_CLUSTER_DIR": str(cluster_dir),
+        # helm 4 on PATH, as the README asks; kubectl and sdctl come from the README's own steps.
+        "PATH": search_path(helm.helm_binary().parent),
+    }
+    env.pop("KUBECONFIG", None)
+    env.pop("VIRTUAL_ENV", None)
+    try:
+        check(doccommands.run(REPO_ROOT / "README.md", REPO_ROOT, env, tmp_path / "outputs"))
+    finally:
+        down = subprocess.run(
+            ["make", "cluster-down"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert [port for port in ports if listening(port)] == [], "make cluster-down left a port open"
