@@ -462,6 +462,15 @@ def test_agent_leaves_driver_hosts_to_the_supervisor(defaults: list[dict[str, An
     """In a container the agent must not start hosts itself: its restart would kill them."""
     args = container(find(defaults, "DaemonSet", "-agent"))["args"]
     assert "--launcher=supervisor" in args
+
+
+def test_agent_without_host_network_follows_kernel_uevents(
+    defaults: list[dict[str, Any]], tmp_values: Path
+) -> None:
+    """udevd's events never reach a pod's own network namespace; the kernel's do."""
+    assert "--uevent-source=kernel" in container(find(defaults, "DaemonSet", "-agent"))["args"]
+    host_network = render(tmp_values, "udev-events")
+    assert "--uevent-source=auto" in container(find(host_network, "DaemonSet", "-agent"))["args"]
     agent_state = {m["mountPath"] for m in container(find(defaults, "DaemonSet", "-agent"))["volumeMounts"]}
     supervisor_state = {
         m["mountPath"] for m in container(find(defaults, "DaemonSet", "-supervisor"))["volumeMounts"]
