@@ -1,13 +1,16 @@
 """`make demo` for real, as a new user runs it: through the Makefile, against this session's control
-plane, twice in a row (the second run must start over cleanly), then `make demo-down`, after which
-nothing the demo started may be left running or attached."""
+plane; run again at once (it must start over cleanly) and interrupted with Ctrl-C once the driver
+is loaded (it must clean up); run a third time (it must recover from that); then `make demo-down`,
+after which nothing the demo started may be left running or attached."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import re
+import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,8 +32,9 @@ LOADED_ROW = re.compile(SD_ROW.format(matching=1, loaded=1))
 UNLOADED_ROW = re.compile(SD_ROW.format(matching=0, loaded=0))
 
 
-def make(cluster: localcluster.ClusterConfig, *targets: str) -> subprocess.CompletedProcess[str]:
-    env = {
+def cluster_env(cluster: localcluster.ClusterConfig) -> dict[str, str]:
+    """The environment that points every make target at this session's control plane."""
+    return {
         **os.environ,
         "SDO_ETCD_PORT": str(cluster.etcd_port),
         "SDO_ETCD_PEER_PORT": str(cluster.etcd_peer_port),
@@ -38,16 +42,39 @@ def make(cluster: localcluster.ClusterConfig, *targets: str) -> subprocess.Compl
         "SDO_CONTROLLER_MANAGER_PORT": str(cluster.controller_manager_port),
         "SDO_CLUSTER_DIR": str(cluster.root),
     }
+
+
+def make(cluster: localcluster.ClusterConfig, *targets: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         ["make", "--no-print-directory", *targets],
         cwd=REPO_ROOT,
-        env=env,
+        env=cluster_env(cluster),
         capture_output=True,
         text=True,
         timeout=600,
     )
     print(f"--- make {' '.join(targets)} (exit {result.returncode}) ---\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def interrupted_demo(cluster: localcluster.ClusterConfig, after: str) -> tuple[int, str]:
+    """The demo interrupted as Ctrl-C does once its output shows `after`: exit code, output."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.harness.demo", "up"],
+        cwd=REPO_ROOT,
+        env=cluster_env(cluster),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    shown = ""
+    while after not in shown and process.poll() is None:
+        shown += process.stdout.readline()
+    process.send_signal(signal.SIGINT)
+    shown += process.communicate(timeout=120)[0]
+    print(f"--- demo interrupted after {after!r} (exit {process.returncode}) ---\n{shown}")
+    return process.returncode, shown
 
 
 def processes_naming(path: Path) -> dict[int, str]:
@@ -163,13 +190,21 @@ async def test_make_demo_loads_and_unloads_then_demo_down_stops_everything(
     assert not [v for v in supervisor_env if v.startswith(b"KUBECONFIG=")], "the supervisor has credentials"
     assert not re.search("forbidden|unauthorized", component_logs(layout), re.IGNORECASE)
 
-    # Twice in a row: the second run stops the first one's processes and starts over.
-    second = make(cluster, "demo")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "A previous demo is still running: stopping it first" in second.stdout
-    assert LOADED_ROW.search(second.stdout) and UNLOADED_ROW.search(second.stdout)
+    # Again, right after: it stops the first run's processes and starts over; here it is
+    # interrupted (Ctrl-C) once the driver is loaded, and cleans up after itself.
+    code, shown = interrupted_demo(cluster, after="$ sdctl drivers")  # step 6: loaded
+    assert code == 130, shown[-3000:]
+    assert "A previous demo is still running: stopping it first" in shown
+    assert LOADED_ROW.search(shown) and "The demo stopped: interrupted" in shown
     for component, pid in pids.items():
         assert pid not in processes_naming(layout.root), f"the first run's {component} still runs"
+    assert not processes_naming(layout.root), "the interrupted demo left processes running"
+    assert not demo.demo_loop_devices(layout), "the interrupted demo left its loop device attached"
+
+    # A run after the interrupted one (which left the driver in the node's spec) still works.
+    third = make(cluster, "demo")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert LOADED_ROW.search(third.stdout) and UNLOADED_ROW.search(third.stdout)
     assert all(demo.component_pid(layout, c) for c in demo.COMPONENTS)
 
     # make demo-down stops exactly what the demo started and detaches its loop devices.

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import os
 import random
 import shutil
@@ -27,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -179,6 +180,13 @@ def start_component(layout: Layout, component: str, argv: list[str]) -> int:
             start_new_session=True,  # outlives `make demo`; `down` stops it by its pid file
         )
     layout.pid_file(component).write_text(f"{process.pid}\n")
+    # Until the child has exec'd, its /proc cmdline is this script's, and component_pid() would
+    # take it for exited.
+    deadline = time.monotonic() + 10
+    while component_pid(layout, component) is None and process.poll() is None:
+        if time.monotonic() > deadline:
+            raise DemoError(f"the {component} did not start: {' '.join(argv)}")
+        time.sleep(0.01)
     return process.pid
 
 
@@ -280,15 +288,21 @@ def driver_entries(config: dict[str, Any] | None) -> tuple[dict[str, Any], dict[
     return wanted.get(DRIVER) or {}, running.get(DRIVER) or {}
 
 
-async def events_since(kube: KubeClient, since: dt.datetime, names: set[str]) -> list[list[str]]:
+async def event_names(kube: KubeClient) -> set[str]:
+    events, _ = await kube.list(EVENTS, namespace="default")
+    return {str(e["metadata"]["name"]) for e in events}
+
+
+async def new_events(kube: KubeClient, old: set[str], names: set[str]) -> list[list[str]]:
+    """Events posted since `old` were listed about the objects named `names`, as table rows."""
     events, _ = await kube.list(EVENTS, namespace="default")
     rows = []
     for event in events:
+        involved = event.get("involvedObject") or {}
+        if event["metadata"]["name"] in old or involved.get("name") not in names:
+            continue
         stamp = event.get("lastTimestamp") or event["metadata"].get("creationTimestamp")
         when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-        involved = event.get("involvedObject") or {}
-        if when < since or involved.get("name") not in names:
-            continue
         source = (event.get("source") or {}).get("component") or event.get("reportingComponent") or ""
         rows.append(
             [
@@ -333,8 +347,7 @@ class Demo:
         self.narrator = narrator
         self.layout = Layout.of(cluster)
         self.node = localcluster.local_node_name()
-        # Events are stamped in whole seconds; this run's are those from this second on.
-        self.since = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        self.old_events: set[str] = set()  # the Events before this run's StorageDriver
 
     async def wait(self, what: str, check: Callable[[], Awaitable[T | None]]) -> T:
         return await wait_for(what, check, self.layout)
@@ -389,6 +402,14 @@ class Demo:
             f"Apply {rel(EXAMPLE)}, narrowed to loop devices of {size} bytes (the demo's own), so that "
             "other loop devices on this machine cannot keep the driver loaded."
         )
+        if await self.kube.get_or_none(STORAGE_DRIVERS, DRIVER):
+            # Deleted with the operator running, which unloads it first: this run starts from
+            # nothing loaded, whatever state an earlier run ended in.
+            self.narrator.say(
+                f"an earlier run's {DRIVER} goes first (the operator unloads it before it goes)"
+            )
+            self.kubectl("delete", "storagedriver", DRIVER, "--wait=true", f"--timeout={WAIT:.0f}s")
+        self.old_events = await event_names(self.kube)
         manifest = yaml.safe_load(EXAMPLE.read_text())
         manifest["spec"]["deviceSelector"] = [{"key": "sizeBytes", "operator": "In", "values": [str(size)]}]
         self.layout.manifest.write_text(yaml.safe_dump(manifest, sort_keys=False))
@@ -439,7 +460,7 @@ class Demo:
         """This run's Events about the driver and the node, once both components posted `reason`."""
 
         async def posted() -> list[list[str]] | None:
-            rows = await events_since(self.kube, self.since, {DRIVER, self.node})
+            rows = await new_events(self.kube, self.old_events, {DRIVER, self.node})
             sources = {row[1] for row in rows if row[3] == reason}
             return rows if {"storage-agent", "storage-operator"} <= sources else None
 
@@ -455,9 +476,15 @@ class Demo:
         return any(a.get("file") == DRIVER_FILE.name and not a.get("error") for a in available)
 
     async def node_device_name(self, device: str) -> str | None:
+        """The present NodeDevice of this attachment. /dev/loopN names are reused, and NodeDevices
+        of earlier attachments stay a while (not present), so the path alone is not enough."""
         selector = f"{NODE_LABEL}={label_value(self.node)}"
         for item in (await self.kube.list(NODE_DEVICES, label_selector=selector))[0]:
-            if (item.get("spec") or {}).get("devPath") == device:
+            spec = item.get("spec") or {}
+            conditions = (item.get("status") or {}).get("conditions") or []
+            present = [c.get("status") for c in conditions if c.get("type") == "Present"] == ["True"]
+            ours = spec.get("devPath") == device and spec.get("backingFile") == str(self.layout.backing_file)
+            if ours and present:
                 return str(item["metadata"]["name"])
         return None
 
@@ -486,7 +513,11 @@ async def up(cluster: localcluster.ClusterConfig) -> None:
         f"{localcluster.KUBE_VERSION} on {cluster.server} (nothing happens if it is up)."
     )
     # up() runs an event loop of its own (to register the Node), so not in this one.
-    await asyncio.to_thread(localcluster.up, cluster)
+    try:
+        await asyncio.to_thread(localcluster.up, cluster)
+    except RuntimeError as exc:
+        localcluster.stop_processes(cluster, quiet=True)
+        raise DemoError(f"the local control plane did not start: {exc}") from exc
     layout.root.mkdir(parents=True, exist_ok=True)
     async with KubeClient(load_kubeconfig(cluster.kubeconfig)) as kube:
         demo = Demo(cluster, kube, narrator)
@@ -614,10 +645,37 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return status(cluster)
+    with only_run(Layout.of(cluster)) as alone:
+        if not alone:
+            print("Another 'make demo' runs in this checkout: wait for it, or stop it.", file=sys.stderr)
+            return 1
+        return run_up(cluster)
+
+
+@contextlib.contextmanager
+def only_run(layout: Layout) -> Iterator[bool]:
+    """Whether this is the only `up` in this checkout (a second one would stop the first's processes)."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with (layout.root / "lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def run_up(cluster: localcluster.ClusterConfig) -> int:
+    # Stopped from outside (a CI timeout, kill): clean up as after Ctrl-C.
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         asyncio.run(up(cluster))
     except (DemoError, KeyboardInterrupt) as exc:
-        print(f"\nThe demo stopped: {exc or 'interrupted'}", file=sys.stderr, flush=True)
+        print(f"\nThe demo stopped: {str(exc) or 'interrupted'}", file=sys.stderr, flush=True)
         stop(Layout.of(cluster), quiet=True)
         print(
             "Its processes were stopped and its loop devices detached; the control plane keeps running.",
