@@ -79,6 +79,7 @@ bench: tools  ## benchmarks; prints tables (kept in docs/benchmarks.md)
 	@$(PY) -m tests.bench
 
 clean:  ## remove the venv, stamps and local cluster state (keeps the binary cache)
+	-@$(PY) -m tests.harness.demo down 2>/dev/null
 	-@$(PY) -m tests.harness.localcluster down 2>/dev/null
 	rm -rf $(VENV) $(STAMPS) .local-cluster .mypy_cache .ruff_cache .pytest_cache
 

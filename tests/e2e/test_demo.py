@@ -142,7 +142,8 @@ async def demo_cluster(
     finally:
         make(cluster, "demo-down")
         release.uninstall(check=False)
-        delete_namespace(cluster, demo.NAMESPACE, wait=False)
+        # Gone before the next test, which may put agent Leases into a namespace of this name.
+        delete_namespace(cluster, demo.NAMESPACE, wait=True)
         apply_crds(cluster)
 
 
