@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
 .PHONY: help deps venv kube-binaries helm tools lint test test-unit test-integration test-e2e \
-        cluster-up cluster-down cluster-status crds bench demo images test-images clean
+        cluster-up cluster-down cluster-status crds bench demo demo-down images test-images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -79,8 +79,12 @@ bench: tools  ## benchmarks; prints tables (kept in docs/benchmarks.md)
 	@$(PY) -m tests.bench
 
 clean:  ## remove the venv, stamps and local cluster state (keeps the binary cache)
+	-@$(PY) -m tests.harness.demo down 2>/dev/null
 	-@$(PY) -m tests.harness.localcluster down 2>/dev/null
 	rm -rf $(VENV) $(STAMPS) .local-cluster .mypy_cache .ruff_cache .pytest_cache
 
-demo:  ## the guided demo (built by the end-to-end issue)
-	@echo "make demo is not built yet: see the end-to-end issue"; exit 1
+demo: deps venv kube-binaries helm  ## the guided demo: chart, operator and agent on this machine, a loop device loaded and unloaded
+	@$(PY) -m tests.harness.demo up
+
+demo-down: venv  ## stop what make demo started (CLUSTER=1: the local control plane too)
+	@$(PY) -m tests.harness.demo down $(if $(filter 1 yes true,$(CLUSTER)),--cluster)

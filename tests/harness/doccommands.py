@@ -61,11 +61,14 @@ class Setting:
     components: a real storage-operator and storage-agent run as local processes for this
     machine's Node, with the example drivers in the agent's driver directory and a loop device
     attached (end-to-end).
+    checkout: the commands are make targets of the checkout, so they run in it (what they
+    write goes to the git-ignored .local-cluster/).
     """
 
     cluster: Literal["none", "session", "own"] = "session"
     chart: Literal["none", "fresh", "installed"] = "none"
     components: bool = False
+    checkout: bool = False
 
 
 DOCUMENTS: dict[str, Setting] = {
@@ -73,6 +76,7 @@ DOCUMENTS: dict[str, Setting] = {
     "docs/api.md": Setting(),
     "docs/architecture.md": Setting(components=True),
     "docs/benchmarks.md": Setting(cluster="none"),
+    "docs/demo.md": Setting(chart="fresh", checkout=True),
     "docs/devices.md": Setting(components=True),
     "docs/driver-runtime.md": Setting(components=True),
     "docs/installing.md": Setting(chart="fresh"),
@@ -82,7 +86,7 @@ DOCUMENTS: dict[str, Setting] = {
     "docs/writing-drivers.md": Setting(components=True),
 }
 # Documents whose commands another test runs.
-ELSEWHERE = {"docs/demo.md": "make demo's own test runs it"}
+ELSEWHERE: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

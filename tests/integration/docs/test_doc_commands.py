@@ -17,8 +17,9 @@ import pytest
 from storage_driver_api.kube import KubeClient
 
 from tests.conftest import REPO_ROOT, apply_crds, require
-from tests.harness import doccommands, helm
+from tests.harness import demo, doccommands, helm
 from tests.harness.localcluster import ClusterConfig
+from tests.harness.loopdev import loop_devices_available
 from tests.harness.processes import VENV_BIN
 from tests.integration.chart.release import Release, delete_namespace, delete_project_crds
 
@@ -63,7 +64,10 @@ def prepared(
 ) -> Iterator[str]:
     """The chart as the document expects it: fresh (no release, no CRDs) or installed."""
     name: str = request.param
-    chart = doccommands.DOCUMENTS[name].chart
+    setting = doccommands.DOCUMENTS[name]
+    chart = setting.chart
+    if setting.checkout:
+        require(loop_devices_available())  # `make demo` attaches a loop device
     release = Release(cluster, RELEASE, NAMESPACE)
     if chart != "none":
         require(helm.missing())
@@ -75,6 +79,8 @@ def prepared(
             # The session's CRDs came from `kubectl apply`: let the release adopt them.
             release.install("--take-ownership")
     yield name
+    if setting.checkout:
+        demo.stop(demo.Layout.of(cluster), quiet=True)  # if its `make demo-down` was not reached
     if chart != "none":
         release.uninstall(check=False)
         delete_namespace(cluster, NAMESPACE, wait=False)
@@ -87,7 +93,8 @@ def test_commands_on_the_local_control_plane(prepared: str, tmp_path: Path, clus
         **helm.environment(cluster.kubeconfig),
         "PATH": search_path(helm.helm_binary().parent, cluster.bin_dir, VENV_BIN),
     }
-    check(doccommands.run(REPO_ROOT / prepared, workdir(tmp_path), env, tmp_path / "outputs"))
+    cwd = REPO_ROOT if doccommands.DOCUMENTS[prepared].checkout else workdir(tmp_path)
+    check(doccommands.run(REPO_ROOT / prepared, cwd, env, tmp_path / "outputs"))
 
 
 def free_ports(count: int) -> list[int]:
