@@ -122,14 +122,15 @@ async def test_agent_can_do_its_job(
             "spec": {},
         },
     )
-    await as_agent.patch(
+    reported = await as_agent.patch(
         NODE_DRIVER_CONFIGS,
         node,
         {"status": {"observedGeneration": 1, "bootId": "rbac"}},
         subresource="status",
     )
-    status = await as_agent.request("GET", NODE_DRIVER_CONFIGS.path(node, subresource="status"))
-    assert status["status"]["bootId"] == "rbac"
+    assert reported["status"]["bootId"] == "rbac"
+    # The agent reads its NodeDriverConfig by watching it, never through the status subresource.
+    await denied(as_agent.request("GET", NODE_DRIVER_CONFIGS.path(node, subresource="status")))
 
     await clean_cluster.create(
         CONFIGMAPS,
@@ -153,9 +154,7 @@ async def test_agent_can_do_its_job(
     await as_agent.patch(
         LEASES, created["metadata"]["name"], {"spec": {"renewTime": now()}}, namespace=release.namespace
     )
-    current = await as_agent.get(LEASES, created["metadata"]["name"], release.namespace)
-    current["spec"]["renewTime"] = now()
-    await as_agent.replace(LEASES, created["metadata"]["name"], current, namespace=release.namespace)
+    await denied(as_agent.get(LEASES, created["metadata"]["name"], release.namespace))  # renews by patch only
     await clean_cluster.delete(LEASES, created["metadata"]["name"], namespace=release.namespace)
 
     event = await as_agent.create(
@@ -172,7 +171,7 @@ async def test_agent_can_do_its_job(
         },
         namespace="default",
     )
-    await as_agent.patch(EVENTS, event["metadata"]["name"], {"count": 2}, namespace="default")
+    await denied(as_agent.patch(EVENTS, event["metadata"]["name"], {"count": 2}, namespace="default"))
     await as_agent.delete(NODE_DEVICES, name)
 
 
@@ -258,8 +257,10 @@ async def test_operator_can_do_its_job(
             "spec": {},
         },
     )
-    await as_operator.patch(NODE_DRIVER_CONFIGS, node, {"spec": {"maxLoadedDrivers": 50}})
-    await as_operator.delete(NODE_DRIVER_CONFIGS, node)
+    await as_operator.patch(NODE_DRIVER_CONFIGS, node, {"spec": {"drivers": []}})
+    # Node deletion garbage-collects NodeDriverConfigs; the operator never deletes one.
+    await denied(as_operator.delete(NODE_DRIVER_CONFIGS, node))
+    await clean_cluster.delete(NODE_DRIVER_CONFIGS, node)
     await as_operator.list(LEASES, namespace=release.namespace)
     crds, _ = await as_operator.list(CRDS)
     assert f"storagedrivers.{GROUP}" in {c["metadata"]["name"] for c in crds}
