@@ -134,7 +134,14 @@ async def run(options: Options) -> int:
         )
         controller = Controller(kube, options)
         if options.metrics:
-            await stack.enter_async_context(metrics.serve(options.metrics, controller.metrics))
+            try:
+                await stack.enter_async_context(metrics.serve(options.metrics, controller.metrics))
+            except OSError as exc:
+                log.error(
+                    "cannot serve metrics; choose another --metrics address or '' to turn them off",
+                    extra=fields(metrics=options.metrics, error=str(exc)),
+                )
+                return 2
         async with asyncio.TaskGroup() as group:
             loop = group.create_task(controller.run(), name="controller")
             registry = build_registry(controller, credentials, options, stop_controller=loop.cancel)

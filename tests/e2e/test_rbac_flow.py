@@ -125,6 +125,7 @@ async def test_load_and_unload_with_the_charts_service_accounts_only(
             "--kubeconfig", str(operator_config),
             "--lease-namespace", NAMESPACE,
             "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+            "--metrics", f"http://127.0.0.1:{free_port()}/metrics",
         ],
         tmp_path / "operator.log",
         env={"KUBECONFIG": str(operator_config)},

@@ -566,6 +566,7 @@ def start_processes(layout: Layout, node: str) -> None:
             "--kubeconfig", str(layout.kubeconfig("operator")),
             "--lease-namespace", NAMESPACE,
             "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+            "--metrics", f"http://127.0.0.1:{free_port()}/metrics",
             "--log-format", "text",
         ],
     )  # fmt: skip

@@ -255,8 +255,8 @@ async def test_no_arguments_runs_against_the_current_kubeconfig(
     uid = await live_node(make_node, kube, "noarg-a")
     await sim.add_device(kube, "noarg-a", "noarg-a-loop0", node_uid=uid)
     await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info"))
-    # Only the environment a pod or a shell gives; the liveness port moved off 8080, which
-    # another program on a shared machine may hold.
+    # Only the environment a pod or a shell gives; the liveness and metrics ports moved off 8080
+    # and 8081, which another program on a shared machine may hold.
     process = ComponentProcess(
         "storage-operator",
         [console_script("storage-operator")],
@@ -264,6 +264,7 @@ async def test_no_arguments_runs_against_the_current_kubeconfig(
         env={
             "KUBECONFIG": str(cluster.kubeconfig),
             "LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
+            "METRICS_ENDPOINT": f"http://127.0.0.1:{free_port()}/metrics",
         },
     ).start()
     try:

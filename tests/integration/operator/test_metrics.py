@@ -4,13 +4,17 @@ its cache and the StorageDriver statuses hold."""
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from storage_driver_api.constants import STORAGE_DRIVERS
 from storage_driver_api.kube import KubeClient
 
+from tests.harness.localcluster import ClusterConfig
+from tests.harness.processes import ComponentProcess, console_script
 from tests.harness.waiting import eventually
 from tests.integration.operator import simulated as sim
 from tests.integration.operator.conftest import Operator
@@ -67,3 +71,25 @@ async def test_metrics_report_cache_and_driver_state(
         >= 1
     )
     assert all(re.fullmatch(r"storage_driver_operator_[a-z_]+(\{.*\})?", name) for name in samples)
+
+
+async def test_a_taken_metrics_port_is_a_clear_error(cluster: ClusterConfig, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = ComponentProcess(
+            "storage-operator",
+            [
+                console_script("storage-operator"),
+                "--liveness",
+                "",
+                "--metrics",
+                f"http://127.0.0.1:{port}/metrics",
+            ],
+            tmp_path / "operator.log",
+            env={"KUBECONFIG": str(cluster.kubeconfig)},
+        ).start()
+        assert process.process is not None
+        assert process.process.wait(timeout=60) == 2
+    assert "cannot serve metrics; choose another --metrics address" in process.log()
