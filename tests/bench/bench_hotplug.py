@@ -87,15 +87,23 @@ async def until(stream: Stream, probe: Callable[[], Any], what: str) -> Any:
     return found
 
 
-def device_named(devices: Stream, kernel_name: str, present: bool) -> str | None:
-    for name, obj in devices.objects.items():
-        if obj["spec"].get("kernelName") != kernel_name:
-            continue
-        conditions = (obj.get("status") or {}).get("conditions") or []
-        is_present = not any(c["type"] == "Present" and c["status"] == "False" for c in conditions)
-        if is_present == present:
-            return name
-    return None
+def present(devices: Stream, name: str) -> bool:
+    conditions = ((devices.objects.get(name) or {}).get("status") or {}).get("conditions") or []
+    return name in devices.objects and not any(
+        c["type"] == "Present" and c["status"] == "False" for c in conditions
+    )
+
+
+def device_named(devices: Stream, kernel_name: str) -> str | None:
+    """The present NodeDevice of a kernel name (earlier devices of that name are absent)."""
+    return next(
+        (
+            n
+            for n, obj in devices.objects.items()
+            if obj["spec"].get("kernelName") == kernel_name and present(devices, n)
+        ),
+        None,
+    )
 
 
 def spec_devices(config: Stream, node: str) -> list[str] | None:
@@ -125,7 +133,7 @@ async def cycle(
     started = time.monotonic()
     device = await asyncio.to_thread(attach, backing, size)
     try:
-        name = await until(devices, lambda: device_named(devices, device.name, True), "NodeDevice")
+        name = await until(devices, lambda: device_named(devices, device.name), "NodeDevice")
         timings_in.append(time.monotonic() - started)
         await until(config, lambda: name in (spec_devices(config, node) or []), "spec")
         timings_in.append(time.monotonic() - started)
@@ -141,7 +149,7 @@ async def cycle(
     finally:
         started = time.monotonic()
         await asyncio.to_thread(detach, device)
-    await until(devices, lambda: device_named(devices, device.name, False), "Present=False")
+    await until(devices, lambda: not present(devices, name), "Present=False")
     timings_out.append(time.monotonic() - started)
     await until(config, lambda: spec_devices(config, node) is None, "spec without the driver")
     timings_out.append(time.monotonic() - started)
