@@ -150,7 +150,7 @@ def plan_rollout(driver: StorageDriverView, configs: Iterable[ConfigView]) -> Ro
                 unavailable += 1
             continue
         available = config.available if config.has_status else None
-        if source_unavailable(driver.spec.source, available) is not None:
+        if source_unavailable(driver.spec, available) is not None:
             continue
         run = config.runs.get(driver.name)
         (budgeted if run is not None and run.loaded else free).append(config.name)

@@ -19,7 +19,6 @@ from storage_driver_api.meta import LabelSelector, SelectorOperator
 from storage_driver_api.storagedriver import (
     DeviceSelectorOperator,
     DeviceSelectorRequirement,
-    DriverSource,
     MinimumPlatform,
     StorageDriverSpec,
     kernel_tuple,
@@ -184,15 +183,17 @@ def device_matches(spec: StorageDriverSpec, device: DeviceView) -> bool:
 # --- obtaining the file --------------------------------------------------------------------
 
 
-def source_unavailable(source: DriverSource, available: Mapping[str, AvailableFile] | None) -> str | None:
+def source_unavailable(spec: StorageDriverSpec, available: Mapping[str, AvailableFile] | None) -> str | None:
     """Why the node cannot obtain the driver file, or None when it can.
 
     configMap and url sources are fetched by the agent; a hostPath file must already be listed
-    in the node's `status.available`, without a scan error, and with the pinned sha256 if any.
+    in the node's `status.available`, without a scan error, with the pinned sha256 if any, and
+    declaring the spec's driver name and version (the agent refuses to load it otherwise).
     """
-    if source.host_path is None:
+    source = spec.source.host_path
+    if source is None:
         return None
-    path = source.host_path.path
+    path = source.path
     if available is None:
         return f"the node's agent has not reported its driver directory yet (needs {path})"
     found = available.get(path)
@@ -200,8 +201,12 @@ def source_unavailable(source: DriverSource, available: Mapping[str, AvailableFi
         return f"{path} is not in the node's driver directory"
     if found.error:
         return f"{path} cannot be used: {found.error}"
-    if source.host_path.sha256 and found.sha256 != source.host_path.sha256:
-        return f"{path} has sha256 {found.sha256 or '(unknown)'}, the StorageDriver pins {source.host_path.sha256}"
+    if source.sha256 and found.sha256 != source.sha256:
+        return f"{path} has sha256 {found.sha256 or '(unknown)'}, the StorageDriver pins {source.sha256}"
+    if found.driver_name is not None and found.driver_name != spec.driver_name:
+        return f"{path} declares driver {found.driver_name!r}, the StorageDriver names {spec.driver_name!r}"
+    if found.version is not None and found.version != spec.version:
+        return f"{path} declares version {found.version}, the StorageDriver asks for {spec.version}"
     return None
 
 
@@ -254,7 +259,7 @@ def match_node(
             absent_since=absent_since,
         )
     devices_found = tuple(sorted(present))
-    missing = source_unavailable(spec.source, available)
+    missing = source_unavailable(spec, available)
     if missing is not None:
         return Match(Reason.DRIVER_NOT_AVAILABLE, missing, devices=devices_found)
     return Match(

@@ -173,6 +173,7 @@ class AvailableFile:
     sha256: str | None
     error: str | None
     driver_name: str | None = None
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +248,7 @@ def config_view(obj: Obj) -> ConfigView:
                 sha256=item.get("sha256"),
                 error=item.get("error"),
                 driver_name=item.get("driverName"),
+                version=item.get("version"),
             )
     observed = status_map.get("observedGeneration")
     return ConfigView(

@@ -194,9 +194,9 @@ async def report_loaded(kube: KubeClient, node: str, **extra: Any) -> dict[str, 
 
 
 def available_entry(
-    file: str, content: str = "driver", driver_name: str = "Loop Info Driver"
+    file: str, content: str = "driver", driver_name: str = "Loop Info Driver", version: str = "1.0.0"
 ) -> dict[str, Any]:
-    return {"file": file, "sha256": sha256_of(content), "driverName": driver_name, "version": "1.0.0"}
+    return {"file": file, "sha256": sha256_of(content), "driverName": driver_name, "version": version}
 
 
 def storage_driver(name: str, **spec: Any) -> dict[str, Any]:

@@ -109,9 +109,25 @@ async def test_plan_of_a_new_version_shows_the_rollout(
     manifest["spec"]["version"] = "1.1.0"
     newer = tmp_path / "newer.yaml"
     newer.write_text(yaml.safe_dump(manifest))
-    result = sdctl(cluster, "plan", "-f", str(newer), "-o", "json")
-    assert result.returncode == 0, result.stderr
-    nodes = {n["node"]: n for n in json.loads(result.stdout)[0]["nodes"]}
+
+    def plan_newer() -> dict[str, dict[str, Any]]:
+        result = sdctl(cluster, "plan", "-f", str(newer), "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return {n["node"]: n for n in json.loads(result.stdout)[0]["nodes"]}
+
+    # The nodes' file still declares 1.0.0: no node switches to a version it cannot load.
+    for node in plan_newer().values():
+        if node["node"].startswith("ru-"):
+            assert (node["action"], node["reason"], node["version"]) == (
+                "hold",
+                "DriverNotAvailable",
+                "1.0.0",
+            )
+            assert "declares version 1.0.0" in node["message"]
+
+    for name in ("ru-a", "ru-b"):
+        await sim.report(kube, name, available=[sim.available_entry("loop_info.py", "v1.1", version="1.1.0")])
+    nodes = plan_newer()
     assert (nodes["ru-a"]["action"], nodes["ru-a"]["version"]) == ("update", "1.1.0")
     assert (nodes["ru-b"]["action"], nodes["ru-b"]["reason"], nodes["ru-b"]["version"]) == (
         "hold",

@@ -322,6 +322,17 @@ async def test_a_host_path_driver_waits_for_the_file_on_the_node(
         lambda s: "pins" in (s.get("failingNodes") or [{}])[0].get("message", ""),
         "the hash named",
     )
+    # Nor is the right file declaring another version: the agent would refuse to load it.
+    await sim.report(
+        kube, "hp-file", available=[sim.available_entry("loop_info.py", content, version="0.9.0")]
+    )
+    await wait_status(
+        kube,
+        "pinned",
+        lambda s: "declares version 0.9.0" in (s.get("failingNodes") or [{}])[0].get("message", ""),
+        "the declared version named",
+    )
+    assert await devices_of(kube, "hp-file", "pinned") is None
     await sim.report(kube, "hp-file", available=[sim.available_entry("loop_info.py", content)])
     await wait_devices(kube, "hp-file", "pinned", ["hp-file-loop0"])
     entry = (await sim.spec_drivers(kube, "hp-file") or {})["pinned"]

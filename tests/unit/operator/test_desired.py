@@ -351,3 +351,20 @@ def test_priority_and_grace_period_changes_do_not_roll() -> None:
 def test_a_node_being_deleted_gets_no_plan() -> None:
     world = Snapshot(nodes={"gone": node("gone", deleting=True), "n1": node("n1")}, drivers={"drv": driver()})
     assert list(plan_cluster(world, NOW)) == ["n1"]
+
+
+def test_a_version_bump_waits_until_the_nodes_file_declares_it() -> None:
+    old = driver(version="1.0.0")
+    new = driver(version="2.0.0")
+    declared = {"loop_info.py": {"sha256": "a" * 64, "driverName": "Loop Info Driver", "version": "1.0.0"}}
+    cfg = config("n1", [entry(old, ["d1"])], runs=[run("drv")], available=declared)
+    plan = plan_node(state(device("d1"), cfg=cfg), [new], NOW, {"drv": plan_rollout(new, [cfg])})
+    assert not plan.changed
+    assert plan.decisions["drv"].reason == Hold.DRIVER_NOT_AVAILABLE
+    assert "declares version 1.0.0" in plan.decisions["drv"].message
+
+    declared["loop_info.py"]["version"] = "2.0.0"
+    cfg = config("n1", [entry(old, ["d1"])], runs=[run("drv")], available=declared)
+    plan = plan_node(state(device("d1"), cfg=cfg), [new], NOW, {"drv": plan_rollout(new, [cfg])})
+    assert plan.decisions["drv"].action == Action.UPDATE
+    assert [d.version for d in plan.drivers] == ["2.0.0"]

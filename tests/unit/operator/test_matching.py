@@ -9,7 +9,6 @@ from storage_driver_api.constants import opt_in_label
 from storage_driver_api.meta import LabelSelector
 from storage_driver_api.storagedriver import (
     DeviceSelectorRequirement,
-    DriverSource,
     MinimumPlatform,
     StorageDriverSpec,
 )
@@ -163,22 +162,37 @@ def test_device_attributes_are_seen_as_selector_strings() -> None:
 
 
 def test_host_path_must_be_available_clean_and_with_the_pinned_hash() -> None:
-    source = DriverSource.model_validate({"hostPath": {"path": "loop_info.py", "sha256": "b" * 64}})
+    pinned = spec_of(source={"hostPath": {"path": "loop_info.py", "sha256": "b" * 64}})
     good = {"loop_info.py": AvailableFile("loop_info.py", "b" * 64, None)}
-    assert source_unavailable(source, good) is None
-    assert "not reported" in (source_unavailable(source, None) or "")
-    assert "not in the node's driver directory" in (source_unavailable(source, {}) or "")
+    assert source_unavailable(pinned, good) is None
+    assert "not reported" in (source_unavailable(pinned, None) or "")
+    assert "not in the node's driver directory" in (source_unavailable(pinned, {}) or "")
     wrong = {"loop_info.py": AvailableFile("loop_info.py", "c" * 64, None)}
-    assert "pins" in (source_unavailable(source, wrong) or "")
+    assert "pins" in (source_unavailable(pinned, wrong) or "")
     broken = {"loop_info.py": AvailableFile("loop_info.py", "b" * 64, "SyntaxError: line 3")}
-    assert "SyntaxError" in (source_unavailable(source, broken) or "")
-    unpinned = DriverSource.model_validate({"hostPath": {"path": "loop_info.py"}})
+    assert "SyntaxError" in (source_unavailable(pinned, broken) or "")
+    unpinned = spec_of(source={"hostPath": {"path": "loop_info.py"}})
     assert source_unavailable(unpinned, wrong) is None
 
 
+def test_host_path_file_must_declare_the_specs_driver_name_and_version() -> None:
+    spec = spec_of(driverName="loop-info", version="1.2.0", source={"hostPath": {"path": "loop_info.py"}})
+
+    def declaring(name: str | None, version: str | None) -> dict[str, AvailableFile]:
+        return {"loop_info.py": AvailableFile("loop_info.py", "b" * 64, None, name, version)}
+
+    assert source_unavailable(spec, declaring("loop-info", "1.2.0")) is None
+    other_version = source_unavailable(spec, declaring("loop-info", "1.1.0")) or ""
+    assert "declares version 1.1.0" in other_version and "asks for 1.2.0" in other_version
+    other_name = source_unavailable(spec, declaring("queue-settings", "1.2.0")) or ""
+    assert "declares driver 'queue-settings'" in other_name and "'loop-info'" in other_name
+    # A decorator without a literal version is not refused (the agent loads it too).
+    assert source_unavailable(spec, declaring("loop-info", None)) is None
+
+
 def test_fetched_sources_are_always_obtainable() -> None:
-    url = DriverSource.model_validate({"url": {"url": "https://x/y.py", "sha256": "d" * 64}})
-    cm = DriverSource.model_validate({"configMap": {"name": "c", "namespace": "n", "key": "k"}})
+    url = spec_of(source={"url": {"url": "https://x/y.py", "sha256": "d" * 64}})
+    cm = spec_of(source={"configMap": {"name": "c", "namespace": "n", "key": "k"}})
     assert source_unavailable(url, None) is None
     assert source_unavailable(cm, {}) is None
 
