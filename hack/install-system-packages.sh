@@ -7,6 +7,8 @@ PACKAGES=(
   golang-1.19-go rsync etcd-server golang-github-modern-go-reflect2-dev  # control plane build
   dpkg-dev openssl util-linux udev kmod procps iproute2 psmisc curl         # tools the harness and the docs call
   buildah debootstrap                                                       # container images
+  containerd runc containernetworking-plugins iptables conntrack ebtables   # the local node (kubelet's runtime, pod network, kube-proxy)
+  gcc libc6-dev                                                             # the static pause binary of the pod sandbox image
   lua5.1 lua5.4                                                             # docs/argocd-health.lua (Argo CD runs Lua 5.1)
 )
 SRC_LIST=/etc/apt/sources.list.d/storage-driver-operator-src.sources

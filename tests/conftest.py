@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
+import tomllib
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SIMULATED_LABEL = "test.storage.datawarehouse.io/simulated"
 TEST_NAMESPACE_LABEL = "test.storage.datawarehouse.io/namespace"
-LAYER_BY_DIR = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+LAYER_BY_DIR = {"unit": "unit", "integration": "integration", "e2e": "e2e", "pods": "pods"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -120,7 +122,7 @@ async def _remove_all(client: KubeClient) -> None:
 async def clean_cluster(kube: KubeClient, cluster: localcluster.ClusterConfig) -> AsyncIterator[KubeClient]:
     """A control plane with none of the project's objects and no simulated Nodes, before and after."""
     await _remove_all(kube)
-    await localcluster.ensure_node(kube, localcluster.local_node_name(), localcluster.local_node_info())
+    await localcluster.ensure_local_node(kube)
     yield kube
     await _remove_all(kube)
 
@@ -176,6 +178,39 @@ async def test_namespace(clean_cluster: KubeClient) -> str:
             return name
         await asyncio.sleep(0.2)
     raise AssertionError(f"namespace {name} stayed terminating")
+
+
+# --- images ----------------------------------------------------------------------------------
+
+IMAGE_NAMES = ("storage-operator", "storage-agent")
+
+
+def image_build_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "building images with buildah (chroot isolation) and debootstrap needs root"
+    for tool in ("buildah", "debootstrap", "chroot"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed: run 'make deps'"
+    return None
+
+
+@pytest.fixture(scope="session")
+def project_images() -> dict[str, Path]:
+    """The project's images of the current tree (`make images`), built once per session."""
+    require(image_build_missing())
+    result = subprocess.run(
+        [str(REPO_ROOT / "hack" / "build-images.sh")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, f"make images failed:\n{result.stdout}\n{result.stderr}"
+    version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    archives = {name: REPO_ROOT / ".images" / f"{name}-{version}.oci.tar" for name in IMAGE_NAMES}
+    for archive in archives.values():
+        assert archive.is_file(), f"{archive} was not written"
+    return archives
 
 
 # --- devices ---------------------------------------------------------------------------------

@@ -12,6 +12,24 @@ from pathlib import Path
 from storage_driver_api.constants import LEASE_NAMESPACE_DEFAULT
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """`HOST:PORT` -> (host, port), or a ValueError that says what is expected."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r}: expected HOST:PORT, for example 0.0.0.0:8090")
+    return host.strip("[]"), int(port)
+
+
+def health_address(value: str) -> str:
+    """argparse type of --health: empty, or a valid HOST:PORT."""
+    if value:
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def default_node_name() -> str:
     return os.environ.get("NODE_NAME") or socket.gethostname().split(".")[0].lower()
 
@@ -25,6 +43,7 @@ class AgentConfig:
     namespace: str
     log_level: str
     log_format: str
+    health_address: str = ""
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +71,14 @@ class AgentConfig:
             "(default: $POD_NAMESPACE, else %(default)s)",
         )
         parser.add_argument(
+            "--health",
+            dest="health_address",
+            type=health_address,
+            default=os.environ.get("HEALTH_ADDRESS", ""),
+            help="HOST:PORT to serve /healthz and /readyz on, for probes; empty to disable "
+            "(default: $HEALTH_ADDRESS, else disabled)",
+        )
+        parser.add_argument(
             "--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING"
         )
         parser.add_argument(
@@ -68,4 +95,5 @@ class AgentConfig:
             namespace=args.namespace,
             log_level=args.log_level,
             log_format=args.log_format,
+            health_address=args.health_address,
         )

@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -151,10 +153,17 @@ async def run(options: Options) -> int:
                 clusterwide=True,
                 standalone=True,
                 liveness_endpoint=options.liveness or None,
+                identity=operator_identity(),
             )
             loop.cancel()
     log.info("operator stopped", extra=fields(**controller.counters))
     return 0
+
+
+def operator_identity() -> Any:  # kopf's Identity, a NewType of str it does not export
+    """Who this operator is, in kopf's records: the pod's name in a cluster. kopf's own default
+    asks the password database for the user, which has no entry for the image's uid."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}/{os.getpid()}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -138,7 +138,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
     recorder = UeventRecorder(observed)
     recorder.start()
     async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as kube:
-        await localcluster.ensure_node(kube, node, localcluster.local_node_info())
+        await localcluster.ensure_local_node(kube)
         items, _ = await kube.list(NODE_DEVICES, label_selector=f"{NODE_LABEL}={node_label_value(node)}")
         for item in items:  # a clean slate for this node
             await kube.delete(NODE_DEVICES, item["metadata"]["name"])

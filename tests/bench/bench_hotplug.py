@@ -173,7 +173,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
     ins: dict[str, list[float]] = {s: [] for s in STAGES_IN}
     outs: dict[str, list[float]] = {s: [] for s in STAGES_OUT}
     async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as kube:
-        await localcluster.ensure_node(kube, node, localcluster.local_node_info())
+        await localcluster.ensure_local_node(kube)
         await kube.delete(STORAGE_DRIVERS, DRIVER)
         devices, config = Stream(), Stream()
         ready = [asyncio.Event(), asyncio.Event()]

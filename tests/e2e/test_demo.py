@@ -1,7 +1,8 @@
-"""`make demo` for real, as a new user runs it: through the Makefile, against this session's control
-plane; run again at once (it must start over cleanly) and interrupted with Ctrl-C once the driver
-is loaded (it must clean up); run a third time (it must recover from that); then `make demo-down`,
-after which nothing the demo started may be left running or attached."""
+"""`make demo` for real, as a new user runs it: through the Makefile, against this session's local
+cluster, with the chart's own pods; run again at once (it must start over cleanly) and
+interrupted with Ctrl-C once the driver is loaded (it must clean up); run a third time (it must
+recover from that); then `make demo-down`, after which nothing the demo started may be left
+running or attached."""
 
 from __future__ import annotations
 
@@ -12,16 +13,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 from storage_driver_api.constants import NODE_DRIVER_CONFIGS, STORAGE_DRIVERS
 from storage_driver_api.kube import EVENTS, KubeClient
 
 from tests.conftest import REPO_ROOT, apply_crds, require
 from tests.e2e.test_operator_with_agent import agent_missing
-from tests.harness import demo, helm, localcluster
+from tests.harness import demo, helm, localcluster, podprocesses
 from tests.harness.loopdev import loop_devices_available
 from tests.integration.chart.release import Release, delete_namespace
 
@@ -40,6 +40,13 @@ def cluster_env(cluster: localcluster.ClusterConfig) -> dict[str, str]:
         "SDO_ETCD_PEER_PORT": str(cluster.etcd_peer_port),
         "SDO_APISERVER_PORT": str(cluster.apiserver_port),
         "SDO_CONTROLLER_MANAGER_PORT": str(cluster.controller_manager_port),
+        "SDO_SCHEDULER_PORT": str(cluster.scheduler_port),
+        "SDO_KUBELET_PORT": str(cluster.kubelet_port),
+        "SDO_KUBELET_HEALTHZ_PORT": str(cluster.kubelet_healthz_port),
+        "SDO_PROXY_METRICS_PORT": str(cluster.proxy_metrics_port),
+        "SDO_PROXY_HEALTHZ_PORT": str(cluster.proxy_healthz_port),
+        "SDO_BRIDGE": cluster.bridge,
+        "SDO_POD_CIDR": str(cluster.pod_cidr),
         "SDO_CLUSTER_DIR": str(cluster.root),
     }
 
@@ -77,39 +84,8 @@ def interrupted_demo(cluster: localcluster.ClusterConfig, after: str) -> tuple[i
     return process.returncode, shown
 
 
-def processes_naming(path: Path) -> dict[int, str]:
-    """Every process whose command line names `path`: the demo's components and driver hosts."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(path) in cmdline:
-                found[int(entry.name)] = cmdline
-    return found
-
-
-def proc_entries(pid: int, name: str) -> list[bytes]:
-    """/proc/<pid>/cmdline or environ, split at its NULs."""
-    return Path(f"/proc/{pid}/{name}").read_bytes().split(b"\0")
-
-
-def kubeconfig_token(kubeconfig: Path) -> str:
-    return str(yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"])
-
-
-async def token_user(kube: KubeClient, kubeconfig: Path) -> str:
-    """Who the API server says the token in `kubeconfig` is (TokenReview, as admin)."""
-    token = kubeconfig_token(kubeconfig)
-    review = await kube.request(
-        "POST",
-        "/apis/authentication.k8s.io/v1/tokenreviews",
-        body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
-    )
-    assert review["status"].get("authenticated"), review["status"]
-    return str(review["status"]["user"]["username"])
+def release_pods(cluster: localcluster.ClusterConfig) -> dict[str, dict[str, Any]]:
+    return demo.release_pods(cluster)
 
 
 async def events_of(kube: KubeClient, uid: str, since: dt.datetime) -> set[tuple[str, str]]:
@@ -121,10 +97,6 @@ async def events_of(kube: KubeClient, uid: str, since: dt.datetime) -> set[tuple
         if (event.get("involvedObject") or {}).get("uid") == uid and stamp >= since:
             out.add((str((event.get("source") or {}).get("component")), str(event.get("reason"))))
     return out
-
-
-def component_logs(layout: demo.Layout) -> str:
-    return "".join(layout.log_file(c).read_text() for c in demo.COMPONENTS)
 
 
 @pytest.fixture
@@ -158,8 +130,13 @@ async def test_make_demo_loads_and_unloads_then_demo_down_stops_everything(
     first = make(cluster, "demo")
     assert first.returncode == 0, first.stderr[-3000:]
     out = first.stdout
-    # It shows the load (step 6), then the unload (step 7), and how to go on.
-    load_step, unload_step = out.index("==> [6/7]"), out.index("==> [7/7]")
+    # The node and the pods (step 3), the load (step 5), then the unload (step 6), and how to go on.
+    assert re.search(rf"{re.escape(node)}\s+Ready\s+<none>\s+\S+\s+v1\.20\.2", out), "kubectl get nodes"
+    pods_step, load_step, unload_step = out.index("==> [3/6]"), out.index("==> [5/6]"), out.index("==> [6/6]")
+    for component in demo.COMPONENTS:
+        assert re.search(rf"{demo.RELEASE}-{component}\S*\s+1/1\s+Running", out[pods_step:load_step]), (
+            component
+        )
     assert LOADED_ROW.search(out, load_step, unload_step), "no 'kubectl get sd' row with loop-info loaded"
     assert re.search(
         rf"{re.escape(node)}\s+loop-info\s+1\.0\.0\s+Loaded\s+\d+", out[load_step:unload_step]
@@ -168,7 +145,7 @@ async def test_make_demo_loads_and_unloads_then_demo_down_stops_everything(
     assert re.search(r"storage-agent\s+NodeDriverConfig/\S+\s+Unloaded", out[unload_step:])
     assert "make demo-down" in out and "KUBECONFIG=" in out and "sdctl drivers" in out
 
-    # ... and that is what happened in the cluster, done by the chart's accounts.
+    # ... and that is what happened in the cluster, done by the chart's pods.
     config = await kube.get(NODE_DRIVER_CONFIGS, node)
     driver = await kube.get(STORAGE_DRIVERS, "loop-info")
     assert {("storage-agent", "Loaded"), ("storage-agent", "Unloaded")} <= await events_of(
@@ -178,40 +155,33 @@ async def test_make_demo_loads_and_unloads_then_demo_down_stops_everything(
         kube, driver["metadata"]["uid"], started
     )
     assert not [d for d in (config.get("status") or {}).get("drivers") or [] if d.get("pid")]
-    for component in ("operator", "agent"):
-        assert await token_user(kube, layout.kubeconfig(component)) == (
-            f"system:serviceaccount:{demo.NAMESPACE}:{demo.RELEASE}-{component}"
-        )
-    pids = {c: demo.component_pid(layout, c) for c in demo.COMPONENTS}
-    assert all(pids.values()), f"the demo leaves its components running with pid files: {pids}"
-    for component in ("operator", "agent"):
-        cmdline = proc_entries(pids[component] or 0, "cmdline")
-        assert str(layout.kubeconfig(component)).encode() in cmdline, cmdline
-    supervisor_env = proc_entries(pids["supervisor"] or 0, "environ")
-    assert not [v for v in supervisor_env if v.startswith(b"KUBECONFIG=")], "the supervisor has credentials"
-    assert not re.search("forbidden|unauthorized", component_logs(layout), re.IGNORECASE)
+    pods = release_pods(cluster)
+    assert set(pods) == set(demo.COMPONENTS) and all(demo.pod_ready(p) for p in pods.values())
+    for component, pod in pods.items():
+        assert pod["spec"]["serviceAccountName"] == f"{demo.RELEASE}-{component}", component
+    logs = "".join(demo.pod_logs(cluster, c, lines=1000) for c in demo.COMPONENTS)
+    assert not re.search("forbidden|unauthorized", logs, re.IGNORECASE)
 
-    # Again, right after: it stops the first run's processes and starts over; here it is
+    # Again, right after: it uninstalls the first run's release and starts over; here it is
     # interrupted (Ctrl-C) once the driver is loaded, and cleans up after itself.
-    code, shown = interrupted_demo(cluster, after="$ sdctl drivers")  # step 6: loaded
+    code, shown = interrupted_demo(cluster, after="$ sdctl drivers")  # step 5: loaded
     assert code == 130, shown[-3000:]
     assert "A previous demo is still running: stopping it first" in shown
     assert LOADED_ROW.search(shown) and "The demo stopped: interrupted" in shown
-    for component, pid in pids.items():
-        assert pid not in processes_naming(layout.root), f"the first run's {component} still runs"
-    assert not processes_naming(layout.root), "the interrupted demo left processes running"
+    assert not release_pods(cluster), "the interrupted demo left its pods running"
+    assert not podprocesses.driver_hosts(), "the interrupted demo left a driver host running"
     assert not demo.demo_loop_devices(layout), "the interrupted demo left its loop device attached"
 
     # A run after the interrupted one (which left the driver in the node's spec) still works.
     third = make(cluster, "demo")
     assert third.returncode == 0, third.stderr[-3000:]
     assert LOADED_ROW.search(third.stdout) and UNLOADED_ROW.search(third.stdout)
-    assert all(demo.component_pid(layout, c) for c in demo.COMPONENTS)
+    assert len(release_pods(cluster)) == len(demo.COMPONENTS)
 
-    # make demo-down stops exactly what the demo started and detaches its loop devices.
+    # make demo-down uninstalls the release and detaches the demo's loop devices.
     down = make(cluster, "demo-down")
     assert down.returncode == 0, down.stderr
-    assert not processes_naming(layout.root), processes_naming(layout.root)
+    assert not release_pods(cluster)
+    assert not podprocesses.driver_hosts()
     assert not demo.demo_loop_devices(layout)
-    assert not list(layout.root.glob("run/*.pid"))
-    assert localcluster.is_up(cluster), "demo-down without CLUSTER=1 keeps the control plane"
+    assert localcluster.is_up(cluster), "demo-down without CLUSTER=1 keeps the local cluster"

@@ -1,16 +1,16 @@
-"""`make demo`: the whole project on this machine in under a minute, one explained step at a time.
+"""`make demo`: the whole project on this machine, one explained step at a time.
 
     python -m tests.harness.demo up            # what `make demo` runs (again: starts over)
     python -m tests.harness.demo down [--cluster]   # `make demo-down`: stop what `up` started
     python -m tests.harness.demo status
 
-`up` brings up the local control plane, installs the Helm chart, starts the operator, the agent
-and the agent's driver-host supervisor as local processes logged in as the chart's own
-ServiceAccounts, applies the example StorageDriver for loop devices, attaches a loop device,
-shows the driver being loaded, detaches the device and shows the unload. The processes keep
-running afterwards so that you can look around; their pid files are in `.local-cluster/demo/run/`
-and `down` stops exactly those processes and detaches the demo's own loop devices (the ones
-backed by a file in `.local-cluster/demo/`), nothing else.
+`up` brings up the local cluster (the control plane and this machine as its node), builds the
+project's images and imports them into the node's containerd, installs the Helm chart, waits for
+the operator, agent and supervisor pods to be Ready, applies the example StorageDriver for loop
+devices, attaches a loop device, shows the driver being loaded in the supervisor's pod, detaches
+the device and shows the unload. The release keeps running afterwards so that you can look
+around; `down` uninstalls it and detaches the demo's own loop devices (the ones backed by a file
+in `.local-cluster/demo/`), nothing else.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,7 +38,7 @@ from storage_driver_api.constants import NODE_DEVICES, NODE_DRIVER_CONFIGS, NODE
 from storage_driver_api.constants import node_label_value as label_value
 from storage_driver_api.kube import EVENTS, LEASES, ApiError, KubeClient, load_kubeconfig
 
-from tests.harness import accounts, helm, localcluster
+from tests.harness import helm, localcluster
 from tests.harness.loopdev import loop_devices_available
 from tests.harness.processes import console_script
 
@@ -47,16 +47,14 @@ NAMESPACE = "storage-driver-operator"
 EXAMPLE = localcluster.REPO_ROOT / "examples" / "storagedriver-loop.yaml"
 DRIVER_FILE = localcluster.REPO_ROOT / "examples" / "drivers" / "loop_info.py"
 DRIVER = "loop-info"  # metadata.name of the example
-STEPS = 7
+STEPS = 6
 # The demo's loop device gets a size no other loop device on this machine has (24 MiB plus a few
 # pages), and the example is narrowed to that size: other loop devices (another checkout's tests,
 # say) then cannot keep the driver loaded after the demo detaches its own.
 BASE_SIZE = 24 * 2**20
 PAGE = 4096
-WAIT = 90.0  # seconds for any one state to be reached; far above what it takes here
-# Started in this order, stopped in the reverse: the supervisor holds the driver hosts and must
-# be up before the agent asks it for one; stopping it last stops whatever hosts still run.
-COMPONENTS = ("supervisor", "agent", "operator")
+WAIT = 120.0  # seconds for any one state to be reached; far above what it takes here
+COMPONENTS = ("operator", "agent", "supervisor")  # the chart's pods
 
 T = TypeVar("T")
 
@@ -77,10 +75,12 @@ class Layout:
 
     @property
     def driver_dir(self) -> Path:
+        """The node's driver directory (the chart's hostPaths.driverDir)."""
         return self.root / "drivers"
 
     @property
     def state_dir(self) -> Path:
+        """The agent's and supervisor's state directory (the chart's hostPaths.stateDir)."""
         return self.root / "agent-state"
 
     @property
@@ -90,15 +90,6 @@ class Layout:
     @property
     def manifest(self) -> Path:
         return self.root / "storagedriver-loop.yaml"
-
-    def kubeconfig(self, component: str) -> Path:
-        return self.root / f"{component}.kubeconfig"
-
-    def pid_file(self, component: str) -> Path:
-        return self.root / "run" / f"{component}.pid"
-
-    def log_file(self, component: str) -> Path:
-        return self.root / "logs" / f"{component}.log"
 
 
 def rel(path: Path) -> str:
@@ -151,72 +142,65 @@ def kubectl(cluster: localcluster.ClusterConfig, *args: str) -> str:
     return run([str(cluster.kubectl), f"--kubeconfig={cluster.kubeconfig}", *args])
 
 
-# --- processes ----------------------------------------------------------------------------------
+# --- the release's pods -----------------------------------------------------------------------
 
 
-def component_pid(layout: Layout, component: str) -> int | None:
-    """The pid in the component's pid file, if that process is still the demo's component."""
+def release_pods(cluster: localcluster.ClusterConfig) -> dict[str, dict[str, Any]]:
+    """The release's live pods by component (a terminating pod is not the component any more)."""
+    out = kubectl(
+        cluster, "-n", NAMESPACE, "get", "pods", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json"
+    )
+    pods: dict[str, dict[str, Any]] = {}
+    for pod in json.loads(out)["items"]:
+        if not pod["metadata"].get("deletionTimestamp"):
+            pods[pod["metadata"]["labels"].get("app.kubernetes.io/component", "?")] = pod
+    return pods
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def crash_looping(pod: dict[str, Any]) -> str | None:
+    """Why the pod's container cannot run, if the kubelet says it cannot (else None)."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in (
+            "CrashLoopBackOff",
+            "ErrImagePull",
+            "ImagePullBackOff",
+            "CreateContainerError",
+        ):
+            return f"{waiting['reason']}: {waiting.get('message', '')}".strip()
+    return None
+
+
+def pod_logs(cluster: localcluster.ClusterConfig, component: str, lines: int = 15) -> str:
     try:
-        pid = int(layout.pid_file(component).read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except (OSError, ValueError):
-        return None
-    # A recycled pid, or another checkout's component, is never ours: ours name our directory.
-    return pid if str(layout.root) in cmdline and "storage-" in cmdline else None
+        out = kubectl(
+            cluster, "-n", NAMESPACE, "logs", f"--tail={lines}", "-l",
+            f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component={component}",
+        )  # fmt: skip
+    except DemoError as exc:
+        return f"  (no logs: {exc})"
+    return "\n".join(f"  {line}" for line in out.splitlines())
 
 
-def start_component(layout: Layout, component: str, argv: list[str]) -> int:
-    layout.log_file(component).parent.mkdir(parents=True, exist_ok=True)
-    layout.pid_file(component).parent.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}  # each gets its own, or none
-    with layout.log_file(component).open("ab") as log:
-        process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=localcluster.REPO_ROOT,
-            start_new_session=True,  # outlives `make demo`; `down` stops it by its pid file
-        )
-    layout.pid_file(component).write_text(f"{process.pid}\n")
-    # Until the child has exec'd, its /proc cmdline is this script's, and component_pid() would
-    # take it for exited.
-    deadline = time.monotonic() + 10
-    while component_pid(layout, component) is None and process.poll() is None:
-        if time.monotonic() > deadline:
-            raise DemoError(f"the {component} did not start: {' '.join(argv)}")
-        time.sleep(0.01)
-    return process.pid
+def release_installed(cluster: localcluster.ClusterConfig) -> bool:
+    out = run(
+        [str(helm.helm_binary()), "list", "-n", NAMESPACE, "-q"], env=helm.environment(cluster.kubeconfig)
+    )
+    return RELEASE in out.split()
 
 
-def stop_component(layout: Layout, component: str, timeout: float = 20) -> int | None:
-    pid = component_pid(layout, component)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while component_pid(layout, component) == pid and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if component_pid(layout, component) == pid:
-            os.kill(pid, signal.SIGKILL)
-            while component_pid(layout, component) == pid:
-                time.sleep(0.05)
-    layout.pid_file(component).unlink(missing_ok=True)
-    return pid
-
-
-def log_tail(layout: Layout, component: str, lines: int = 15) -> str:
-    path = layout.log_file(component)
-    if not path.exists():
-        return f"({rel(path)} does not exist)"
-    tail = path.read_text(errors="replace").splitlines()[-lines:]
-    return "\n".join(f"  {line}" for line in tail)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def uninstall(cluster: localcluster.ClusterConfig) -> None:
+    """helm uninstall, then wait until the pods are gone (the supervisor stops its driver hosts)."""
+    env = helm.environment(cluster.kubeconfig)
+    run([str(helm.helm_binary()), "uninstall", RELEASE, "-n", NAMESPACE, "--wait"], env=env)
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    with contextlib.suppress(DemoError):  # none left: kubectl says so with an error
+        kubectl(cluster, "-n", NAMESPACE, "wait", "--for=delete", "pods", "-l", selector, "--timeout=120s")
 
 
 # --- loop devices ---------------------------------------------------------------------------------
@@ -260,7 +244,10 @@ def detach_loop_device(device: str) -> None:
 
 
 async def wait_for(
-    what: str, check: Callable[[], Awaitable[T | None]], layout: Layout, timeout: float = WAIT
+    what: str,
+    check: Callable[[], Awaitable[T | None]],
+    cluster: localcluster.ClusterConfig,
+    timeout: float = WAIT,
 ) -> T:
     deadline = time.monotonic() + timeout
     while True:
@@ -268,16 +255,17 @@ async def wait_for(
             result = await check()
             if result:
                 return result
-        for component in COMPONENTS:
-            if component_pid(layout, component) is None:
+        pods = await asyncio.to_thread(release_pods, cluster)
+        for component, pod in pods.items():
+            if reason := crash_looping(pod):
                 raise DemoError(
-                    f"the {component} exited while waiting for {what}; "
-                    f"{rel(layout.log_file(component))} ends with:\n{log_tail(layout, component)}"
+                    f"the {component} pod cannot run while waiting for {what} ({reason}); its log ends "
+                    f"with:\n{pod_logs(cluster, component)}"
                 )
         if time.monotonic() > deadline:
-            tails = "\n".join(f"{rel(layout.log_file(c))}:\n{log_tail(layout, c)}" for c in COMPONENTS)
+            tails = "\n".join(f"{c}:\n{pod_logs(cluster, c)}" for c in COMPONENTS)
             raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)
 
 
 def driver_entries(config: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -332,7 +320,7 @@ def check_prerequisites(cluster: localcluster.ClusterConfig) -> None:
         raise DemoError(
             f"the demo attaches a real loop device, which {missing}: run it as root (sudo make demo)"
         )
-    if not (cluster.bin_dir / "kube-apiserver").exists():
+    if not (cluster.bin_dir / "kubelet").exists():
         raise DemoError(f"no Kubernetes binaries in {cluster.bin_dir}: run 'make kube-binaries'")
     if helm.missing():
         raise DemoError(str(helm.missing()))
@@ -350,52 +338,65 @@ class Demo:
         self.old_events: set[str] = set()  # the Events before this run's StorageDriver
 
     async def wait(self, what: str, check: Callable[[], Awaitable[T | None]]) -> T:
-        return await wait_for(what, check, self.layout)
+        return await wait_for(what, check, self.cluster)
 
-    def install_chart(self) -> None:
+    def images(self) -> None:
         self.narrator.step(
-            "Install the project with its own Helm chart: CRDs, namespace, ServiceAccounts and RBAC. "
-            "Its Deployment and DaemonSets never get Pods here, because this control plane has no kubelet."
+            "Build the project's images (make images: buildah, no registry needed; skipped when this "
+            "tree's are built) and import them into the node's containerd, as a registry mirror would."
         )
-        argv = [
-            "upgrade", "--install", RELEASE, rel(helm.CHART), "--namespace", NAMESPACE,
-            "--create-namespace", "--take-ownership",
-        ]  # fmt: skip
-        out = run([str(helm.helm_binary()), *argv], env=helm.environment(self.cluster.kubeconfig))
-        self.narrator.show("helm " + " ".join(argv), "\n".join(out.splitlines()[:6]))
-        self.kubectl("-n", NAMESPACE, "get", "serviceaccounts,deployments,daemonsets")
+        for script, name in (("build-images.sh", "make images"), ("node-images.sh", "make node-images")):
+            argv = [
+                str(localcluster.REPO_ROOT / "hack" / script),
+                *(["import"] if script == "node-images.sh" else []),
+            ]
+            result = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                cwd=localcluster.REPO_ROOT,
+                env={**os.environ, "SDO_CLUSTER_DIR": str(self.cluster.root)},
+            )
+            if result.returncode != 0:
+                raise DemoError(f"{name} failed:\n{(result.stdout + result.stderr).strip()[-2000:]}")
+            lines = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("[")]
+            self.narrator.show(name, "\n".join(lines[-3:]))
 
-    async def log_in_as_service_accounts(self) -> None:
+    async def install_chart(self) -> None:
         self.narrator.step(
-            "Log in as the chart's ServiceAccounts: the tokens the control plane issued them become "
-            f"kubeconfigs in {rel(self.layout.root)}/, so the operator and the agent have the chart's "
-            "RBAC rights, not admin."
-        )
-        for component in ("operator", "agent"):
-            account = f"{RELEASE}-{component}"
-            token = await accounts.service_account_token(self.kube, NAMESPACE, account)
-            user = accounts.username(NAMESPACE, account)
-            accounts.write_token_kubeconfig(self.cluster, self.layout.kubeconfig(component), user, token)
-            self.narrator.say(f"{rel(self.layout.kubeconfig(component))}: {user}")
-
-    async def start_components(self) -> None:
-        self.narrator.step(
-            "Start the operator, the agent and the agent's driver-host supervisor on this machine as "
-            f"local processes; the agent's driver directory {rel(self.layout.driver_dir)}/ holds "
-            f"{rel(DRIVER_FILE)}."
+            "Install the project with its own Helm chart: CRDs, RBAC, the operator Deployment, the agent "
+            "and supervisor DaemonSets. The kubelet runs their pods from the imported images."
         )
         self.layout.driver_dir.mkdir(parents=True, exist_ok=True)
         target = self.layout.driver_dir / DRIVER_FILE.name
         if not target.exists() or target.read_bytes() != DRIVER_FILE.read_bytes():
             shutil.copyfile(DRIVER_FILE, target)
-        start_processes(self.layout, self.node)
-        for component in COMPONENTS:
-            pid = component_pid(self.layout, component)
-            self.narrator.say(f"{component:<10} pid {pid!s:<8} log {rel(self.layout.log_file(component))}")
+        argv = [
+            "upgrade", "--install", RELEASE, rel(helm.CHART), "--namespace", NAMESPACE,
+            "--create-namespace", "--take-ownership",
+            "--set-string", f"hostPaths.driverDir={self.layout.driver_dir}",
+            "--set-string", f"hostPaths.stateDir={self.layout.state_dir}",
+            "--set-string", "logging.format=text",
+        ]  # fmt: skip
+        out = run([str(helm.helm_binary()), *argv], env=helm.environment(self.cluster.kubeconfig))
+        self.narrator.show("helm " + " ".join(argv), "\n".join(out.splitlines()[:6]))
+        started = time.monotonic()
+
+        async def all_ready() -> bool:
+            pods = await asyncio.to_thread(release_pods, self.cluster)
+            return set(pods) == set(COMPONENTS) and all(pod_ready(p) for p in pods.values())
+
+        await self.wait("the operator, agent and supervisor pods to be Ready", all_ready)
+        self.narrator.say(f"every pod Ready {time.monotonic() - started:.1f}s after the install")
+        self.kubectl("-n", NAMESPACE, "get", "pods", "-o", "wide")
+        self.narrator.say(
+            f"the node's driver directory {rel(self.layout.driver_dir)}/ holds {rel(DRIVER_FILE)} "
+            "(hostPaths.driverDir)"
+        )
         await self.wait("the agent to scan its driver directory", self.driver_file_scanned)
         lease = f"storage-agent-{self.node}"
         await self.wait("the agent's Lease", lambda: self.kube.get_or_none(LEASES, lease, NAMESPACE))
-        self.narrator.say(f"the agent holds its Lease and found {DRIVER_FILE.name} in its driver directory")
 
     async def apply_storage_driver(self, size: int) -> None:
         self.narrator.step(
@@ -419,8 +420,9 @@ class Demo:
 
     async def attach_and_load(self, size: int) -> str:
         self.narrator.step(
-            "Attach a loop device: its kernel uevent reaches the agent, which publishes a NodeDevice; the "
-            f"operator writes {DRIVER} into this node's NodeDriverConfig; the agent loads it in a driver host."
+            "Attach a loop device: its kernel uevent reaches the agent's pod, which publishes a NodeDevice; "
+            f"the operator writes {DRIVER} into this node's NodeDriverConfig; the agent has the supervisor "
+            "start a driver host in the supervisor's pod."
         )
         device = attach_loop_device(self.layout.backing_file, size)
         self.narrator.show(f"losetup --find --show {rel(self.layout.backing_file)}", device)
@@ -505,71 +507,32 @@ async def up(cluster: localcluster.ClusterConfig) -> None:
     narrator = Narrator()
     check_prerequisites(cluster)
     layout = Layout.of(cluster)
-    if any(component_pid(layout, c) for c in COMPONENTS) or demo_loop_devices(layout):
-        print("A previous demo is still running: stopping it first (make demo starts over).", flush=True)
-        stop(layout, quiet=True)
     narrator.step(
-        f"Start the local control plane: etcd, kube-apiserver and kube-controller-manager "
-        f"{localcluster.KUBE_VERSION} on {cluster.server} (nothing happens if it is up)."
+        f"Start the local cluster: etcd, kube-apiserver, kube-controller-manager and kube-scheduler "
+        f"{localcluster.KUBE_VERSION} on {cluster.server}, and this machine as its node: containerd, "
+        "the kubelet and kube-proxy (nothing happens if it is up)."
     )
-    # up() runs an event loop of its own (to register the Node), so not in this one.
     try:
         await asyncio.to_thread(localcluster.up, cluster)
     except RuntimeError as exc:
         localcluster.stop_processes(cluster, quiet=True)
-        raise DemoError(f"the local control plane did not start: {exc}") from exc
+        raise DemoError(f"the local cluster did not start: {exc}") from exc
+    kubectl_out = kubectl(cluster, "get", "nodes", "-o", "wide")
+    Narrator.show("kubectl get nodes -o wide", kubectl_out)
+    previous = await asyncio.to_thread(release_installed, cluster)
+    if previous or demo_loop_devices(layout):
+        print("A previous demo is still running: stopping it first (make demo starts over).", flush=True)
+        await asyncio.to_thread(stop, cluster, quiet=True)
     layout.root.mkdir(parents=True, exist_ok=True)
     async with KubeClient(load_kubeconfig(cluster.kubeconfig)) as kube:
         demo = Demo(cluster, kube, narrator)
-        demo.install_chart()
-        await demo.log_in_as_service_accounts()
-        await demo.start_components()
+        await asyncio.to_thread(demo.images)
+        await demo.install_chart()
         size = unused_size()
         await demo.apply_storage_driver(size)
         device = await demo.attach_and_load(size)
         await demo.detach_and_unload(device)
     print(f"\nDone in {time.monotonic() - narrator.started:.1f}s. {epilogue(cluster, layout)}", flush=True)
-
-
-def start_processes(layout: Layout, node: str) -> None:
-    agent = console_script("storage-agent")
-    socket_path = layout.state_dir / "supervisor.sock"
-    socket_path.unlink(missing_ok=True)  # a previous supervisor's; none runs now
-    supervise = ["supervise", "--state-dir", str(layout.state_dir), "--stop-timeout", "10"]
-    start_component(layout, "supervisor", [agent, *supervise, "--log-format", "text"])
-    deadline = time.monotonic() + 30
-    while not socket_path.exists():
-        if component_pid(layout, "supervisor") is None or time.monotonic() > deadline:
-            raise DemoError(
-                f"the supervisor did not open {rel(socket_path)}:\n{log_tail(layout, 'supervisor')}"
-            )
-        time.sleep(0.05)
-    start_component(
-        layout,
-        "agent",
-        [
-            agent,
-            "--kubeconfig", str(layout.kubeconfig("agent")),
-            "--node-name", node,
-            "--namespace", NAMESPACE,
-            "--driver-dir", str(layout.driver_dir),
-            "--state-dir", str(layout.state_dir),
-            "--launcher", "supervisor",
-            "--log-format", "text",
-        ],
-    )  # fmt: skip
-    start_component(
-        layout,
-        "operator",
-        [
-            console_script("storage-operator"),
-            "--kubeconfig", str(layout.kubeconfig("operator")),
-            "--lease-namespace", NAMESPACE,
-            "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
-            "--metrics", f"http://127.0.0.1:{free_port()}/metrics",
-            "--log-format", "text",
-        ],
-    )  # fmt: skip
 
 
 async def storage_driver_status(kube: KubeClient) -> dict[str, Any]:
@@ -585,28 +548,33 @@ async def loaded_nodes(kube: KubeClient, count: int) -> bool:
 
 
 def epilogue(cluster: localcluster.ClusterConfig, layout: Layout) -> str:
-    return f"""The operator, the agent and the supervisor keep running (pid files in {rel(layout.root)}/run/).
+    return f"""The release keeps running: the operator, agent and supervisor pods in namespace {NAMESPACE}.
 
 Look around:
   export KUBECONFIG=$PWD/{rel(cluster.kubeconfig)} PATH=$PWD/.venv/bin:{cluster.bin_dir}:$PATH
+  kubectl -n {NAMESPACE} get pods -o wide
   kubectl get sd,nd,ndc
   kubectl describe storagedriver {DRIVER}
   sdctl drivers
-  tail -f {rel(layout.log_file("agent"))}   # also operator.log, supervisor.log
+  kubectl -n {NAMESPACE} logs daemonset/{RELEASE}-agent   # also deployment/{RELEASE}-operator
   losetup --find --show {rel(layout.backing_file)}   # attach again: {DRIVER} loads again
 
 Stop:
-  make demo-down             # the operator, agent, supervisor and the demo's loop devices
-  make demo-down CLUSTER=1   # ... and the local control plane
+  make demo-down             # helm uninstall, and detach the demo's loop devices
+  make demo-down CLUSTER=1   # ... and stop the local cluster
 """
 
 
-def stop(layout: Layout, *, quiet: bool = False) -> None:
-    """Stop the demo's processes (reverse start order) and detach the demo's loop devices."""
-    for component in reversed(COMPONENTS):
-        pid = stop_component(layout, component)
-        if pid is not None and not quiet:
-            print(f"[demo] stopped the {component} (pid {pid})", flush=True)
+def stop(cluster: localcluster.ClusterConfig, *, quiet: bool = False) -> None:
+    """Uninstall the demo's release (its pods gone, their driver hosts with them) and detach the
+    demo's loop devices."""
+    layout = Layout.of(cluster)
+    if localcluster.is_up(cluster) and release_installed(cluster):
+        uninstall(cluster)
+        if not quiet:
+            print(
+                f"[demo] uninstalled release {RELEASE} (namespace {NAMESPACE}); its pods are gone", flush=True
+            )
     for device in demo_loop_devices(layout):
         detach_loop_device(f"/dev/{device}")
         if not quiet:
@@ -614,25 +582,26 @@ def stop(layout: Layout, *, quiet: bool = False) -> None:
 
 
 def down(cluster: localcluster.ClusterConfig, *, with_cluster: bool) -> None:
-    stop(Layout.of(cluster))
+    stop(cluster)
     if with_cluster:
         localcluster.down(cluster)
     else:
-        print(
-            "[demo] stopped; the local control plane keeps running ('make cluster-down' stops it)", flush=True
-        )
+        print("[demo] stopped; the local cluster keeps running ('make cluster-down' stops it)", flush=True)
 
 
 def status(cluster: localcluster.ClusterConfig) -> int:
-    layout = Layout.of(cluster)
-    running = 0
+    pods = release_pods(cluster) if localcluster.is_up(cluster) else {}
     for component in COMPONENTS:
-        pid = component_pid(layout, component)
-        running += pid is not None
-        print(f"{component:12} {'running pid ' + str(pid) if pid else 'stopped'}")
-    devices = demo_loop_devices(layout)
+        pod = pods.get(component)
+        state = (
+            f"pod {pod['metadata']['name']} {'Ready' if pod_ready(pod) else 'not ready'}" if pod else "none"
+        )
+        print(f"{component:12} {state}")
+    devices = demo_loop_devices(Layout.of(cluster))
     print(f"{'loop devices':12} {', '.join('/dev/' + d for d in devices) or 'none'}")
-    return 0 if running == len(COMPONENTS) else 1
+    return (
+        0 if all(pod_ready(pods[c]) for c in COMPONENTS if c in pods) and len(pods) == len(COMPONENTS) else 1
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -677,9 +646,10 @@ def run_up(cluster: localcluster.ClusterConfig) -> int:
         asyncio.run(up(cluster))
     except (DemoError, KeyboardInterrupt) as exc:
         print(f"\nThe demo stopped: {str(exc) or 'interrupted'}", file=sys.stderr, flush=True)
-        stop(Layout.of(cluster), quiet=True)
+        with contextlib.suppress(DemoError):
+            stop(cluster, quiet=True)
         print(
-            "Its processes were stopped and its loop devices detached; the control plane keeps running.",
+            "Its release was uninstalled and its loop devices detached; the local cluster keeps running.",
             file=sys.stderr,
         )
         return 130 if isinstance(exc, KeyboardInterrupt) else 1

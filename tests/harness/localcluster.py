@@ -1,11 +1,13 @@
-"""A real local Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager.
+"""A real one-node Kubernetes cluster on this machine: etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler on loopback, and this machine as a real node
+(containerd, kubelet, kube-proxy and a bridge pod network: `tests/harness/localnode.py`).
 
     python -m tests.harness.localcluster up|down|status|env
 
 Everything lives under `.local-cluster/` in the checkout (certificates, data, logs, pid files,
-the admin kubeconfig); the binaries come from the cache that `hack/build-kubernetes.sh` fills.
-There is no kubelet: `up` registers this machine as a Node with its real kernel, OS and
-architecture, and tests create further (simulated) Nodes themselves.
+the admin kubeconfig, containerd's images); the binaries come from the cache that
+`hack/build-kubernetes.sh` fills. The kubelet registers this machine's Node itself; tests
+create further (simulated) Nodes, which have no kubelet, themselves.
 """
 
 from __future__ import annotations
@@ -17,14 +19,10 @@ import datetime as dt
 import ipaddress
 import os
 import platform
-import signal
+import shutil
 import socket
-import ssl
-import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -33,71 +31,26 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from storage_driver_api.kube import NODES, ApiError, KubeClient, load_kubeconfig
+from storage_driver_api.resource import Resource
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-KUBE_VERSION = "1.20.2"
-KUBE_BUILD_REVISION = 2  # as in hack/build-kubernetes.sh
+from tests.harness import localnode
+from tests.harness.daemons import (
+    COMPONENTS,
+    KUBE_VERSION,
+    REPO_ROOT,
+    ClusterConfig,
+    http_ok,
+    https_ok,
+    log,
+    port_in_use,
+    running_pid,
+    start,
+    stop,
+    wait_for,
+)
 
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Where the cluster lives and which loopback ports it uses (all overridable by env)."""
-
-    root: Path
-    bin_dir: Path
-    etcd_port: int
-    etcd_peer_port: int
-    apiserver_port: int
-    controller_manager_port: int
-
-    @classmethod
-    def from_env(cls) -> ClusterConfig:
-        cache = Path(
-            os.environ.get("SDO_CACHE_DIR")
-            or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "storage-driver-operator"
-        )
-        return cls(
-            root=Path(os.environ.get("SDO_CLUSTER_DIR") or REPO_ROOT / ".local-cluster"),
-            bin_dir=cache / f"kubernetes-{KUBE_VERSION}-r{KUBE_BUILD_REVISION}" / "bin",
-            etcd_port=_env_int("SDO_ETCD_PORT", 23790),
-            etcd_peer_port=_env_int("SDO_ETCD_PEER_PORT", 23800),
-            apiserver_port=_env_int("SDO_APISERVER_PORT", 16443),
-            controller_manager_port=_env_int("SDO_CONTROLLER_MANAGER_PORT", 20257),
-        )
-
-    @property
-    def pki(self) -> Path:
-        return self.root / "pki"
-
-    @property
-    def kubeconfig(self) -> Path:
-        return self.root / "kubeconfig"
-
-    @property
-    def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
-
-    @property
-    def kubectl(self) -> Path:
-        return self.bin_dir / "kubectl"
-
-    def pid_file(self, component: str) -> Path:
-        return self.root / "run" / f"{component}.pid"
-
-    def log_file(self, component: str) -> Path:
-        return self.root / "logs" / f"{component}.log"
-
-
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
-
-
-def log(message: str) -> None:
-    print(f"[local-cluster] {message}", flush=True)
-
+# Where the harness and the tests have always found them.
+__all__ = ["COMPONENTS", "KUBE_VERSION", "REPO_ROOT", "ClusterConfig", "running_pid"]
 
 # --- certificates ----------------------------------------------------------------------------
 
@@ -167,47 +120,71 @@ def _subject(common_name: str, organization: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def ensure_pki(cfg: ClusterConfig) -> None:
-    """CA, apiserver serving certificate, client certificates and the service-account key."""
-    pki = cfg.pki
-    if (pki / "complete").exists():
-        return
-    log(f"generating certificates in {pki}")
-    pki.mkdir(parents=True, exist_ok=True)
-    ca_key = _key()
-    ca_cert = _issue(_subject("storage-driver-operator-local-ca"), ca_key, None, ca=True)
-    _write_key(pki / "ca.key", ca_key)
-    (pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+def _leaves(cfg: ClusterConfig) -> dict[str, dict[str, object]]:
+    """Every certificate signed by the cluster CA: file stem -> subject and usage."""
+    node = local_node_name()
+    return {
+        "apiserver": {
+            "subject": _subject("kube-apiserver"),
+            "server_names": [
+                "127.0.0.1",
+                "10.0.0.1",
+                cfg.gateway_ip,
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+        },
+        "admin": {"subject": _subject("local-admin", "system:masters"), "client": True},
+        "controller-manager": {"subject": _subject("system:kube-controller-manager"), "client": True},
+        "scheduler": {"subject": _subject("system:kube-scheduler"), "client": True},
+        "kube-proxy": {"subject": _subject("system:kube-proxy"), "client": True},
+        # The API server's identity towards kubelets (kubectl logs, exec).
+        "apiserver-kubelet-client": {
+            "subject": _subject("kube-apiserver-kubelet-client", "system:masters"),
+            "client": True,
+        },
+        # Named after the node: the Node authorizer admits a kubelet for its own Node only.
+        f"kubelet-client-{node}": {
+            "subject": _subject(f"system:node:{node}", "system:nodes"),
+            "client": True,
+        },
+        f"kubelet-serving-{node}": {"subject": _subject(node), "server_names": [cfg.gateway_ip, node]},
+    }
 
-    def leaf(name: str, subject: x509.Name, **kwargs: object) -> None:
+
+def ensure_pki(cfg: ClusterConfig) -> None:
+    """CA, serving and client certificates, and the service-account key; what exists is kept."""
+    pki = cfg.pki
+    pki.mkdir(parents=True, exist_ok=True)
+    if not (pki / "ca.key").exists():
+        log(f"generating the cluster CA in {pki}")
+        new_key = _key()
+        new_cert = _issue(_subject("storage-driver-operator-local-ca"), new_key, None, ca=True)
+        _write_key(pki / "ca.key", new_key)
+        (pki / "ca.crt").write_bytes(new_cert.public_bytes(serialization.Encoding.PEM))
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    for name, spec in _leaves(cfg).items():
+        if (pki / f"{name}.crt").exists():
+            continue
+        log(f"generating certificate {name}")
         key = _key()
-        cert = _issue(subject, key, (ca_cert, ca_key), **kwargs)  # type: ignore[arg-type]
+        kwargs = {k: v for k, v in spec.items() if k != "subject"}
+        cert = _issue(spec["subject"], key, (ca_cert, ca_key), **kwargs)  # type: ignore[arg-type]
         _write_key(pki / f"{name}.key", key)
         (pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-    leaf(
-        "apiserver",
-        _subject("kube-apiserver"),
-        server_names=[
-            "127.0.0.1",
-            "10.0.0.1",
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-        ],
-    )
-    leaf("admin", _subject("local-admin", "system:masters"), client=True)
-    leaf("controller-manager", _subject("system:kube-controller-manager"), client=True)
-    _write_key(pki / "service-account.key", _key())
-    sa_key = serialization.load_pem_private_key((pki / "service-account.key").read_bytes(), None)
-    (pki / "service-account.pub").write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if not (pki / "service-account.key").exists():
+        _write_key(pki / "service-account.key", _key())
+        sa_key = serialization.load_pem_private_key((pki / "service-account.key").read_bytes(), None)
+        (pki / "service-account.pub").write_bytes(
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
         )
-    )
-    (pki / "complete").touch()
 
 
 def write_kubeconfig(cfg: ClusterConfig, path: Path, user: str, cert: str) -> None:
@@ -236,127 +213,67 @@ def write_kubeconfig(cfg: ClusterConfig, path: Path, user: str, cert: str) -> No
     path.chmod(0o600)
 
 
-# --- processes -------------------------------------------------------------------------------
-
-
-def _pid_alive(pid: int, component: str) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-    except OSError:
-        return False
-    # A recycled pid must not be mistaken for (or killed as) our component.
-    return Path(cmdline.decode(errors="replace")).name == component
-
-
-def running_pid(cfg: ClusterConfig, component: str) -> int | None:
-    try:
-        pid = int(cfg.pid_file(component).read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if _pid_alive(pid, component) else None
-
-
-def _start(cfg: ClusterConfig, component: str, binary: str, args: list[str]) -> int:
-    cfg.log_file(component).parent.mkdir(parents=True, exist_ok=True)
-    cfg.pid_file(component).parent.mkdir(parents=True, exist_ok=True)
-    with cfg.log_file(component).open("ab") as out:
-        proc = subprocess.Popen(
-            [binary, *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    cfg.pid_file(component).write_text(str(proc.pid))
-    # Until the child has exec'd, /proc/<pid>/cmdline still names python, and running_pid()
-    # would report the component as exited; wait for the exec (or the exit) first.
-    deadline = time.monotonic() + 10
-    while not _pid_alive(proc.pid, component) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return proc.pid
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
-def _wait_for(what: str, check: object, timeout: float, component: str, cfg: ClusterConfig) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running_pid(cfg, component) is None:
-            tail = cfg.log_file(component).read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(
-                f"{component} exited while waiting for {what}; last log lines:\n" + "\n".join(tail)
-            )
-        with contextlib.suppress(Exception):
-            if check():  # type: ignore[operator]
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}; see {cfg.log_file(component)}")
-
-
-def _https_ok(url: str, cfg: ClusterConfig, client_cert: bool = True) -> bool:
-    ctx = ssl.create_default_context(cafile=str(cfg.pki / "ca.crt"))
-    if client_cert:
-        ctx.load_cert_chain(cfg.pki / "admin.crt", cfg.pki / "admin.key")
-    else:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
-        return bool(resp.status == 200)
-
-
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as resp:
-        return bool(resp.status == 200)
-
-
 def is_up(cfg: ClusterConfig) -> bool:
     if any(running_pid(cfg, c) is None for c in COMPONENTS):
         return False
     try:
-        return _https_ok(f"{cfg.server}/readyz", cfg)
+        return https_ok(f"{cfg.server}/readyz", cfg)
     except Exception:
         return False
+
+
+def _check_prerequisites(cfg: ClusterConfig) -> None:
+    for binary in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"):
+        if not (cfg.bin_dir / binary).exists():
+            raise SystemExit(
+                f"[local-cluster] {binary} not found in {cfg.bin_dir}; run 'make kube-binaries' first"
+            )
+    for tool in ("etcd", "containerd", "runc", "ctr", "iptables", "ip"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"[local-cluster] {tool} is not installed; run 'make deps' first")
+    if os.geteuid() != 0:
+        raise SystemExit("[local-cluster] the node (containerd, kubelet, kube-proxy) needs root")
+    if others := localnode.other_kubelets(cfg):
+        raise SystemExit(
+            f"[local-cluster] another kubelet runs on this machine (pid {others[0]}): a machine is one "
+            "node; stop that cluster first (make cluster-down in its checkout)"
+        )
+    for port in cfg.ports:
+        if port_in_use(port):
+            raise SystemExit(
+                f"[local-cluster] port {port} on 127.0.0.1 is taken by another process; free it or "
+                "choose other ports (SDO_*_PORT, README's 'The local cluster')"
+            )
+
+
+def _kubeconfigs(cfg: ClusterConfig) -> None:
+    write_kubeconfig(cfg, cfg.kubeconfig, "admin", "admin")
+    node = local_node_name()
+    for name, user, cert in (
+        ("controller-manager", "system:kube-controller-manager", "controller-manager"),
+        ("scheduler", "system:kube-scheduler", "scheduler"),
+        ("kube-proxy", "system:kube-proxy", "kube-proxy"),
+        ("kubelet", f"system:node:{node}", f"kubelet-client-{node}"),
+    ):
+        write_kubeconfig(cfg, cfg.root / f"{name}.kubeconfig", user, cert)
 
 
 def up(cfg: ClusterConfig) -> None:
     if is_up(cfg):
         log(f"already up at {cfg.server} (kubeconfig {cfg.kubeconfig}); nothing to do")
         return
-    for binary in ("kube-apiserver", "kube-controller-manager"):
-        if not (cfg.bin_dir / binary).exists():
-            raise SystemExit(
-                f"[local-cluster] {binary} not found in {cfg.bin_dir}; run 'make kube-binaries' first"
-            )
     # Partially running from an earlier failure: start from a clean set of processes.
     stop_processes(cfg, quiet=True)
-    for port in (cfg.etcd_port, cfg.etcd_peer_port, cfg.apiserver_port, cfg.controller_manager_port):
-        if _port_in_use(port):
-            raise SystemExit(
-                f"[local-cluster] port {port} on 127.0.0.1 is taken by another process; "
-                "free it or choose other ports with SDO_ETCD_PORT / SDO_ETCD_PEER_PORT / "
-                "SDO_APISERVER_PORT / SDO_CONTROLLER_MANAGER_PORT"
-            )
+    _check_prerequisites(cfg)
     started = time.monotonic()
     ensure_pki(cfg)
-    write_kubeconfig(cfg, cfg.kubeconfig, "admin", "admin")
-    write_kubeconfig(
-        cfg,
-        cfg.root / "controller-manager.kubeconfig",
-        "system:kube-controller-manager",
-        "controller-manager",
-    )
+    _kubeconfigs(cfg)
     pki = cfg.pki
+    node = local_node_name()
+    localnode.ensure_bridge(cfg)
 
     log(f"starting etcd on 127.0.0.1:{cfg.etcd_port}")
-    _start(
+    start(
         cfg,
         "etcd",
         "etcd",
@@ -374,17 +291,20 @@ def up(cfg: ClusterConfig) -> None:
             "--log-level=warn",
         ],
     )
-    _wait_for("etcd health", lambda: _http_ok(f"http://127.0.0.1:{cfg.etcd_port}/health"), 30, "etcd", cfg)
+    wait_for("etcd health", lambda: http_ok(f"http://127.0.0.1:{cfg.etcd_port}/health"), 30, "etcd", cfg)
 
-    log(f"starting kube-apiserver {KUBE_VERSION} on 127.0.0.1:{cfg.apiserver_port}")
-    _start(
+    log(f"starting kube-apiserver {KUBE_VERSION} on port {cfg.apiserver_port}")
+    start(
         cfg,
         "kube-apiserver",
         str(cfg.bin_dir / "kube-apiserver"),
         [
             f"--etcd-servers=http://127.0.0.1:{cfg.etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            # Loopback for the harness and the tests, the bridge's address for pods (behind the
+            # kubernetes Service); nothing routes to this machine from elsewhere.
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={cfg.gateway_ip}",
+            "--endpoint-reconciler-type=lease",
             f"--secure-port={cfg.apiserver_port}",
             "--insecure-port=0",
             f"--cert-dir={cfg.root / 'apiserver-certs'}",
@@ -392,25 +312,28 @@ def up(cfg: ClusterConfig) -> None:
             f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
             f"--service-account-key-file={pki / 'service-account.pub'}",
             f"--service-account-signing-key-file={pki / 'service-account.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             "--api-audiences=https://kubernetes.default.svc.cluster.local",
-            "--service-cluster-ip-range=10.0.0.0/24",
-            # A loopback advertise address cannot be an Endpoints address; nothing needs it here.
-            "--endpoint-reconciler-type=none",
+            f"--service-cluster-ip-range={cfg.service_cidr}",
             "--allow-privileged=true",
             "--event-ttl=1h",
             "--v=1",
         ],
     )
-    _wait_for(
-        "kube-apiserver /readyz", lambda: _https_ok(f"{cfg.server}/readyz", cfg), 90, "kube-apiserver", cfg
+    wait_for(
+        "kube-apiserver /readyz", lambda: https_ok(f"{cfg.server}/readyz", cfg), 90, "kube-apiserver", cfg
     )
 
     log(f"starting kube-controller-manager on 127.0.0.1:{cfg.controller_manager_port}")
     cm_kubeconfig = cfg.root / "controller-manager.kubeconfig"
-    _start(
+    start(
         cfg,
         "kube-controller-manager",
         str(cfg.bin_dir / "kube-controller-manager"),
@@ -430,47 +353,110 @@ def up(cfg: ClusterConfig) -> None:
             "--v=1",
         ],
     )
-    _wait_for(
-        "kube-controller-manager /healthz",
-        lambda: _https_ok(f"https://127.0.0.1:{cfg.controller_manager_port}/healthz", cfg, client_cert=False),
-        60,
-        "kube-controller-manager",
+    log(f"starting kube-scheduler on 127.0.0.1:{cfg.scheduler_port}")
+    scheduler_kubeconfig = cfg.root / "scheduler.kubeconfig"
+    start(
         cfg,
+        "kube-scheduler",
+        str(cfg.bin_dir / "kube-scheduler"),
+        [
+            f"--kubeconfig={scheduler_kubeconfig}",
+            f"--authentication-kubeconfig={scheduler_kubeconfig}",
+            f"--authorization-kubeconfig={scheduler_kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={cfg.scheduler_port}",
+            "--port=0",
+            f"--cert-dir={cfg.root / 'scheduler-certs'}",
+            "--leader-elect=false",
+            "--v=1",
+        ],
     )
-    node = asyncio.run(register_local_node(cfg))
-    log(f"up in {time.monotonic() - started:.1f}s; registered Node {node!r}")
+    localnode.start_containerd(cfg)
+    localnode.ensure_pause_image(cfg)
+    localnode.start_kube_proxy(cfg, node)
+    localnode.start_kubelet(cfg, node)
+    for component, port in (
+        ("kube-controller-manager", cfg.controller_manager_port),
+        ("kube-scheduler", cfg.scheduler_port),
+    ):
+        wait_for(
+            f"{component} /healthz",
+            lambda port=port: https_ok(f"https://127.0.0.1:{port}/healthz", cfg, client_cert=False),  # type: ignore[misc]
+            60,
+            component,
+            cfg,
+        )
+    localnode.wait_node_healthy(cfg)
+    asyncio.run(wait_local_node_ready(cfg, node))
+    log(
+        f"up in {time.monotonic() - started:.1f}s; Node {node!r} is Ready (kubelet {KUBE_VERSION}, containerd)"
+    )
     log(f"use it with: export KUBECONFIG={cfg.kubeconfig}")
 
 
-def stop_processes(cfg: ClusterConfig, *, quiet: bool = False) -> None:
-    for component in reversed(COMPONENTS):
-        pid = running_pid(cfg, component)
-        if pid is None:
-            cfg.pid_file(component).unlink(missing_ok=True)
-            continue
+async def wait_local_node_ready(cfg: ClusterConfig, node: str, timeout: float = 120) -> None:
+    """The kubelet registers the Node itself and reports it Ready once the pod network is."""
+    deadline = time.monotonic() + timeout
+    async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as client:
+        while time.monotonic() < deadline:
+            obj = await client.get_or_none(NODES, node)
+            conditions = (obj or {}).get("status", {}).get("conditions", [])
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                return
+            if running_pid(cfg, "kubelet") is None:
+                raise RuntimeError(f"the kubelet exited; see {cfg.log_file('kubelet')}")
+            await asyncio.sleep(0.5)
+    raise RuntimeError(f"Node {node} did not become Ready in {timeout:.0f}s; see {cfg.log_file('kubelet')}")
+
+
+PODS = Resource("", "v1", "pods", "Pod", namespaced=True)
+
+
+async def _delete_local_pods(cfg: ClusterConfig, node: str, timeout: float) -> None:
+    """Delete every Pod on the node through the API (each with its own grace period) and wait
+    for the kubelet to end them: the graceful path, which also releases their network."""
+    on_node = f"spec.nodeName={node}"
+    async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as client:
+        items, _ = await client.list(PODS, field_selector=on_node)
+        for pod in items:
+            await client.delete(PODS, pod["metadata"]["name"], pod["metadata"]["namespace"])
+        deadline = time.monotonic() + timeout
+        while items and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            items, _ = await client.list(PODS, field_selector=on_node)
+        # Past the deadline the kubelet is stuck: forget the Pods, the teardown ends them.
+        for pod in items:
+            path = PODS.path(pod["metadata"]["name"], pod["metadata"]["namespace"])
+            with contextlib.suppress(ApiError):
+                await client.request("DELETE", path, body={"gracePeriodSeconds": 0})
+
+
+def stop_processes(cfg: ClusterConfig, *, quiet: bool = False, pod_timeout: float = 60) -> None:
+    """Stop the node and the control plane, in the order that lets each clean up after itself."""
+    # No new Pods: the controllers and the scheduler stop first, then the node's Pods end
+    # gracefully, then the node, then what stores the cluster.
+    stop(cfg, "kube-controller-manager", quiet=quiet)
+    stop(cfg, "kube-scheduler", quiet=quiet)
+    if all(running_pid(cfg, c) for c in ("kube-apiserver", "kubelet")):
         if not quiet:
-            log(f"stopping {component} (pid {pid})")
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while _pid_alive(pid, component) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _pid_alive(pid, component):
-            os.kill(pid, signal.SIGKILL)
-            while _pid_alive(pid, component):
-                time.sleep(0.05)
-        cfg.pid_file(component).unlink(missing_ok=True)
+            log("deleting the node's Pods and waiting for the kubelet to end them")
+        with contextlib.suppress(Exception):
+            asyncio.run(_delete_local_pods(cfg, local_node_name(), pod_timeout))
+    swept = localnode.teardown(cfg, quiet=quiet)
+    if swept and not quiet:
+        log(f"swept up what the node left: {', '.join(swept)}")
+    stop(cfg, "kube-apiserver", quiet=quiet)
+    stop(cfg, "etcd", quiet=quiet)
 
 
 def down(cfg: ClusterConfig) -> None:
     stop_processes(cfg)
-    busy = [
-        p
-        for p in (cfg.etcd_port, cfg.etcd_peer_port, cfg.apiserver_port, cfg.controller_manager_port)
-        if _port_in_use(p)
-    ]
+    busy = [p for p in cfg.ports if port_in_use(p)]
     if busy:
         raise SystemExit(f"[local-cluster] ports still in use after stopping: {busy}")
-    log("down; nothing of ours is running or listening")
+    if left := localnode.leftovers(cfg):
+        raise SystemExit(f"[local-cluster] left behind after stopping: {left}")
+    log("down; nothing of ours is running, listening, mounted or routed")
 
 
 # --- the local Node --------------------------------------------------------------------------
@@ -555,11 +541,17 @@ async def ensure_node(
     return await client.patch(NODES, name, status, subresource="status")
 
 
-async def register_local_node(cfg: ClusterConfig) -> str:
+async def ensure_local_node(client: KubeClient) -> dict[str, object]:
+    """This machine's Node, which its kubelet registered and keeps up to date: never written here
+    (a Node the kubelet did not create makes kubelet 1.20 panic, and it owns the status)."""
     name = local_node_name()
-    async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as client:
-        await ensure_node(client, name, local_node_info())
-    return name
+    obj = await client.get_or_none(NODES, name)
+    if obj is None:
+        raise AssertionError(
+            f"Node {name} is not registered: its kubelet is not running or the Node was deleted "
+            "(the kubelet registers once, at start: 'make cluster-down cluster-up')"
+        )
+    return obj
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -582,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
             pid = running_pid(cfg, component)
             print(f"{component:26} {'running pid ' + str(pid) if pid else 'stopped'}")
         print(f"{'api server':26} {'ready at ' + cfg.server if is_up(cfg) else 'not ready'}")
+        print(
+            f"{'pod network':26} bridge {cfg.bridge} {cfg.gateway_ip}, pods {cfg.pod_cidr}, services {cfg.service_cidr}"
+        )
         return 0 if is_up(cfg) else 1
     else:
         print(f"export KUBECONFIG={cfg.kubeconfig}")

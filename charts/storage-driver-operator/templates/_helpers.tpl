@@ -78,6 +78,10 @@ app.kubernetes.io/component: {{ index . 1 }}
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 - name: LOG_LEVEL
   value: {{ .Values.logging.level | quote }}
 - name: LOG_FORMAT

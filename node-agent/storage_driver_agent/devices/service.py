@@ -59,6 +59,7 @@ class DeviceAgent:
         kube: KubeClient,
         *,
         clock: Callable[[], float] = time.monotonic,
+        synced: asyncio.Event | None = None,
     ):
         self.node_name = node_name
         self.options = options
@@ -77,6 +78,7 @@ class DeviceAgent:
         self.next_resync = 0.0
         self.failing_since: float | None = None
         self.uevents = 0  # received, for tests and benchmarks
+        self.synced = synced or asyncio.Event()  # set once the node's devices were published
 
     # --- uevents ---------------------------------------------------------------------------
 
@@ -231,6 +233,7 @@ class DeviceAgent:
         else:
             self.dirty = False
             self.transitions.clear()
+            self.synced.set()
         wall = utcnow()
         self.retention_at = (
             self.clock() + max(0.0, (outcome.wake_at - wall).total_seconds()) if outcome.wake_at else None
@@ -282,5 +285,7 @@ class DeviceAgent:
             await asyncio.wait_for(self.wake.wait(), timeout)
 
 
-async def run(config: AgentConfig, options: Options, kube: KubeClient, stop: asyncio.Event) -> None:
-    await DeviceAgent(config.node_name, options, kube).run(stop)
+async def run(
+    config: AgentConfig, options: Options, kube: KubeClient, stop: asyncio.Event, ready: asyncio.Event
+) -> None:
+    await DeviceAgent(config.node_name, options, kube, synced=ready).run(stop)

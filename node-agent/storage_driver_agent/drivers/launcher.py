@@ -24,6 +24,7 @@ from storage_driver_agent.drivers.host import HOST_MODULE
 
 LOG_ROTATE_BYTES: Final = 5 * 1024 * 1024
 SUPERVISOR_SOCKET: Final = "supervisor.sock"
+HOSTS_DIR: Final = "hosts"  # in the state directory: each driver host's socket, state and log
 
 
 class LauncherError(Exception):

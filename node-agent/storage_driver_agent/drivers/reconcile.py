@@ -30,7 +30,7 @@ from storage_driver_sdk.protocol import PROTOCOL_VERSION, Op
 from storage_driver_agent.drivers.host import HOST_MODULE
 from storage_driver_agent.drivers.hostclient import HostCallError, HostConnection, HostGone
 from storage_driver_agent.drivers.inventory import Inventory
-from storage_driver_agent.drivers.launcher import HostProcess, Launcher, LauncherError
+from storage_driver_agent.drivers.launcher import HOSTS_DIR, HostProcess, Launcher, LauncherError
 from storage_driver_agent.drivers.sources import SourceFetcher
 from storage_driver_agent.drivers.statemachine import (
     Action,
@@ -57,7 +57,6 @@ from storage_driver_agent.stopping import wait_or_stop
 
 log = logging.getLogger(__name__)
 
-HOSTS_DIR: Final = "hosts"
 KILL_WAIT: Final = 5.0
 HEALTH_TIMEOUT: Final = 10.0
 

@@ -236,7 +236,9 @@ def device_present(obj: Mapping[str, Any]) -> bool:
 
 
 class DriverRuntime:
-    def __init__(self, config: AgentConfig, options: Options, kube: KubeClient):
+    def __init__(
+        self, config: AgentConfig, options: Options, kube: KubeClient, ready: asyncio.Event | None = None
+    ):
         self.config = config
         self.options = options
         self.kube = kube
@@ -254,6 +256,9 @@ class DriverRuntime:
             health_interval=options.health_interval,
         )
         self.inventory = Inventory(options.driver_dir)
+        self.ready = (
+            ready or asyncio.Event()
+        )  # set once the spec and the devices are read and adoption is done
         self.launcher = make_launcher(options.launcher, config.state_dir)
         self.events = EventRecorder(kube, self.node, lambda: self.config_uid)
         self.fetcher = SourceFetcher(
@@ -506,6 +511,7 @@ class DriverRuntime:
         if stop.is_set():
             synced.cancel()
             return
+        self.ready.set()
         log.info(
             "driver runtime ready",
             extra=fields(
@@ -519,5 +525,7 @@ class _Retry(Exception):
     pass
 
 
-async def run(config: AgentConfig, options: Options, kube: KubeClient, stop: asyncio.Event) -> None:
-    await DriverRuntime(config, options, kube).run(stop)
+async def run(
+    config: AgentConfig, options: Options, kube: KubeClient, stop: asyncio.Event, ready: asyncio.Event
+) -> None:
+    await DriverRuntime(config, options, kube, ready).run(stop)

@@ -29,6 +29,7 @@ from typing import Any, Final
 from storage_driver_api.logs import fields, setup_logging
 
 from storage_driver_agent.drivers.launcher import (
+    HOSTS_DIR,
     SUPERVISOR_SOCKET,
     HostProcess,
     LauncherError,
@@ -46,6 +47,7 @@ class Supervisor:
         self.state_dir = state_dir
         self.stop_timeout = stop_timeout
         self.children: dict[int, str] = {}  # pid -> driver name
+        self.logs: dict[int, Path] = {}  # pid -> the host's log file
         self.exit_codes: dict[int, int] = {}
 
     def reap(self) -> None:
@@ -70,6 +72,7 @@ class Supervisor:
             argv = [str(a) for a in args["argv"]]
             process = spawn_host(argv, Path(str(args["log"])))
             self.children[process.pid] = str(args.get("name", "?"))
+            self.logs[process.pid] = Path(str(args["log"]))
             self.exit_codes.pop(process.pid, None)  # a recycled pid: forget the old process's exit
             # The supervisor reaps with waitpid(-1); Popen must not try to.
             process.returncode = 0
@@ -130,6 +133,22 @@ class Supervisor:
         while self.children and time.monotonic() < deadline + 5:
             await asyncio.sleep(0.05)
             self.reap()
+        self.remove_files_of_stopped_hosts()
+
+    def remove_files_of_stopped_hosts(self) -> None:
+        """On the way out, what the stopped hosts leave in the state directory: the log of each
+        host that stopped cleanly (a crashed host's log stays, to tell why), and the hosts
+        directory once empty. A host removes its own socket and state file as it stops."""
+        hosts_dirs = set()
+        for pid, log_path in self.logs.items():
+            hosts_dirs.add(log_path.parent)
+            if self.exit_codes.get(pid) == 0:
+                for path in (log_path, log_path.with_name(log_path.name + ".1")):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+        for directory in hosts_dirs | {self.state_dir / HOSTS_DIR}:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only when empty: the agent's or a crashed host's files stay
 
     async def run(self) -> int:
         with contextlib.suppress(Exception):

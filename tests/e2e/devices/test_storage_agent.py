@@ -1,5 +1,8 @@
-"""`storage-agent` as a real process on this machine's Node: hot-plug of real loop devices,
-an agent restart that changes nothing, and garbage collection when the Node goes away."""
+"""`storage-agent` as a real process on this machine's devices: hot-plug of real loop devices,
+an agent restart that changes nothing, and garbage collection when the Node goes away.
+
+The agent serves a simulated Node of its own: this machine's Node belongs to its kubelet, which
+registers it once and cannot lose it, and the chart's agent pod is the one that serves it."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from storage_driver_agent.devices.diff import present_condition
 from storage_driver_api.constants import DEVICE_TYPE_LABEL, NODE_DEVICES, NODE_LABEL, node_label_value
 from storage_driver_api.kube import NODES, KubeClient
 
+from tests.conftest import NodeFactory
 from tests.harness import localcluster
 from tests.harness.loopdev import LoopDevice
 from tests.harness.processes import ComponentProcess, console_script
@@ -20,6 +24,9 @@ from tests.harness.waiting import eventually
 
 Obj = dict[str, Any]
 MiB = 1024 * 1024
+
+
+NODE = "agent-process-node"
 
 
 def start_agent(cluster: localcluster.ClusterConfig, tmp_path: Path) -> ComponentProcess:
@@ -32,7 +39,7 @@ def start_agent(cluster: localcluster.ClusterConfig, tmp_path: Path) -> Componen
             "--log-format=text",
         ],
         tmp_path / "storage-agent.log",
-        env={"NODE_NAME": ""},  # the default node name: this machine's host name
+        env={"NODE_NAME": NODE},
     ).start()
     agent.wait_for_log("device discovery started", timeout=60)
     return agent
@@ -64,12 +71,13 @@ async def until_present(kube: KubeClient, node: str, loop: LoopDevice, state: bo
 async def test_storage_agent_publishes_hotplug_survives_restart_and_is_collected_with_its_node(
     cluster: localcluster.ClusterConfig,
     clean_cluster: KubeClient,
+    make_node: NodeFactory,
     loop_devices: Callable[..., LoopDevice],
     tmp_path: Path,
 ) -> None:
     kube = clean_cluster
-    node_name = localcluster.local_node_name()
-    node = await kube.get(NODES, node_name)
+    node_name = NODE
+    node = await make_node(node_name)
     agent = start_agent(cluster, tmp_path)
     try:
         # Attach: a NodeDevice of type loop with the right size, owned by the Node.
@@ -121,4 +129,3 @@ async def test_storage_agent_publishes_hotplug_survives_restart_and_is_collected
         )
     finally:
         agent.stop()
-        await localcluster.ensure_node(kube, node_name, localcluster.local_node_info())

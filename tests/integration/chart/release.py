@@ -24,11 +24,24 @@ PROJECT_CRDS = [
 ]
 
 
+# Outside the pods suite (tests/pods) the chart's pods must not run: an agent pod would serve this
+# machine's Node beside the agent processes that other tests start for it. An image tag that the
+# node does not have keeps each pod in ErrImagePull, while the API server and the controllers do
+# all they do with the chart's objects.
+IMAGES_NOT_ON_NODE = (
+    "--set-string",
+    "operator.image.tag=not-on-this-node",
+    "--set-string",
+    "agent.image.tag=not-on-this-node",
+)
+
+
 @dataclass(frozen=True)
 class Release:
     cluster: ClusterConfig
     name: str
     namespace: str
+    run_pods: bool = False  # True: the images `make images` built, which the pods suite imported
 
     @property
     def fullname(self) -> str:
@@ -44,15 +57,39 @@ class Release:
         return helm.run(*args, cluster=self.cluster, check=check)
 
     def install(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        images = () if self.run_pods else IMAGES_NOT_ON_NODE
         return self.helm(
-            "install", self.name, str(helm.CHART), "--namespace", self.namespace, "--create-namespace", *extra
+            "install",
+            self.name,
+            str(helm.CHART),
+            "--namespace",
+            self.namespace,
+            "--create-namespace",
+            *images,
+            *extra,
         )
 
     def upgrade(self, *extra: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
         return self.helm("upgrade", self.name, str(chart), "--namespace", self.namespace, *extra)
 
     def uninstall(self, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.helm("uninstall", self.name, "--namespace", self.namespace, "--wait", check=check)
+        """helm uninstall, then wait until the release's Pods are gone too (the garbage collector
+        deletes them after their workloads, and the kubelet ends them within their grace period):
+        no agent pod of one test may serve the node while the next test runs."""
+        result = self.helm("uninstall", self.name, "--namespace", self.namespace, "--wait", check=check)
+        kubectl(
+            self.cluster,
+            "wait",
+            "--for=delete",
+            "pods",
+            "-n",
+            self.namespace,
+            "-l",
+            f"app.kubernetes.io/instance={self.name}",
+            "--timeout=55s",  # within kubectl()'s own limit
+            check=False,
+        )
+        return result
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         args = ["get", kind, name, "-o", "json", "--ignore-not-found"]

@@ -80,7 +80,7 @@ def prepared(
             release.install("--take-ownership")
     yield name
     if setting.checkout:
-        demo.stop(demo.Layout.of(cluster), quiet=True)  # if its `make demo-down` was not reached
+        demo.stop(cluster, quiet=True)  # if its `make demo-down` was not reached
     if chart != "none":
         release.uninstall(check=False)
         delete_namespace(cluster, NAMESPACE, wait=False)

@@ -1,22 +1,21 @@
 """The container images that `make images` builds: each starts its component, runs as the user
 docs/security.md promises, and carries no compilers, package lists or build-tool caches.
 
-The session fixture runs hack/build-images.sh itself, so these tests always check images of the
-current tree (about 50 s when the base root filesystem is cached; docs/installing.md)."""
+The session fixture `project_images` (tests/conftest.py) runs hack/build-images.sh itself, so
+these tests always check images of the current tree (about 50 s when the base root filesystem is
+cached; docs/installing.md). The pods suite runs the same images on the local node."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, require
+from tests.conftest import REPO_ROOT
 from tests.harness.ociimage import OciImage, unpack
 
 pytestmark = pytest.mark.images
@@ -25,30 +24,9 @@ VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["
 IMAGES = {"storage-operator": "operator", "storage-agent": "agent"}
 
 
-def _missing_prerequisite() -> str | None:
-    if os.geteuid() != 0:
-        return "building images with buildah (chroot isolation) and debootstrap needs root"
-    for tool in ("buildah", "debootstrap", "chroot"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed: run 'make deps'"
-    return None
-
-
 @pytest.fixture(scope="session")
-def built_images() -> dict[str, Path]:
-    require(_missing_prerequisite())
-    result = subprocess.run(
-        [str(REPO_ROOT / "hack" / "build-images.sh")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert result.returncode == 0, f"make images failed:\n{result.stdout}\n{result.stderr}"
-    archives = {name: REPO_ROOT / ".images" / f"{name}-{VERSION}.oci.tar" for name in IMAGES}
-    for archive in archives.values():
-        assert archive.is_file(), f"{archive} was not written"
-    return archives
+def built_images(project_images: dict[str, Path]) -> dict[str, Path]:
+    return project_images
 
 
 @pytest.fixture(scope="session", params=sorted(IMAGES))
