@@ -7,6 +7,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import time
 import tomllib
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -211,6 +212,23 @@ def project_images() -> dict[str, Path]:
     for archive in archives.values():
         assert archive.is_file(), f"{archive} was not written"
     return archives
+
+
+@pytest.fixture(scope="session")
+def node_images(cluster: localcluster.ClusterConfig, project_images: dict[str, Path]) -> dict[str, Path]:
+    """The project's images and the pause image, in the local node's containerd."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(REPO_ROOT / "hack" / "node-images.sh"), "import"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "SDO_CLUSTER_DIR": str(cluster.root)},
+    )
+    assert result.returncode == 0, f"hack/node-images.sh import failed:\n{result.stdout}{result.stderr}"
+    print(f"images imported in {time.monotonic() - started:.1f}s:\n{result.stderr}")
+    return project_images
 
 
 # --- devices ---------------------------------------------------------------------------------

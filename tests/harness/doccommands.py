@@ -3,8 +3,9 @@
 A fenced `sh` block is a command block and must be preceded by one of these markers:
 
     <!-- test -->               run it; it must succeed
-    <!-- test: no-kubelet -->   run it; it succeeds, or fails only because this control plane
-                                has no kubelet or scheduler (Pods never run here)
+    <!-- test: no-pods -->      run it; it succeeds, or fails only because the chart's pods do
+                                not run in this test: its components run as processes beside
+                                it, and the release pins images the node does not have
     <!-- test: fails -->        run it; its last command must fail (the doc shows a refusal)
 
 A `text` block right after a command block may be marked `<!-- output -->`: it shows what the
@@ -39,13 +40,12 @@ SAFE_FILE = re.compile(r"^(?!/)(?!.*\.\.)[A-Za-z0-9_./-]+$")
 FENCE = re.compile(r"^```(?P<lang>[A-Za-z0-9_-]*)\s*$")
 COMMAND_LANGS = {"sh", "bash", "shell", "console"}
 OUTPUT_LANGS = {"text", ""}
-MODES = {"run", "no-kubelet", "fails"}
-# What kubectl says about a Pod that no kubelet ever ran.
-NO_KUBELET = re.compile(
-    r"does not have a host assigned|is waiting to start|timed out waiting for the condition on pods/"
-)
-# ... and that is accepted only while no Pod of the cluster was ever scheduled to a node.
-NO_POD_SCHEDULED = "test -z \"$(kubectl get pods --all-namespaces -o jsonpath='{.items[*].spec.nodeName}')\""
+MODES = {"run", "no-pods", "fails"}
+# What kubectl says about a Pod whose image the node does not have.
+NO_PODS = re.compile(r"is waiting to start|timed out waiting for the condition on pods/")
+# ... and that is accepted only while the release's pods pin such an image
+# (tests/integration/chart/release.py, IMAGES_NOT_ON_NODE).
+PODS_PINNED_AWAY = "kubectl get pods --all-namespaces -o jsonpath='{..image}' | grep -q not-on-this-node"
 # Where the script writes each command block's output: "$DOC_OUTPUTS/<line of its fence>.out".
 OUTPUTS_VARIABLE = "DOC_OUTPUTS"
 
@@ -55,7 +55,8 @@ class Setting:
     """What the commands of one document start from.
 
     cluster: "none" (no control plane needed), "session" (the test session's local control
-    plane, CRDs applied), "own" (the document starts and stops a control plane itself).
+    plane, CRDs applied), "own" (the document runs `make cluster-up` itself, in the checkout: on
+    the session's cluster, since a machine is one node).
     chart: "fresh" (no release, no CRDs), "installed" (the chart installed as installing.md
     installs it), "none" (neither prepared nor removed).
     components: a real storage-operator and storage-agent run as local processes for this
@@ -80,6 +81,7 @@ DOCUMENTS: dict[str, Setting] = {
     "docs/devices.md": Setting(components=True),
     "docs/driver-runtime.md": Setting(components=True),
     "docs/installing.md": Setting(chart="fresh"),
+    "docs/local-cluster.md": Setting(checkout=True),
     "docs/operator.md": Setting(components=True),
     "docs/security.md": Setting(chart="installed"),
     "docs/troubleshooting.md": Setting(chart="installed", components=True),
@@ -95,7 +97,7 @@ class Block:
     line: int  # of the opening fence, 1-based
     lang: str
     kind: str | None  # "test", "output", "file", or None: not marked
-    mode: str | None  # for "test": run, no-kubelet, fails; for "file": the file's name
+    mode: str | None  # for "test": run, no-pods, fails; for "file": the file's name
     text: str
 
     @property
@@ -199,12 +201,12 @@ def script(document: Path) -> str:
         parts.append(f"echo {shlex.quote('>>> ' + block.where)}")
         parts.append(f'__out="${OUTPUTS_VARIABLE}/{output_file(block)}"')
         body = "{\n" + block.text + '\n} >"$__out" 2>&1 </dev/null'
-        if block.mode == "no-kubelet":
+        if block.mode == "no-pods":
             parts.append(
                 f"if ! {body}; then\n"
                 '  cat "$__out"\n'
-                f'  grep -Eq {shlex.quote(NO_KUBELET.pattern)} "$__out" && {NO_POD_SCHEDULED} '
-                f"|| {{ echo FAILED \\(not for lack of a kubelet\\): {where} >&2; exit 1; }}\n"
+                f'  grep -Eq {shlex.quote(NO_PODS.pattern)} "$__out" && {PODS_PINNED_AWAY} '
+                f"|| {{ echo FAILED \\(not for pods that do not run here\\): {where} >&2; exit 1; }}\n"
                 'else\n  cat "$__out"\nfi'
             )
         elif block.mode == "fails":

@@ -9,9 +9,7 @@ and an agent process never serve this machine's Node at the same time.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,23 +29,6 @@ RELEASE = "sdo-pods"
 NAMESPACE = "sdo-pods"
 COMPONENTS = ("operator", "agent", "supervisor")
 DRIVER_FILE = REPO_ROOT / "examples" / "drivers" / "loop_info.py"
-
-
-@pytest.fixture(scope="session")
-def node_images(cluster: ClusterConfig, project_images: dict[str, Path]) -> dict[str, Path]:
-    """The project's images and the pause image, in the local node's containerd."""
-    started = time.monotonic()
-    result = subprocess.run(
-        [str(REPO_ROOT / "hack" / "node-images.sh"), "import"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "SDO_CLUSTER_DIR": str(cluster.root)},
-    )
-    assert result.returncode == 0, f"hack/node-images.sh import failed:\n{result.stdout}{result.stderr}"
-    print(f"images imported in {time.monotonic() - started:.1f}s:\n{result.stderr}")
-    return project_images
 
 
 @dataclass

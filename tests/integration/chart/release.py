@@ -17,7 +17,7 @@ from storage_driver_api.kube import Credentials
 from tests.conftest import kubectl
 from tests.harness import helm
 from tests.harness.helm import CHART
-from tests.harness.localcluster import ClusterConfig
+from tests.harness.localcluster import ClusterConfig, local_node_name
 
 PROJECT_CRDS = [
     f"{p}.storage.datawarehouse.io" for p in ("storagedrivers", "nodedevices", "nodedriverconfigs")
@@ -73,22 +73,23 @@ class Release:
         return self.helm("upgrade", self.name, str(chart), "--namespace", self.namespace, *extra)
 
     def uninstall(self, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """helm uninstall, then wait until the release's Pods are gone too (the garbage collector
-        deletes them after their workloads, and the kubelet ends them within their grace period):
-        no agent pod of one test may serve the node while the next test runs."""
+        """helm uninstall, then wait until the release's Pods on this machine's Node are gone too
+        (the garbage collector deletes them after their workloads, and the kubelet ends them
+        within their grace period): no agent pod of one test may serve the node while the next
+        test runs. Pods bound to simulated Nodes never ran and are left to the pod collector."""
         result = self.helm("uninstall", self.name, "--namespace", self.namespace, "--wait", check=check)
-        kubectl(
-            self.cluster,
-            "wait",
-            "--for=delete",
-            "pods",
-            "-n",
-            self.namespace,
-            "-l",
-            f"app.kubernetes.io/instance={self.name}",
-            "--timeout=55s",  # within kubectl()'s own limit
-            check=False,
-        )
+        on_node = f"spec.nodeName={local_node_name()}"
+        selector = f"app.kubernetes.io/instance={self.name}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pods = self.list_objects("pods", self.namespace, selector, field_selector=on_node)
+            if not pods:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(
+                f"pods of release {self.name} still on the node: {[p['metadata']['name'] for p in pods]}"
+            )
         return result
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
@@ -104,7 +105,9 @@ class Release:
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout) if out.stdout.strip() else None
 
-    def list_objects(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+    def list_objects(
+        self, kind: str, namespace: str, selector: str = "", field_selector: str = ""
+    ) -> list[dict[str, Any]]:
         out = subprocess.run(
             [
                 str(self.cluster.kubectl),
@@ -114,6 +117,7 @@ class Release:
                 "-n",
                 namespace,
                 *(["-l", selector] if selector else []),
+                *([f"--field-selector={field_selector}"] if field_selector else []),
                 "-o",
                 "json",
             ],

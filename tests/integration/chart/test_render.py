@@ -190,9 +190,29 @@ def test_agent_runs_on_every_node_whatever_the_taints(defaults: list[dict[str, A
 def test_agent_host_mounts_and_downward_api(defaults: list[dict[str, Any]]) -> None:
     agent = find(defaults, "DaemonSet", "-agent")
     assert mounts(agent) == HOST_MOUNTS_AGENT
-    assert env_from_field(agent) == {"NODE_NAME": "spec.nodeName", "POD_NAMESPACE": "metadata.namespace"}
+    assert env_from_field(agent) == {
+        "NODE_NAME": "spec.nodeName",
+        "POD_NAMESPACE": "metadata.namespace",
+        "POD_NAME": "metadata.name",
+    }
     args = container(agent)["args"]
     assert "--driver-dir=/var/lib/storage-drivers" in args and "--state-dir=/var/lib/storage-agent" in args
+    # The kubelet's probes ask the agent itself: ready once devices are published and the spec read.
+    assert "--health=0.0.0.0:8090" in args
+    probes = {kind: container(agent)[kind]["httpGet"] for kind in ("readinessProbe", "livenessProbe")}
+    assert probes == {
+        "readinessProbe": {"path": "/readyz", "port": "health"},
+        "livenessProbe": {"path": "/healthz", "port": "health"},
+    }
+    assert container(agent)["ports"] == [{"name": "health", "containerPort": 8090, "protocol": "TCP"}]
+
+
+def test_supervisor_is_ready_while_it_accepts_the_agents_connections(defaults: list[dict[str, Any]]) -> None:
+    supervisor = container(find(defaults, "DaemonSet", "-supervisor"))
+    command = supervisor["readinessProbe"]["exec"]["command"]
+    assert command[-1] == "/var/lib/storage-agent/supervisor.sock"
+    # No liveness probe: restarting the supervisor stops every driver on the node.
+    assert "livenessProbe" not in supervisor
 
 
 def test_agent_is_root_without_capabilities_and_without_host_network(defaults: list[dict[str, Any]]) -> None:

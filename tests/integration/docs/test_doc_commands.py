@@ -8,8 +8,7 @@ starts a control plane of its own with `make cluster-up` and is stopped with `ma
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +57,10 @@ def test_commands_that_need_no_cluster(name: str, tmp_path: Path) -> None:
     check(doccommands.run(REPO_ROOT / name, workdir(tmp_path), env, tmp_path / "outputs"))
 
 
+# The chart's default hostPaths: a document that installs the chart as a user does makes them.
+CHART_HOST_DIRS = (Path("/var/lib/storage-drivers"), Path("/var/lib/storage-agent"))
+
+
 @pytest.fixture
 def prepared(
     request: pytest.FixtureRequest, clean_cluster: KubeClient, cluster: ClusterConfig
@@ -69,11 +72,14 @@ def prepared(
     if setting.checkout:
         require(loop_devices_available())  # `make demo` attaches a loop device
     release = Release(cluster, RELEASE, NAMESPACE)
+    new_host_dirs = [d for d in CHART_HOST_DIRS if not d.exists()]
     if chart != "none":
         require(helm.missing())
         release.uninstall(check=False)
         delete_namespace(cluster, NAMESPACE)
         if chart == "fresh":
+            # The document installs the chart itself, as a user does: its pods run for real.
+            request.getfixturevalue("node_images")
             delete_project_crds(cluster)
         else:
             # The session's CRDs came from `kubectl apply`: let the release adopt them.
@@ -85,6 +91,8 @@ def prepared(
         release.uninstall(check=False)
         delete_namespace(cluster, NAMESPACE, wait=False)
         apply_crds(cluster)
+    for directory in new_host_dirs:  # made on this machine by the chart's pods (default hostPaths)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.mark.parametrize("prepared", WITH_CLUSTER, indirect=True)
@@ -97,35 +105,20 @@ def test_commands_on_the_local_control_plane(prepared: str, tmp_path: Path, clus
     check(doccommands.run(REPO_ROOT / prepared, cwd, env, tmp_path / "outputs"))
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def test_readme_commands_from_a_checkout(tmp_path: Path) -> None:
-    """The README as a new user follows it in the checkout: `make cluster-up` starts a control
-    plane of its own (its own directory and ports, so the session's is untouched), kubectl,
-    helm and sdctl work against it, and `make cluster-down` stops everything it started."""
+def test_readme_commands_from_a_checkout(
+    tmp_path: Path, cluster: ClusterConfig, clean_cluster: KubeClient, node_images: dict[str, Path]
+) -> None:
+    """The README as a new user follows it in the checkout, on this machine's one node: `make
+    cluster-up` (up already: it says so), kubectl, helm (the chart's pods run) and sdctl; a fresh
+    cluster for the chart (no release, no CRDs), and the session's CRDs back afterwards."""
     require(helm.missing())
     require(None if os.geteuid() == 0 else "make cluster-up runs make deps, which needs root")
-    ports = free_ports(4)
-    names = ("SDO_ETCD_PORT", "SDO_ETCD_PEER_PORT", "SDO_APISERVER_PORT", "SDO_CONTROLLER_MANAGER_PORT")
-    cluster_dir = tmp_path / "cluster"
+    release = Release(cluster, RELEASE, NAMESPACE)
+    release.uninstall(check=False)
+    delete_namespace(cluster, NAMESPACE)
+    delete_project_crds(cluster)
     env = {
         **helm.environment(),
-        **{name: str(port) for name, port in zip(names, ports, strict=True)},
-        "SDO_CLUSTER_DIR": str(cluster_dir),
         # helm 4 on PATH, as the README asks; kubectl and sdctl come from the README's own steps.
         "PATH": search_path(helm.helm_binary().parent),
     }
@@ -134,8 +127,6 @@ def test_readme_commands_from_a_checkout(tmp_path: Path) -> None:
     try:
         check(doccommands.run(REPO_ROOT / "README.md", REPO_ROOT, env, tmp_path / "outputs"))
     finally:
-        down = subprocess.run(
-            ["make", "cluster-down"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
-        )
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert [port for port in ports if listening(port)] == [], "make cluster-down left a port open"
+        release.uninstall(check=False)
+        delete_namespace(cluster, NAMESPACE, wait=False)
+        apply_crds(cluster)

@@ -67,6 +67,14 @@ def test_operator_runs_as_non_root_and_agent_as_root(image: OciImage) -> None:
         assert uid in ("0", "root")
 
 
+def test_the_image_user_has_a_name(image: OciImage) -> None:
+    """Libraries ask the password database for the user's name (kopf did, and the operator pod
+    crash-looped without an entry); the user the image runs as has one."""
+    uid = image.user.split(":")[0]
+    entries = (image.rootfs / "etc" / "passwd").read_text().splitlines()
+    assert any(line.split(":")[2] == uid for line in entries if line.count(":") >= 6), entries
+
+
 COMPILERS = re.compile(
     r"^(gcc|g\+\+|cc|c\+\+|clang|clang\+\+|cc1|cc1plus|ld|as|[\w-]+-linux-gnu-(gcc|g\+\+|ld|as))(-\d+)?$"
 )

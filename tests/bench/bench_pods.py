@@ -1,0 +1,162 @@
+"""Hot-plug through the chart's own pods on the local node: the path `helm install` runs.
+
+    python -m tests.bench pods [--write]
+
+The project's images (`make images`) are imported into the node's containerd and the chart is
+installed with them; the operator, agent and supervisor run as pods, the driver hosts in the
+supervisor's container. The example loop StorageDriver is applied with `unloadDelaySeconds: 0`
+and a deviceSelector for this benchmark's device size, and each of the attaches is timed
+stage by stage exactly as `bench_hotplug` does for local processes, from watches of the node's
+NodeDevices and NodeDriverConfig.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from storage_driver_api.constants import (
+    NODE_DEVICES,
+    NODE_DRIVER_CONFIGS,
+    NODE_LABEL,
+    STORAGE_DRIVERS,
+    node_label_value,
+)
+from storage_driver_api.kube import KubeClient, load_kubeconfig
+
+from tests.bench.bench_hotplug import ATTACHES, DRIVER, STAGES_IN, STAGES_OUT, Stream, cycle, follow, until
+from tests.bench.table import Table, ms, percentile
+from tests.harness import localcluster
+from tests.harness.loopdev import loop_devices_available
+from tests.integration.chart.release import Release, delete_namespace
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RELEASE = "sdo-bench"
+
+
+def images(cfg: localcluster.ClusterConfig) -> None:
+    env = {**os.environ, "SDO_CLUSTER_DIR": str(cfg.root)}
+    for argv in (["hack/build-images.sh"], ["hack/node-images.sh", "import"]):
+        subprocess.run(argv, cwd=REPO_ROOT, env=env, check=True, capture_output=True, timeout=1800)
+
+
+def pods_ready(release: Release) -> bool:
+    pods = [p for c in ("operator", "agent", "supervisor") for p in release.pods(c)]
+    return len(pods) == 3 and all(
+        any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])
+        for p in pods
+    )
+
+
+async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
+    node = localcluster.local_node_name()
+    size = 6 * 2**20 + random.randrange(1, 256) * 4096  # a size no other loop device here has
+    driver_dir = work / "drivers"
+    driver_dir.mkdir()
+    shutil.copy(REPO_ROOT / "examples" / "drivers" / "loop_info.py", driver_dir)
+    manifest: dict[str, Any] = yaml.safe_load(
+        (REPO_ROOT / "examples" / "storagedriver-loop.yaml").read_text()
+    )
+    manifest["spec"]["unloadDelaySeconds"] = 0
+    manifest["spec"]["deviceSelector"] = [{"key": "sizeBytes", "operator": "In", "values": [str(size)]}]
+    release = Release(cfg, RELEASE, RELEASE, run_pods=True)
+    release.uninstall(check=False)
+    delete_namespace(cfg, RELEASE)
+    installed_at = time.monotonic()
+    release.install(
+        "--set-string", f"hostPaths.driverDir={driver_dir}",
+        "--set-string", f"hostPaths.stateDir={work / 'state'}",
+        "--take-ownership",
+    )  # fmt: skip
+    while not await asyncio.to_thread(pods_ready, release):
+        if time.monotonic() - installed_at > 180:
+            raise TimeoutError("the release's pods did not become Ready in 180 s")
+        await asyncio.sleep(0.2)
+    ready_after = time.monotonic() - installed_at
+    ins: dict[str, list[float]] = {s: [] for s in STAGES_IN}
+    outs: dict[str, list[float]] = {s: [] for s in STAGES_OUT}
+    async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as kube:
+        devices, config = Stream(), Stream()
+        ready = [asyncio.Event(), asyncio.Event()]
+        selector = f"{NODE_LABEL}={node_label_value(node)}"
+        watchers = [
+            asyncio.create_task(follow(kube, NODE_DEVICES, devices, ready[0], label_selector=selector)),
+            asyncio.create_task(
+                follow(kube, NODE_DRIVER_CONFIGS, config, ready[1], field_selector=f"metadata.name={node}")
+            ),
+        ]
+        try:
+            for event in ready:
+                await event.wait()
+            await kube.delete(STORAGE_DRIVERS, DRIVER)
+            await kube.create(STORAGE_DRIVERS, manifest)
+            await until(
+                config,
+                lambda: any(
+                    a.get("file") == "loop_info.py"
+                    for a in ((config.objects.get(node) or {}).get("status") or {}).get("available") or []
+                ),
+                "loop_info.py to be available",
+            )
+            for index in range(ATTACHES):
+                timings_in, timings_out = await cycle(devices, config, node, work / f"pods-{index}.img", size)
+                for stage, value in zip(STAGES_IN, timings_in, strict=True):
+                    ins[stage].append(value)
+                for stage, value in zip(STAGES_OUT, timings_out, strict=True):
+                    outs[stage].append(value)
+                await asyncio.sleep(0.3)
+        finally:
+            await kube.delete(STORAGE_DRIVERS, DRIVER)
+            await asyncio.sleep(2.0)  # the operator pod releases its finalizer
+            for task in watchers:
+                task.cancel()
+            release.uninstall(check=False)
+            delete_namespace(cfg, RELEASE, wait=False)
+    table = Table(
+        "Hot-plug through the chart's pods (local node: kubelet, containerd, supervisor launcher)",
+        ["stage (cumulative, from losetup)", "p50", "p95", "max", "samples"],
+        command="python -m tests.bench pods --write",
+        notes=(
+            "The chart installed with the project's images on the local node; the agent pod follows "
+            "kernel uevents in its own network namespace and has the supervisor pod start each driver "
+            "host. Stages as in the local-process table above. helm install -> every pod Ready took "
+            f"{ready_after:.1f} s in this run."
+        ),
+    )
+    for stages, samples in ((STAGES_IN, ins), (STAGES_OUT, outs)):
+        for stage in stages:
+            values = samples[stage]
+            table.add(
+                ("attach -> " if stages is STAGES_IN else "detach -> ") + stage,
+                ms(percentile(values, 50)),
+                ms(percentile(values, 95)),
+                ms(max(values)),
+                len(values),
+            )
+    return [table]
+
+
+def run() -> list[Table]:
+    missing = loop_devices_available()
+    if missing:
+        raise SystemExit(f"bench pods: {missing}")
+    cfg = localcluster.ClusterConfig.from_env()
+    started = not localcluster.is_up(cfg)
+    if started:
+        localcluster.up(cfg)
+    images(cfg)
+    work = Path(tempfile.mkdtemp(prefix="sdo-bench-pods-"))
+    try:
+        return asyncio.run(measure(cfg, work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if started:
+            localcluster.down(cfg)
