@@ -25,17 +25,20 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import yaml
-from kubernetes.client import Configuration
-from kubernetes.config import incluster_config, kube_config
-from kubernetes.config.config_exception import ConfigException
-from kubernetes.config.exec_provider import ExecProvider
+
+if TYPE_CHECKING:
+    from kubernetes.client import Configuration
 
 __all__ = ["Credentials", "KubeConfigError", "TokenSource", "load_credentials", "load_kubeconfig"]
 
 DEFAULT_KUBECONFIG: Final = Path("~/.kube/config")
+# The package's own defaults (kubernetes.config.incluster_config), so that importing this module
+# does not import the package: the agent's supervisor, which needs no credentials, stays lean.
+SERVICE_TOKEN_FILENAME: Final = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+SERVICE_CERT_FILENAME: Final = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 # Renew this long before expiry, or a fifth of the token's lifetime if that is shorter.
 RENEW_BEFORE: Final = datetime.timedelta(minutes=5)
 # A renewal that gave no fresher token (the plugin failed) is tried again after this long.
@@ -95,7 +98,9 @@ class TokenSource:
             self._renew_at: datetime.datetime | None = None
         else:
             lifetime = max(expires - self._loaded_at, datetime.timedelta(0))
-            self._renew_at = max(expires - min(RENEW_BEFORE, lifetime / 5), self._loaded_at + RETRY_RENEWAL)
+            self._renew_at = expires - min(RENEW_BEFORE, lifetime / 5)
+            if self._renew_at <= self._loaded_at:  # the plugin gave no fresher token
+                self._renew_at = self._loaded_at + RETRY_RENEWAL
 
     @property
     def expires_at(self) -> datetime.datetime | None:
@@ -121,6 +126,8 @@ class TokenSource:
 
     def renew(self, *, force: bool = False) -> None:
         """Run the loader again if the token is due (or `force`: the server refused it)."""
+        from kubernetes.config.config_exception import ConfigException
+
         with self._lock:
             if not self.due() and (not force or self._clock() - self._loaded_at < FORCED_RENEWAL_GAP):
                 return  # another request renewed it meanwhile
@@ -241,6 +248,9 @@ def _token_file(user: Any) -> Path | None:
 
 def _exec_failure(user: Any, cluster: Any) -> str:
     """Why the user's exec plugin gave nothing: the package only logs it, so run it once more."""
+    from kubernetes.config.config_exception import ConfigException
+    from kubernetes.config.exec_provider import ExecProvider
+
     base = str(Path(user.path).parent) if user.path else None
     try:
         ExecProvider(user["user"]["exec"], base, cluster).run()
@@ -254,6 +264,10 @@ def _exec_failure(user: Any, cluster: Any) -> str:
 def load_kubeconfig(paths: str | Path, context: str | None = None) -> Credentials:
     """Credentials from one kubeconfig, or several joined with `os.pathsep` (merged as kubectl
     does: the first file that names a cluster, user or context wins)."""
+    from kubernetes.client import Configuration
+    from kubernetes.config import kube_config
+    from kubernetes.config.config_exception import ConfigException
+
     joined = str(paths)
     try:
         merger = kube_config.KubeConfigMerger(joined)
@@ -296,10 +310,13 @@ def load_kubeconfig(paths: str | Path, context: str | None = None) -> Credential
 
 
 def load_in_cluster(
-    token_file: str = incluster_config.SERVICE_TOKEN_FILENAME,
-    ca_file: str = incluster_config.SERVICE_CERT_FILENAME,
+    token_file: str = SERVICE_TOKEN_FILENAME, ca_file: str = SERVICE_CERT_FILENAME
 ) -> Credentials:
     """The pod's service account, as the package loads it; the token file rotates."""
+    from kubernetes.client import Configuration
+    from kubernetes.config import incluster_config
+    from kubernetes.config.config_exception import ConfigException
+
     configuration = Configuration()
 
     def reload() -> None:

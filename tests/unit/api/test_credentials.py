@@ -122,7 +122,10 @@ def test_inline_certificates_become_files_the_ssl_context_loads(tmp_path: Path) 
     # The harness's generator, for a real CA and client pair.
     cluster = dataclasses.replace(ClusterConfig.from_env(), root=tmp_path / "cluster")
     ensure_pki(cluster)
-    b64 = lambda p: base64.b64encode(p.read_bytes()).decode()  # noqa: E731
+
+    def b64(path: Path) -> str:
+        return base64.b64encode(path.read_bytes()).decode()
+
     path = kubeconfig(
         tmp_path / "config",
         {
