@@ -27,6 +27,7 @@ from storage_driver_operator.views import DriverRun, StorageDriverView
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 RECONCILING, STALLED = "Reconciling", "Stalled"  # kstatus (sigs.k8s.io/cli-utils)
 LOAD_FAILED = "LoadFailed"
+UNHEALTHY = "Unhealthy"  # loaded, but its health() says otherwise
 AT_TEMPLATE = frozenset({Action.LOAD, Action.KEEP, Action.UPDATE})
 SHOWN_NODES = 3
 
@@ -52,6 +53,8 @@ class NodeDriverState:
         if self.run is not None and self.run.failed:
             reason = self.run.error_reason or LOAD_FAILED
             return reason, self.run.error_message or self.run.message or "the driver failed on the node"
+        if self.run is not None and self.run.loaded and self.run.unhealthy:
+            return UNHEALTHY, self.run.unhealthy
         d = self.decision
         if d.has_hardware and d.reason in (Reason.CAPACITY_EXCEEDED, Reason.DRIVER_NOT_AVAILABLE):
             return str(d.reason), d.message

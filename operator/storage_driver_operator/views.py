@@ -152,6 +152,7 @@ class DriverRun:
     error_reason: str | None = None
     error_message: str | None = None
     message: str = ""
+    unhealthy: str | None = None  # what the driver's health() said, while it says so
 
     @property
     def loaded(self) -> bool:
@@ -224,6 +225,7 @@ def _run(item: Mapping[str, Any]) -> DriverRun:
         error_reason=error.get("reason"),
         error_message=error.get("message"),
         message=str(item.get("message") or ""),
+        unhealthy=str(item["unhealthy"]) if item.get("unhealthy") else None,
     )
 
 

@@ -151,6 +151,7 @@ def driver_status(report: DriverReport, present: frozenset[str], now: float) -> 
             if report.last_error
             else None
         ),
+        unhealthy=report.unhealthy[:MESSAGE_MAX] if report.unhealthy and host is not None else None,
         message=message[:MESSAGE_MAX],
         devices=[BoundDevice(name=name, facts=_facts(report.facts.get(name) or {})) for name in bound],
     )

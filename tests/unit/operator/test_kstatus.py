@@ -101,6 +101,12 @@ ROUNDS: dict[str, tuple[StorageDriverView, list[NodeDriverState], str, str]] = {
         "InProgress",
         "Degraded",
     ),
+    "unhealthy on its only node": (
+        driver(generation=GENERATION),
+        [load("a", unhealthy="health() returned False")],
+        "Failed",
+        "Degraded",
+    ),
     "invalid spec": (
         driver(generation=GENERATION, maxUnavailable="lots"),
         [skip("a", Reason.INVALID_SPEC)],
@@ -184,3 +190,34 @@ def test_argo_cd_agrees(interpreter: str, case: str) -> None:
         require(f"{interpreter} is not installed: run 'make deps'")
     view, states, _, expected = ROUNDS[case]
     assert health(interpreter, obj(view, aggregate(view, states, AT)))[0] == expected
+
+
+def test_an_unhealthy_driver_is_not_ready_and_names_the_node() -> None:
+    states = [load("a"), load("b", unhealthy="health() did not answer within 10s")]
+    status = aggregate(driver(generation=GENERATION), states, AT)
+    conditions = {c.type: c for c in status.conditions}
+    assert (conditions["Ready"].status, conditions["Ready"].reason) == ("False", "Unhealthy")
+    assert conditions["Degraded"].message == "1 node failing: b: Unhealthy"
+    assert conditions["Stalled"].status == "True"
+    assert [(f.node, f.reason, f.message) for f in status.failing_nodes] == [
+        ("b", "Unhealthy", "health() did not answer within 10s")
+    ]
+    # Counted loaded (it runs), not failed (it did not stop).
+    assert (status.loaded_nodes, status.failed_nodes) == (2, 0)
+
+
+def test_a_health_verdict_counts_only_while_the_driver_is_loaded() -> None:
+    # A host still starting, or stopping, has no health to speak of yet.
+    for phase in ("Loading", "Unloading", "Pending"):
+        state = load("a", phase=phase, unhealthy="stale")
+        assert state.failure() is None, phase
+    assert load("a", unhealthy="").failure() is None
+    assert load("a", unhealthy="disk gone").failure() == ("Unhealthy", "disk gone")
+
+
+def test_a_crash_loop_shows_while_the_driver_waits_out_its_backoff() -> None:
+    # The agent reports Failed/Crashed between restarts (the backoff grows to minutes).
+    status = aggregate(driver(generation=GENERATION), [crashed("a")], AT)
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "LoadFailed")
+    assert status.failing_nodes[0].reason == "Crashed"
