@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from storage_driver_api.constants import FINALIZER, LEASE_NAMESPACE_DEFAULT, STORAGE_DRIVERS
+from storage_driver_api.constants import FINALIZER, LEASE_NAMESPACE_DEFAULT, LEASE_PREFIX, STORAGE_DRIVERS
 from storage_driver_api.kube import LEASES, SECRETS, SERVICEACCOUNTS, KubeClient
 
 from tests.conftest import REPO_ROOT, kubectl
@@ -131,6 +131,7 @@ def components(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[Compon
             "--node-name", localcluster.local_node_name(),
             "--driver-dir", str(tmp_path / "drivers"),
             "--state-dir", str(tmp_path / "agent-state"),
+            "--lease-renew", "2",  # requests all the time, so a refused token shows at once
         ],
         tmp_path / "agent.log",
         env={**env, "PLUGIN_RUNS": str(tmp_path / "agent.runs")},
@@ -153,7 +154,7 @@ async def still_working(kube: KubeClient, name: str, since: datetime.datetime) -
     node = localcluster.local_node_name()
 
     async def lease_renewed() -> bool:
-        lease = await kube.get_or_none(LEASES, node, LEASE_NAMESPACE_DEFAULT)
+        lease = await kube.get_or_none(LEASES, LEASE_PREFIX + node, LEASE_NAMESPACE_DEFAULT)
         renewed = ((lease or {}).get("spec") or {}).get("renewTime")
         return bool(renewed) and datetime.datetime.fromisoformat(str(renewed).replace("Z", "+00:00")) > since
 
@@ -168,12 +169,6 @@ async def still_working(kube: KubeClient, name: str, since: datetime.datetime) -
         )
 
     await eventually(handled, timeout=60, what=f"the operator to take {name} (finalizer and status)")
-
-
-def no_refusal_left(process: ComponentProcess, after: int) -> None:
-    """Once renewed, nothing is refused any more: the log's tail has no 401."""
-    tail = process.log(10_000).splitlines()[after:]
-    assert not any("401" in line and "Unauthorized" in line for line in tail[-20:]), "\n".join(tail[-20:])
 
 
 async def test_an_exec_plugin_in_a_kubeconfig_split_over_several_files(
@@ -260,10 +255,12 @@ async def test_an_exec_plugin_in_a_kubeconfig_split_over_several_files(
         for process in (operator, agent):
             assert process.running, process.log()
             count = runs(tmp_path / f"{process.name.removeprefix('storage-')}.runs")
-            # Renewed as the tokens expire (about every 5 s), not on every request: the agent
-            # alone makes several requests a second.
-            assert 3 <= count <= 2 * elapsed / (LIFETIME_S * 0.8) + 4, (process.name, count, elapsed)
-            no_refusal_left(process, 0)
+            # Renewed when a request finds the token due (about every 5 s while requests flow;
+            # the operator is idle between changes), never on every request: the agent alone
+            # renews its Lease every 2 s and writes its status.
+            assert 2 <= count <= 2 * elapsed / (LIFETIME_S * 0.8) + 4, (process.name, count, elapsed)
+            print(f"{process.name}: the plugin ran {count} times in {elapsed:.0f} s")
+        assert runs(tmp_path / "agent.runs") >= elapsed / LIFETIME_S - 1
     finally:
         for process in (agent, operator):
             process.stop()
@@ -314,8 +311,8 @@ async def test_a_token_file_that_rotates(
         await still_working(kube, "second", revoked)
         for process in (operator, agent):
             assert process.running, process.log()
-        after = sdctl(env, "drivers")
-        assert after.returncode == 0 and "second" in after.stdout, after
+        after = sdctl(env, "driver", "second")  # a new process, with the rotated file
+        assert after.returncode == 0 and "Name:         second" in after.stdout, after
     finally:
         for process in (agent, operator):
             process.stop()
