@@ -25,8 +25,8 @@ from storage_driver_api.nodedriverconfig import (
 )
 from storage_driver_api.storagedriver import KernelVersionRange
 from storage_driver_api.storagedriver import MinimumPlatform as ApiMinimumPlatform
+from storage_driver_sdk.scan import ScannedDriver
 
-from storage_driver_agent.drivers.scan import ScannedDriver
 from storage_driver_agent.drivers.statemachine import (
     Action,
     Desired,

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from storage_driver_agent.drivers.reconcile import HostSlot, describe_exit, error_reason
-from storage_driver_agent.drivers.scan import Declaration, ScannedDriver
 from storage_driver_agent.drivers.service import device_present, parse_size
 from storage_driver_agent.drivers.sources import SourceError, check_relative_path
 from storage_driver_agent.drivers.statemachine import (
@@ -39,6 +38,7 @@ from storage_driver_agent.drivers.status import (
 from storage_driver_agent.drivers.watch import debounce_deadline
 from storage_driver_api.nodedriverconfig import NodeDriverConfig
 from storage_driver_sdk import MinimumPlatform
+from storage_driver_sdk.scan import Declaration, ScannedDriver
 
 AT = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 SHA = "a" * 64
