@@ -175,6 +175,8 @@ class AvailableFile:
     error: str | None
     driver_name: str | None = None
     version: str | None = None
+    # The device types the file's decorator declares; empty when it declares none (or was not read).
+    supported_devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +253,7 @@ def config_view(obj: Obj) -> ConfigView:
                 error=item.get("error"),
                 driver_name=item.get("driverName"),
                 version=item.get("version"),
+                supported_devices=tuple(str(t) for t in item.get("supportedDevices") or ()),
             )
     observed = status_map.get("observedGeneration")
     return ConfigView(
