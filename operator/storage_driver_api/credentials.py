@@ -43,8 +43,6 @@ SERVICE_CERT_FILENAME: Final = "/var/run/secrets/kubernetes.io/serviceaccount/ca
 RENEW_BEFORE: Final = datetime.timedelta(minutes=5)
 # A renewal that gave no fresher token (the plugin failed) is tried again after this long.
 RETRY_RENEWAL: Final = datetime.timedelta(seconds=10)
-# Many requests refused at once ask for one renewal, not one each.
-FORCED_RENEWAL_GAP: Final = datetime.timedelta(seconds=1)
 WATCHED_FILE_RECHECK: Final = datetime.timedelta(minutes=1)
 
 
@@ -124,12 +122,15 @@ class TokenSource:
             return True
         return self._watched is not None and _file_state(self._watched) != self._watched_state
 
-    def renew(self, *, force: bool = False) -> None:
-        """Run the loader again if the token is due (or `force`: the server refused it)."""
+    def renew(self, *, force: bool = False, refused: str | None = None) -> None:
+        """Run the loader again if the token is due, or `force`d: the server refused the header
+        `refused` (unless another request renewed it meanwhile: many refusals, one renewal)."""
         from kubernetes.config.config_exception import ConfigException
 
         with self._lock:
-            if not self.due() and (not force or self._clock() - self._loaded_at < FORCED_RENEWAL_GAP):
+            if force and refused is not None and self.header() != refused:
+                return
+            if not force and not self.due():
                 return  # another request renewed it meanwhile
             try:
                 self._reload()
@@ -169,10 +170,11 @@ class Credentials:
     def renewal_due(self) -> bool:
         return self.tokens is not None and self.tokens.due()
 
-    def renew(self, *, force: bool = False) -> None:
-        """Renew the token (blocking: it may run an exec plugin)."""
+    def renew(self, *, force: bool = False, refused: str | None = None) -> None:
+        """Renew the token when due, or when the server refused `refused` (blocking: it may run
+        an exec plugin)."""
         if self.tokens is not None:
-            self.tokens.renew(force=force)
+            self.tokens.renew(force=force, refused=refused)
 
     def authorization(self) -> str | None:
         """The Authorization header value (call `renew` first when `renewal_due`)."""

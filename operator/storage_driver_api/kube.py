@@ -116,16 +116,22 @@ class KubeClient:
             extra["server_hostname"] = self.credentials.tls_server_name
         return extra
 
-    async def _headers(self, content_type: str | None = None, *, renew: bool = False) -> dict[str, str]:
+    async def _headers(
+        self, content_type: str | None = None, *, refused: str | None = None
+    ) -> dict[str, str]:
+        """Request headers; `refused`: the Authorization the server just answered 401 to."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        if renew or self.credentials.renewal_due():
-            # Renewing may run an exec plugin: not on the event loop.
-            await asyncio.to_thread(self.credentials.renew, force=renew)
+        await self._renew(refused)
         if authorization := self.credentials.authorization():
             headers["Authorization"] = authorization
         return headers
+
+    async def _renew(self, refused: str | None = None) -> None:
+        if refused is not None or self.credentials.renewal_due():
+            # Renewing may run an exec plugin: not on the event loop.
+            await asyncio.to_thread(self.credentials.renew, force=refused is not None, refused=refused)
 
     async def request(
         self,
@@ -138,17 +144,20 @@ class KubeClient:
     ) -> Obj:
         data = None if body is None else json.dumps(body)
         # A token the server refuses (revoked, rotated early) is renewed once, as kubectl does.
-        for renew in (False, True) if self.credentials.renewable else (False,):
+        refused: str | None = None
+        for attempt in range(2 if self.credentials.renewable else 1):
+            headers = await self._headers(content_type if data is not None else None, refused=refused)
             async with self.session.request(
                 method,
                 self.credentials.server + path,
                 params={k: str(v) for k, v in (params or {}).items()},
                 data=data,
-                headers=await self._headers(content_type if data is not None else None, renew=renew),
+                headers=headers,
                 **self._connection,
             ) as response:
                 text = await response.text()
-                if response.status == 401 and not renew and self.credentials.renewable:
+                if response.status == 401 and attempt == 0 and self.credentials.renewable:
+                    refused = headers.get("Authorization", "")
                     continue
                 payload: Obj = json.loads(text) if text.strip().startswith("{") else {}
                 if response.status >= 400:
@@ -318,10 +327,11 @@ class KubeClient:
         # The server closes the stream after timeoutSeconds; allow a margin, and detect a silent
         # connection with a read timeout longer than the bookmark interval (about a minute).
         timeout = aiohttp.ClientTimeout(total=timeout_seconds + 30, sock_read=timeout_seconds + 15)
+        headers = await self._headers()
         async with self.session.get(
             self.credentials.server + res.path(namespace=namespace),
             params=params,
-            headers=await self._headers(),
+            headers=headers,
             timeout=timeout,
             **self._connection,
         ) as response:
@@ -330,7 +340,7 @@ class KubeClient:
                 payload = json.loads(text) if text.startswith("{") else {}
                 if response.status == 401 and self.credentials.renewable:
                     # The caller watches again after an error: with a renewed token.
-                    await asyncio.to_thread(self.credentials.renew, force=True)
+                    await self._renew(refused=headers.get("Authorization", ""))
                 raise ApiError(
                     response.status, str(payload.get("reason", "")), str(payload.get("message", text))
                 )

@@ -39,11 +39,12 @@ def operator_version() -> str:
 
 
 async def connection_info(
-    credentials: Credentials, event_namespace: str, *, renew: bool = False
+    credentials: Credentials, event_namespace: str, *, refused: str | None = None
 ) -> kopf.ConnectionInfo:
-    """kopf's view of the credentials; `renew` when kopf asks again (a 401, or expiry)."""
-    if renew or credentials.renewal_due():
-        await asyncio.to_thread(credentials.renew, force=renew)
+    """kopf's view of the credentials. kopf asks again after a 401 or at `expiration`: then
+    `refused` is the Authorization it had, renewed unless the client renewed it meanwhile."""
+    if refused is not None or credentials.renewal_due():
+        await asyncio.to_thread(credentials.renew, force=refused is not None, refused=refused)
     scheme, _, token = (credentials.authorization() or "").partition(" ")
     return kopf.ConnectionInfo(
         server=credentials.server,
@@ -92,13 +93,15 @@ def build_registry(
         settings.posting.level = logging.WARNING  # kopf's own Events only for problems
         settings.posting.reporting_component = "storage-operator"
 
-    logins = 0
+    given: list[str] = []  # the Authorization kopf last got
 
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:
-        nonlocal logins
-        logins += 1
-        return await connection_info(credentials, options.event_namespace, renew=logins > 1)
+        info = await connection_info(
+            credentials, options.event_namespace, refused=given[-1] if given else None
+        )
+        given[:] = [credentials.authorization() or ""]
+        return info
 
     @kopf.on.cleanup(registry=registry)
     def stop_watching(**_: Any) -> None:

@@ -205,9 +205,14 @@ def test_an_exec_plugin_runs_once_until_its_token_nears_expiry(tmp_path: Path) -
     assert not creds.renewal_due()
     creds.renew()
     assert runs(counter) == 1
-    creds.renew(force=True)  # the server refused the token
-    # A forced renewal right after loading is the same renewal asked twice.
-    assert runs(counter) == 1
+    # The server refused token-1: the plugin runs again, once for all the requests refused it.
+    creds.renew(force=True, refused="Bearer token-1")
+    assert runs(counter) == 2 and creds.authorization() == "Bearer token-2"
+    creds.renew(force=True, refused="Bearer token-1")
+    assert runs(counter) == 2
+    # A refusal without knowing of which token (kopf's login after a 401) always renews.
+    creds.renew(force=True)
+    assert runs(counter) == 3
 
 
 def test_a_short_lived_exec_token_is_renewed_by_running_the_plugin_again(tmp_path: Path) -> None:
