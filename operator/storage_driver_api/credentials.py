@@ -158,8 +158,7 @@ class Credentials:
     client_key_data: bytes | None = None
     client_cert_file: str | None = None
     client_key_file: str | None = None
-    token: str | None = None
-    token_file: Path | None = None
+    token: str | None = None  # a fixed token (tests, hand-built credentials); loaders use `tokens`
     source: str = ""
     tokens: TokenSource | None = field(default=None, repr=False)
 
@@ -180,8 +179,6 @@ class Credentials:
         """The Authorization header value (call `renew` first when `renewal_due`)."""
         if self.tokens is not None:
             return self.tokens.header()
-        if self.token_file is not None:
-            return f"Bearer {self.token_file.read_text().strip()}"
         if self.token:
             return f"Bearer {self.token}"
         return None
