@@ -4,9 +4,12 @@
 -- (tests/unit/docs/test_argocd_health.py).
 --
 -- Healthy:     the operator saw the current generation and reports Ready=True.
--- Degraded:    Degraded=True, or Ready=False for an invalid spec or with failing nodes.
+-- Degraded:    Stalled=True or Degraded=True, or Ready=False for an invalid spec or with
+--              failing nodes.
 -- Progressing: no status yet, a stale observedGeneration (of the status or of a condition),
---              Progressing=True, or deletion waiting for nodes to unload the driver.
+--              Progressing=True or Reconciling=True, or deletion waiting for nodes to unload.
+-- Reconciling and Stalled are kstatus's conditions (what Flux reads); the operator keeps them in
+-- step with Progressing and Degraded (docs/operator.md, "Status and Events").
 local hs = {}
 
 local function condition(conditions, wanted)
@@ -55,14 +58,25 @@ end
 local ready = condition(status.conditions, "Ready")
 local progressing = condition(status.conditions, "Progressing")
 local degraded = condition(status.conditions, "Degraded")
+local reconciling = condition(status.conditions, "Reconciling")
+local stalled = condition(status.conditions, "Stalled")
 
 -- A condition written for an older generation says nothing about the current spec.
-for _, c in ipairs({ ready, progressing, degraded }) do
+-- (A numeric loop: ipairs stops at the first missing condition.)
+local known = { ready, progressing, degraded, reconciling, stalled }
+for i = 1, 5 do
+  local c = known[i]
   if c ~= nil and c.observedGeneration ~= nil and c.observedGeneration < generation then
     hs.status = "Progressing"
     hs.message = "Waiting for the operator to update condition " .. c.type
     return hs
   end
+end
+
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = text(stalled, "Stalled")
+  return hs
 end
 
 if degraded ~= nil and degraded.status == "True" then
@@ -79,10 +93,14 @@ if ready ~= nil and ready.status == "False" then
   end
 end
 
-if progressing ~= nil and progressing.status == "True" then
-  hs.status = "Progressing"
-  hs.message = text(progressing, "Progressing")
-  return hs
+local moving = { progressing, reconciling }
+for i = 1, 2 do
+  local c = moving[i]
+  if c ~= nil and c.status == "True" then
+    hs.status = "Progressing"
+    hs.message = text(c, c.type)
+    return hs
+  end
 end
 
 if ready ~= nil and ready.status == "True" then

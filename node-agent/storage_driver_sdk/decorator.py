@@ -1,7 +1,7 @@
 """The `@storage_driver(...)` decorator that marks a class in a driver file as a storage driver.
 
 The agent never imports a driver file to learn what it declares: it reads the decorator's
-arguments from the syntax tree (storage_driver_agent.drivers.scan). So the arguments must be
+arguments from the syntax tree (storage_driver_sdk.scan). So the arguments must be
 literals (strings, numbers, booleans, lists, `DeviceType.X`, `MinimumPlatform(...)` with literal
 arguments); the checks below run again when a driver host imports the file.
 """

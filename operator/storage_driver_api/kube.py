@@ -2,36 +2,35 @@
 
 The operator, the agent and the CLI only need a handful of verbs on a few resources, and
 the operator must hold 16,000 NodeDevices as plain dicts; a generated client with typed
-models for every kind would cost far more memory than the objects themselves.
+models for every kind would cost far more memory than the objects themselves. Credentials
+come from the `kubernetes` package's config loaders (`storage_driver_api.credentials`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import ssl
-import tempfile
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
-import yaml
 
+from storage_driver_api.credentials import Credentials, KubeConfigError, load_credentials, load_kubeconfig
 from storage_driver_api.resource import Resource
 
-__all__ = ["ApiError", "Credentials", "KubeClient", "KubeConfigError", "Resource", "WatchEvent"]
-
-SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+__all__ = [
+    "ApiError",
+    "Credentials",
+    "KubeClient",
+    "KubeConfigError",
+    "Resource",
+    "WatchEvent",
+    "load_credentials",
+    "load_kubeconfig",
+]
 
 Obj = dict[str, Any]
-
-
-class KubeConfigError(Exception):
-    """No usable credentials were found, or a kubeconfig is malformed."""
 
 
 class ApiError(Exception):
@@ -71,129 +70,6 @@ LEASES: Final = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespa
 CRDS: Final = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition")
 
 
-@dataclass
-class Credentials:
-    """Everything needed to reach one API server as one user."""
-
-    server: str
-    ca_data: bytes | None = None
-    insecure: bool = False
-    client_cert_data: bytes | None = None
-    client_key_data: bytes | None = None
-    token: str | None = None
-    token_file: Path | None = None
-    source: str = ""
-    _tmp: list[str] = field(default_factory=list, repr=False)
-
-    def bearer_token(self) -> str | None:
-        # Projected service-account tokens rotate; re-read the file on every request.
-        if self.token_file is not None:
-            return self.token_file.read_text().strip()
-        return self.token
-
-    def ssl_context(self) -> ssl.SSLContext | bool:
-        if not self.server.startswith("https"):
-            return False
-        if self.insecure:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        elif self.ca_data:
-            ctx = ssl.create_default_context(cadata=self.ca_data.decode())
-        else:
-            ctx = ssl.create_default_context()
-        if self.client_cert_data and self.client_key_data:
-            # ssl only loads certificates from files.
-            with tempfile.TemporaryDirectory(prefix="sdo-kube-") as tmp:
-                cert = Path(tmp, "client.crt")
-                key = Path(tmp, "client.key")
-                cert.write_bytes(self.client_cert_data)
-                key.write_bytes(self.client_key_data)
-                key.chmod(0o600)
-                ctx.load_cert_chain(cert, key)
-        return ctx
-
-
-def _read_field(entry: Mapping[str, Any], name: str, base: Path) -> bytes | None:
-    if data := entry.get(f"{name}-data"):
-        return base64.b64decode(data)
-    if path := entry.get(name):
-        resolved = Path(path) if Path(path).is_absolute() else base / path
-        return resolved.read_bytes()
-    return None
-
-
-def load_kubeconfig(path: Path, context: str | None = None) -> Credentials:
-    """Credentials from a kubeconfig file (client certificates, tokens, CA)."""
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise KubeConfigError(f"cannot read kubeconfig {path}: {exc}") from exc
-    name = context or config.get("current-context")
-    if not name:
-        raise KubeConfigError(f"kubeconfig {path} has no current-context; pass a context")
-
-    def find(section: str, key: str) -> dict[str, Any]:
-        for item in config.get(section) or []:
-            if item.get("name") == key:
-                return dict(item.get(section[:-1]) or {})
-        raise KubeConfigError(f"kubeconfig {path}: {section[:-1]} {key!r} not found")
-
-    ctx = find("contexts", name)
-    cluster = find("clusters", ctx.get("cluster", ""))
-    user = find("users", ctx["user"]) if ctx.get("user") else {}
-    base = path.parent
-    token_file = user.get("tokenFile")
-    return Credentials(
-        server=str(cluster.get("server", "")).rstrip("/"),
-        ca_data=_read_field(cluster, "certificate-authority", base),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        client_cert_data=_read_field(user, "client-certificate", base),
-        client_key_data=_read_field(user, "client-key", base),
-        token=user.get("token"),
-        token_file=Path(token_file) if token_file else None,
-        source=f"kubeconfig {path} (context {name})",
-    )
-
-
-def load_in_cluster() -> Credentials:
-    host = os.environ.get("KUBERNETES_SERVICE_HOST")
-    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-    token = SERVICE_ACCOUNT_DIR / "token"
-    if not host or not token.exists():
-        raise KubeConfigError(
-            "not running in a cluster (no KUBERNETES_SERVICE_HOST or service-account token)"
-        )
-    if ":" in host:
-        host = f"[{host}]"
-    return Credentials(
-        server=f"https://{host}:{port}",
-        ca_data=(SERVICE_ACCOUNT_DIR / "ca.crt").read_bytes(),
-        token_file=token,
-        source="in-cluster service account",
-    )
-
-
-def load_credentials(kubeconfig: str | None = None, context: str | None = None) -> Credentials:
-    """Credentials the way kubectl finds them: explicit file, $KUBECONFIG, ~/.kube/config, in-cluster."""
-    if kubeconfig:
-        return load_kubeconfig(Path(kubeconfig), context)
-    if env := os.environ.get("KUBECONFIG"):
-        first = next((p for p in env.split(os.pathsep) if p), "")
-        if first:
-            return load_kubeconfig(Path(first), context)
-    default = Path.home() / ".kube" / "config"
-    if default.exists():
-        return load_kubeconfig(default, context)
-    try:
-        return load_in_cluster()
-    except KubeConfigError:
-        raise KubeConfigError(
-            "no Kubernetes credentials: pass --kubeconfig, set KUBECONFIG, create ~/.kube/config, "
-            "or run in a pod with a service account"
-        ) from None
-
-
 @dataclass(frozen=True)
 class WatchEvent:
     type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
@@ -230,13 +106,32 @@ class KubeClient:
             )
         return self._session
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+    @property
+    def _connection(self) -> dict[str, Any]:
+        """Per-request settings from the kubeconfig: its proxy-url and tls-server-name."""
+        extra: dict[str, Any] = {}
+        if self.credentials.proxy:
+            extra["proxy"] = self.credentials.proxy
+        if self.credentials.tls_server_name:
+            extra["server_hostname"] = self.credentials.tls_server_name
+        return extra
+
+    async def _headers(
+        self, content_type: str | None = None, *, refused: str | None = None
+    ) -> dict[str, str]:
+        """Request headers; `refused`: the Authorization the server just answered 401 to."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        if token := self.credentials.bearer_token():
-            headers["Authorization"] = f"Bearer {token}"
+        await self._renew(refused)
+        if authorization := self.credentials.authorization():
+            headers["Authorization"] = authorization
         return headers
+
+    async def _renew(self, refused: str | None = None) -> None:
+        if refused is not None or self.credentials.renewal_due():
+            # Renewing may run an exec plugin: not on the event loop.
+            await asyncio.to_thread(self.credentials.renew, force=refused is not None, refused=refused)
 
     async def request(
         self,
@@ -248,23 +143,32 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> Obj:
         data = None if body is None else json.dumps(body)
-        async with self.session.request(
-            method,
-            self.credentials.server + path,
-            params={k: str(v) for k, v in (params or {}).items()},
-            data=data,
-            headers=self._headers(content_type if data is not None else None),
-        ) as response:
-            text = await response.text()
-            payload: Obj = json.loads(text) if text.strip().startswith("{") else {}
-            if response.status >= 400:
-                raise ApiError(
-                    response.status,
-                    str(payload.get("reason") or response.reason),
-                    str(payload.get("message") or text[:500]),
-                    payload,
-                )
-            return payload
+        # A token the server refuses (revoked, rotated early) is renewed once, as kubectl does.
+        refused: str | None = None
+        for attempt in range(2 if self.credentials.renewable else 1):
+            headers = await self._headers(content_type if data is not None else None, refused=refused)
+            async with self.session.request(
+                method,
+                self.credentials.server + path,
+                params={k: str(v) for k, v in (params or {}).items()},
+                data=data,
+                headers=headers,
+                **self._connection,
+            ) as response:
+                text = await response.text()
+                if response.status == 401 and attempt == 0 and self.credentials.renewable:
+                    refused = headers.get("Authorization", "")
+                    continue
+                payload: Obj = json.loads(text) if text.strip().startswith("{") else {}
+                if response.status >= 400:
+                    raise ApiError(
+                        response.status,
+                        str(payload.get("reason") or response.reason),
+                        str(payload.get("message") or text[:500]),
+                        payload,
+                    )
+                return payload
+        raise AssertionError("unreachable")
 
     # --- verbs -------------------------------------------------------------------------------
 
@@ -333,8 +237,9 @@ class KubeClient:
         async with self.session.get(
             self.credentials.server + path,
             params={k: str(v) for k, v in params.items()},
-            headers=self._headers(),
+            headers=await self._headers(),
             timeout=timeout,
+            **self._connection,
         ) as response:
             if response.status >= 400:
                 text = await response.text()
@@ -422,15 +327,20 @@ class KubeClient:
         # The server closes the stream after timeoutSeconds; allow a margin, and detect a silent
         # connection with a read timeout longer than the bookmark interval (about a minute).
         timeout = aiohttp.ClientTimeout(total=timeout_seconds + 30, sock_read=timeout_seconds + 15)
+        headers = await self._headers()
         async with self.session.get(
             self.credentials.server + res.path(namespace=namespace),
             params=params,
-            headers=self._headers(),
+            headers=headers,
             timeout=timeout,
+            **self._connection,
         ) as response:
             if response.status >= 400:
                 text = await response.text()
                 payload = json.loads(text) if text.startswith("{") else {}
+                if response.status == 401 and self.credentials.renewable:
+                    # The caller watches again after an error: with a renewed token.
+                    await self._renew(refused=headers.get("Authorization", ""))
                 raise ApiError(
                     response.status, str(payload.get("reason", "")), str(payload.get("message", text))
                 )

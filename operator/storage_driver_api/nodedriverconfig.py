@@ -122,6 +122,11 @@ class DriverStatus(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     last_error: DriverError | None = Field(default=None, description="The last error, if any.")
+    unhealthy: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Why the driver's health() reports it unhealthy; unset while it is healthy.",
+    )
     message: str = Field(default="", max_length=1024, description="Human-readable state.")
     devices: list[BoundDevice] = Field(
         default_factory=list,

@@ -1,4 +1,8 @@
-"""`sdctl`: the user CLI. Each command lives in its own module and registers itself here."""
+"""`sdctl`: the user CLI. Each command lives in its own module and registers itself here.
+
+The same CLI is a kubectl plugin: the `kubectl-sd` console script on PATH makes
+`kubectl sd plan`, `kubectl sd drivers`, ... (kubectl hands the plugin its environment, so
+`$KUBECONFIG` applies; `--kubeconfig` and `--context` go after the command)."""
 
 from __future__ import annotations
 
@@ -15,9 +19,9 @@ COMMANDS: tuple[ModuleType, ...] = (devices, scan, plan, drivers)
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "sdctl") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sdctl", description="Inspect devices, drivers and plans of storage-driver-operator."
+        prog=prog, description="Inspect devices, drivers and plans of storage-driver-operator."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
@@ -25,10 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "sdctl") -> int:
+    args = build_parser(prog).parse_args(argv)
     handler: Handler = args.handler
     return handler(args)
+
+
+def kubectl_plugin() -> int:
+    """`kubectl sd ...`: kubectl runs `kubectl-sd` with the words after `sd`."""
+    return main(prog="kubectl sd")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from storage_driver_agent.drivers.scan import ScannedDriver, is_package, scan_directory, scan_path
+from storage_driver_sdk.scan import ScannedDriver, is_package, scan_directory, scan_path
 
 
 def register(sub: Any) -> None:

@@ -40,17 +40,29 @@ def operator_version() -> str:
         return "0.0.0+unknown"
 
 
-def connection_info(credentials: Credentials, event_namespace: str) -> kopf.ConnectionInfo:
-    token = credentials.bearer_token()
+async def connection_info(
+    credentials: Credentials, event_namespace: str, *, refused: str | None = None
+) -> kopf.ConnectionInfo:
+    """kopf's view of the credentials. kopf asks again after a 401 or at `expiration`: then
+    `refused` is the Authorization it had, renewed unless the client renewed it meanwhile."""
+    if refused is not None or credentials.renewal_due():
+        await asyncio.to_thread(credentials.renew, force=refused is not None, refused=refused)
+    scheme, _, token = (credentials.authorization() or "").partition(" ")
     return kopf.ConnectionInfo(
         server=credentials.server,
+        ca_path=credentials.ca_file,
         ca_data=credentials.ca_data,
         insecure=credentials.insecure,
-        scheme="Bearer" if token else None,
-        token=token,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=credentials.client_cert_file,
         certificate_data=credentials.client_cert_data,
+        private_key_path=credentials.client_key_file,
         private_key_data=credentials.client_key_data,
+        proxy_url=credentials.proxy,
         default_namespace=event_namespace,
+        # kopf logs in again at this time, and after a 401.
+        expiration=credentials.tokens.relogin_at() if credentials.tokens else None,
     )
 
 
@@ -83,9 +95,15 @@ def build_registry(
         settings.posting.level = logging.WARNING  # kopf's own Events only for problems
         settings.posting.reporting_component = "storage-operator"
 
+    given: list[str] = []  # the Authorization kopf last got
+
     @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(credentials, options.event_namespace)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        info = await connection_info(
+            credentials, options.event_namespace, refused=given[-1] if given else None
+        )
+        given[:] = [credentials.authorization() or ""]
+        return info
 
     @kopf.on.cleanup(registry=registry)
     def stop_watching(**_: Any) -> None:

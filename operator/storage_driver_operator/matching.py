@@ -213,6 +213,15 @@ def source_unavailable(spec: StorageDriverSpec, available: Mapping[str, Availabl
 # --- the whole decision --------------------------------------------------------------------
 
 
+def declared_types(spec: StorageDriverSpec, available: Mapping[str, AvailableFile] | None) -> frozenset[str]:
+    """The device types a hostPath file's decorator declares (empty: it declares none, or the
+    source is fetched by the agent and so not scanned before it is wanted)."""
+    if spec.source.host_path is None or available is None:
+        return frozenset()
+    found = available.get(spec.source.host_path.path)
+    return frozenset(found.supported_devices) if found is not None else frozenset()
+
+
 def _list(names: Iterable[str], limit: int = 5) -> str:
     items = sorted(names)
     shown = ", ".join(items[:limit])
@@ -238,6 +247,7 @@ def match_node(
             f"autoLoad is false and the node lacks the label {opt_in_label(driver_name)}=true",
         )
     present: list[str] = []
+    present_views: list[DeviceView] = []
     absent_since: float | None = None
     absent = 0
     for device in devices:
@@ -245,6 +255,7 @@ def match_node(
             continue
         if device.present:
             present.append(device.name)
+            present_views.append(device)
         else:
             absent += 1
             if device.since is not None and (absent_since is None or device.since > absent_since):
@@ -262,8 +273,24 @@ def match_node(
     missing = source_unavailable(spec, available)
     if missing is not None:
         return Match(Reason.DRIVER_NOT_AVAILABLE, missing, devices=devices_found)
+    declared = declared_types(spec, available)
+    note = ""
+    if declared:
+        types = {d.name: d.type for d in present_views}
+        undeclared = sorted({types[n] for n in devices_found if types[n] not in declared})
+        if undeclared:
+            path = spec.source.host_path.path if spec.source.host_path else "the driver file"
+            said = f"{path} declares supported devices {', '.join(sorted(declared))}, not {', '.join(undeclared)}"
+            devices_found = tuple(n for n in devices_found if types[n] in declared)
+            if not devices_found:
+                return Match(
+                    Reason.DRIVER_NOT_AVAILABLE,
+                    f"{said} (the StorageDriver's supportedDevices asks for it)",
+                    devices=tuple(sorted(present)),
+                )
+            note = f"; not binding {_list(sorted(set(present) - set(devices_found)))}: {said}"
     return Match(
         Reason.MATCHED,
-        f"{len(devices_found)} matching device(s): {_list(devices_found)}",
+        f"{len(devices_found)} matching device(s): {_list(devices_found)}{note}",
         devices=devices_found,
     )

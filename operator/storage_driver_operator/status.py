@@ -1,7 +1,10 @@
 """A StorageDriver's status and Events, from the per-node decisions and the agents' reports.
 
 Pure: `aggregate` turns the state of one driver on every node into counts, a bounded list of
-failing nodes and the Ready / Progressing / Degraded conditions; `transitions` compares two
+failing nodes and the Ready / Progressing / Degraded conditions, with kstatus's Reconciling and
+Stalled beside them for Flux and other kstatus readers (Reconciling: work is still in flight
+for the current generation, as Progressing; Stalled: it cannot converge, an invalid spec or
+failing nodes with nothing left in flight); `transitions` compares two
 rounds and names the changes worth an Event (summarised when many nodes change at once).
 Messages carry no times or volatile numbers, so an unchanged world renders an identical
 status and causes no write.
@@ -22,7 +25,9 @@ from storage_driver_operator.matching import Reason
 from storage_driver_operator.views import DriverRun, StorageDriverView
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+RECONCILING, STALLED = "Reconciling", "Stalled"  # kstatus (sigs.k8s.io/cli-utils)
 LOAD_FAILED = "LoadFailed"
+UNHEALTHY = "Unhealthy"  # loaded, but its health() says otherwise
 AT_TEMPLATE = frozenset({Action.LOAD, Action.KEEP, Action.UPDATE})
 SHOWN_NODES = 3
 
@@ -48,6 +53,8 @@ class NodeDriverState:
         if self.run is not None and self.run.failed:
             reason = self.run.error_reason or LOAD_FAILED
             return reason, self.run.error_message or self.run.message or "the driver failed on the node"
+        if self.run is not None and self.run.loaded and self.run.unhealthy:
+            return UNHEALTHY, self.run.unhealthy
         d = self.decision
         if d.has_hardware and d.reason in (Reason.CAPACITY_EXCEEDED, Reason.DRIVER_NOT_AVAILABLE):
             return str(d.reason), d.message
@@ -173,7 +180,19 @@ def aggregate(
         else:
             put(DEGRADED, F, "AsExpected", "no node is failing")
 
-    order = {READY: 0, PROGRESSING: 1, DEGRADED: 2}
+    # kstatus: Reconciling mirrors Progressing; Stalled is Degraded with nothing left in flight.
+    progressing = find_condition(conditions, PROGRESSING)
+    degraded = find_condition(conditions, DEGRADED)
+    assert progressing is not None and degraded is not None  # set above on every path
+    put(RECONCILING, progressing.status, progressing.reason, progressing.message)
+    if degraded.status == T and progressing.status == F:
+        put(STALLED, T, degraded.reason, degraded.message)
+    elif degraded.status == T:
+        put(STALLED, F, "StillReconciling", f"failing, and still in flight: {progressing.message}")
+    else:
+        put(STALLED, F, "AsExpected", degraded.message)
+
+    order = {READY: 0, PROGRESSING: 1, DEGRADED: 2, RECONCILING: 3, STALLED: 4}
     conditions.sort(key=lambda c: (order.get(c.type, 9), c.type))
     return StorageDriverStatus(
         observed_generation=generation,

@@ -152,6 +152,7 @@ class DriverRun:
     error_reason: str | None = None
     error_message: str | None = None
     message: str = ""
+    unhealthy: str | None = None  # what the driver's health() said, while it says so
 
     @property
     def loaded(self) -> bool:
@@ -174,6 +175,8 @@ class AvailableFile:
     error: str | None
     driver_name: str | None = None
     version: str | None = None
+    # The device types the file's decorator declares; empty when it declares none (or was not read).
+    supported_devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +227,7 @@ def _run(item: Mapping[str, Any]) -> DriverRun:
         error_reason=error.get("reason"),
         error_message=error.get("message"),
         message=str(item.get("message") or ""),
+        unhealthy=str(item["unhealthy"]) if item.get("unhealthy") else None,
     )
 
 
@@ -249,6 +253,7 @@ def config_view(obj: Obj) -> ConfigView:
                 error=item.get("error"),
                 driver_name=item.get("driverName"),
                 version=item.get("version"),
+                supported_devices=tuple(str(t) for t in item.get("supportedDevices") or ()),
             )
     observed = status_map.get("observedGeneration")
     return ConfigView(

@@ -101,3 +101,24 @@ app.kubernetes.io/component: {{ index . 1 }}
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/*
+Command-line options from a settings map: (list SETTINGS (dict "valueKey" "option-name" ...)).
+A null or empty value is left out (the component's default applies); a list becomes a
+comma-separated value; a whole number is printed as an integer, not 1e+06.
+*/}}
+{{- define "sdo.settingsArgs" -}}
+{{- $settings := index . 0 | default dict -}}
+{{- range $key, $option := index . 1 -}}
+{{- $value := index $settings $key -}}
+{{- if kindIs "slice" $value -}}
+{{- $value = join "," $value -}}
+{{- end -}}
+{{- if and (kindIs "float64" $value) (eq $value (floor $value)) -}}
+{{- $value = int64 $value -}}
+{{- end -}}
+{{- if not (or (kindIs "invalid" $value) (eq (toString $value) "")) }}
+- {{ printf "--%s=%v" $option $value | quote }}
+{{- end -}}
+{{- end -}}
+{{- end -}}

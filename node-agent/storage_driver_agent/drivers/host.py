@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from storage_driver_sdk.decorator import driver_metadata
+from storage_driver_sdk.digest import package_sha256
 from storage_driver_sdk.driver import Device
 from storage_driver_sdk.protocol import (
     MAX_MESSAGE_BYTES,
@@ -49,8 +50,6 @@ from storage_driver_sdk.protocol import (
     Response,
     decode_request,
 )
-
-from storage_driver_agent.drivers.digest import package_sha256
 
 HOST_MODULE: Final = "storage_driver_agent.drivers.host"
 EXIT_OK: Final = 0

@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage_driver_agent.drivers.scan import ScannedDriver, entries, entry_at, scan_path
+from storage_driver_sdk.scan import ScannedDriver, entries, entry_at, scan_path
 
 
 @dataclass(frozen=True)

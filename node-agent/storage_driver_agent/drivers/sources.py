@@ -27,9 +27,9 @@ from typing import Final
 import aiohttp
 from storage_driver_api.kube import CONFIGMAPS, ApiError, KubeClient
 from storage_driver_api.logs import fields
+from storage_driver_sdk.scan import MAX_DEPTH, is_package
 
 from storage_driver_agent.drivers.inventory import Inventory
-from storage_driver_agent.drivers.scan import MAX_DEPTH, is_package
 from storage_driver_agent.drivers.statemachine import NEVER, Artifact, Desired, Refusal
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from storage_driver_api.nodedriverconfig import (
 )
 from storage_driver_api.storagedriver import KernelVersionRange
 from storage_driver_api.storagedriver import MinimumPlatform as ApiMinimumPlatform
+from storage_driver_sdk.scan import ScannedDriver
 
-from storage_driver_agent.drivers.scan import ScannedDriver
 from storage_driver_agent.drivers.statemachine import (
     Action,
     Desired,
@@ -151,6 +151,7 @@ def driver_status(report: DriverReport, present: frozenset[str], now: float) -> 
             if report.last_error
             else None
         ),
+        unhealthy=report.unhealthy[:MESSAGE_MAX] if report.unhealthy and host is not None else None,
         message=message[:MESSAGE_MAX],
         devices=[BoundDevice(name=name, facts=_facts(report.facts.get(name) or {})) for name in bound],
     )

@@ -8,7 +8,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-from storage_driver_agent.drivers.scan import package_sha256, scan_directory, scan_path
+from storage_driver_sdk.scan import package_sha256, scan_directory, scan_path
 
 from tests.harness.drivers import SIDE_EFFECT_DRIVER, write_probe
 from tests.harness.processes import console_script

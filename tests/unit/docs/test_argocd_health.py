@@ -167,6 +167,40 @@ CASES = {
         "Progressing",
         "Waiting for the Ready condition",
     ),
+    "stalled": (
+        storage_driver(
+            {
+                "observedGeneration": 2,
+                "conditions": [
+                    READY,
+                    NOT_PROGRESSING,
+                    condition("Stalled", "True", "LoadFailed", "1 node failing"),
+                ],
+            }
+        ),
+        "Degraded",
+        "1 node failing",
+    ),
+    "reconciling": (
+        storage_driver(
+            {
+                "observedGeneration": 2,
+                "conditions": [READY, condition("Reconciling", "True", "Loading", "loading on 1 node: b")],
+            }
+        ),
+        "Progressing",
+        "loading on 1 node: b",
+    ),
+    "a kstatus condition of an older generation": (
+        storage_driver(
+            {
+                "observedGeneration": 2,
+                "conditions": [READY, condition("Stalled", "False", "AsExpected", generation=1)],
+            }
+        ),
+        "Progressing",
+        "Waiting for the operator to update condition Stalled",
+    ),
     "being deleted": (
         storage_driver(
             {"observedGeneration": 2, "conditions": [READY]},

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from storage_driver_agent.drivers.scan import scan_path
 from storage_driver_api.nodedevice import DeviceIdentity, NodeDevice, node_device_name
+from storage_driver_sdk.scan import scan_path
 
 from tests.conftest import REPO_ROOT
 from tests.harness import doccommands

@@ -8,8 +8,8 @@ import textwrap
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from storage_driver_agent.drivers.scan import Declaration, ScanError, parse_declarations, single_declaration
 from storage_driver_sdk import MinimumPlatform
+from storage_driver_sdk.scan import Declaration, ScanError, parse_declarations, single_declaration
 
 
 def parse(source: str) -> list[Declaration]:

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from storage_driver_agent.drivers.reconcile import HostSlot, describe_exit, error_reason
-from storage_driver_agent.drivers.scan import Declaration, ScannedDriver
 from storage_driver_agent.drivers.service import device_present, parse_size
 from storage_driver_agent.drivers.sources import SourceError, check_relative_path
 from storage_driver_agent.drivers.statemachine import (
@@ -39,6 +38,7 @@ from storage_driver_agent.drivers.status import (
 from storage_driver_agent.drivers.watch import debounce_deadline
 from storage_driver_api.nodedriverconfig import NodeDriverConfig
 from storage_driver_sdk import MinimumPlatform
+from storage_driver_sdk.scan import Declaration, ScannedDriver
 
 AT = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 SHA = "a" * 64
@@ -320,3 +320,21 @@ def test_merge_patch_sends_only_what_changed() -> None:
     new = {"observedGeneration": 2, "drivers": [{"name": "a"}], "capacity": {"maxLoadedDrivers": 100}}
     assert merge_patch(old, new) == {"observedGeneration": 2, "bootId": None}
     assert merge_patch(new, new) == {}
+
+
+def test_an_unhealthy_driver_says_why_in_a_field_of_its_own() -> None:
+    report = loaded("loop-info")
+    sick = DriverReport(report.state, unhealthy="backing file is gone", facts=report.facts)
+    (driver,) = build_status(node([sick]), frozenset({"d1"}), 0.0, AT).drivers
+    assert driver.phase == "Loaded"
+    assert driver.unhealthy == "backing file is gone"
+    assert driver.message.startswith("unhealthy: backing file is gone")
+    assert driver.to_api()["unhealthy"] == "backing file is gone"
+    (healthy,) = build_status(node([report]), frozenset({"d1"}), 0.0, AT).drivers
+    assert healthy.unhealthy is None and "unhealthy" not in healthy.to_api()
+    # Once its host is gone, a stale health verdict is not reported.
+    gone = DriverReport(
+        DriverState("loop-info", desired=report.state.desired), unhealthy="backing file is gone"
+    )
+    (stopped,) = build_status(node([gone]), frozenset({"d1"}), 0.0, AT).drivers
+    assert stopped.unhealthy is None

@@ -49,7 +49,13 @@ def test_all_loaded_is_ready() -> None:
     assert ready.message == "version 1.0.0 loaded on 2 nodes; not on 1 node: NoMatchingDevices 1"
     assert cond(status, "Progressing").status == "False"
     assert cond(status, "Degraded").status == "False"
-    assert [c.type for c in status.conditions] == ["Ready", "Progressing", "Degraded"]
+    assert [c.type for c in status.conditions] == [
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "Reconciling",
+        "Stalled",
+    ]
 
 
 def test_no_matching_node_is_ready_with_nothing_to_do() -> None:

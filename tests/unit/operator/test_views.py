@@ -86,6 +86,14 @@ def test_config_view() -> None:
     assert not view.settled
     assert view.runs["drv"].failed and view.runs["drv"].stopped
     assert view.runs["drv"].error_reason == "Crashed"
+    assert view.runs["drv"].unhealthy is None
+    sick = config_view(
+        {
+            "metadata": {"name": "n1", "uid": "u", "generation": 4},
+            "status": {"drivers": [{"name": "drv", "phase": "Loaded", "pid": 9, "unhealthy": "no answer"}]},
+        }
+    )
+    assert sick.runs["drv"].unhealthy == "no answer"
     assert view.available["loop_info.py"].error == "bad"
     assert view.rollout_keys["drv"] == drv.rollout_key
     assert view.entry("drv") == entry(drv, ["d1"])

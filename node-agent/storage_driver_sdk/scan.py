@@ -21,8 +21,7 @@ from typing import Any, Final
 
 from storage_driver_sdk.decorator import DriverDeclarationError, MinimumPlatform, check_declaration
 from storage_driver_sdk.devices import DeviceType
-
-from storage_driver_agent.drivers.digest import MAX_FILE_BYTES, package_files, package_sha256
+from storage_driver_sdk.digest import MAX_FILE_BYTES, package_files, package_sha256
 
 MAX_DEPTH: Final = 4
 SDK_MODULES: Final = ("storage_driver_sdk", "storage_driver_sdk.decorator", "storage_driver_sdk.devices")
