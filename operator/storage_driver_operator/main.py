@@ -22,7 +22,7 @@ from storage_driver_api.constants import ANNOTATION_PREFIX, FINALIZER, GROUP, ST
 from storage_driver_api.kube import Credentials, KubeClient, KubeConfigError, load_credentials
 from storage_driver_api.logs import fields, setup_logging
 
-from storage_driver_operator import metrics
+from storage_driver_operator import metrics, webhook
 from storage_driver_operator.controller import Controller
 from storage_driver_operator.options import Options
 
@@ -57,6 +57,7 @@ def build_registry(
     credentials: Credentials,
     options: Options,
     stop_controller: Callable[[], object],
+    admission: kopf.WebhookServer | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -80,6 +81,9 @@ def build_registry(
         settings.execution.default_backoff = 10
         settings.posting.level = logging.WARNING  # kopf's own Events only for problems
         settings.posting.reporting_component = "storage-operator"
+        # The webhook configuration is the operator's own (webhookconfig explains why not kopf's).
+        settings.admission.server = admission
+        settings.admission.managed = None
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -113,12 +117,13 @@ async def run(options: Options) -> int:
     except KubeConfigError as exc:
         log.error("cannot reach the cluster", extra=fields(error=str(exc)))
         return 2
-    if options.metrics:
-        try:
+    try:
+        options.check()
+        if options.metrics:
             metrics.listen_address(options.metrics)
-        except ValueError as exc:
-            log.error("invalid option", extra=fields(error=str(exc)))
-            return 2
+    except ValueError as exc:
+        log.error("invalid option", extra=fields(error=str(exc)))
+        return 2
     log.info(
         "operator starting",
         extra=fields(
@@ -144,7 +149,16 @@ async def run(options: Options) -> int:
                 return 2
         async with asyncio.TaskGroup() as group:
             loop = group.create_task(controller.run(), name="controller")
-            registry = build_registry(controller, credentials, options, stop_controller=loop.cancel)
+            server = None
+            if options.webhook_address:
+                keeper = webhook.ConfigurationKeeper(kube, options)
+                server = webhook.server(options, keeper.offer)
+                keeper_task = group.create_task(keeper.run(), name="webhook-configuration")
+            registry = build_registry(
+                controller, credentials, options, stop_controller=loop.cancel, admission=server
+            )
+            if server is not None:
+                webhook.register(registry, kube, options)
             # kopf installs the SIGTERM/SIGINT handlers and returns when one arrives.
             await kopf.operator(
                 registry=registry,
@@ -153,6 +167,8 @@ async def run(options: Options) -> int:
                 liveness_endpoint=options.liveness or None,
             )
             loop.cancel()
+            if server is not None:
+                keeper_task.cancel()
     log.info("operator stopped", extra=fields(**controller.counters))
     return 0
 
