@@ -341,7 +341,9 @@ def test_host_network_only_on_request(tmp_values: Path) -> None:
 
 
 def test_service_monitor_off_by_default(defaults: list[dict[str, Any]]) -> None:
-    metrics = [o for o in defaults if o["kind"] == "Service" and not o["metadata"]["name"].endswith("-webhook")]
+    metrics = [
+        o for o in defaults if o["kind"] == "Service" and not o["metadata"]["name"].endswith("-webhook")
+    ]
     assert not [o for o in defaults if o["kind"] == "ServiceMonitor"] + metrics
 
 

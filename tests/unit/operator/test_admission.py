@@ -135,7 +135,9 @@ def test_every_field_that_names_the_node_must_name_the_callers() -> None:
     assert_refused_naming(judge(device_write("CREATE", None, wrong_label)), NODE_LABEL, "'node-b'", "node-a")
     wrong_node = device("node-a")
     wrong_node["spec"]["nodeName"] = "node-b"
-    assert_refused_naming(judge(device_write("CREATE", None, wrong_node)), "spec.nodeName", "'node-b'", "node-a")
+    assert_refused_naming(
+        judge(device_write("CREATE", None, wrong_node)), "spec.nodeName", "'node-b'", "node-a"
+    )
     wrong_owner = device("node-a", owner="node-b")
     assert_refused_naming(judge(device_write("CREATE", None, wrong_owner)), "owned by node 'node-b'")
 
