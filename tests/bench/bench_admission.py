@@ -47,9 +47,7 @@ CLUSTER_ROLE_BINDINGS = Resource(
 )
 
 
-async def ensure(
-    kube: KubeClient, res: Resource, body: dict[str, object], namespace: str | None = None
-) -> None:
+async def ensure(kube: KubeClient, res: Resource, body: dict[str, Any], namespace: str | None = None) -> None:
     try:
         await kube.create(res, body, namespace=namespace)
     except ApiError as exc:
