@@ -4,6 +4,8 @@ right docs/security.md lists and for what must stay refused."""
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime as dt
 import itertools
 from collections.abc import AsyncIterator, Iterator
@@ -132,17 +134,22 @@ async def test_agent_can_do_its_job(
     # The agent reads its NodeDriverConfig by watching it, never through the status subresource.
     await denied(as_agent.request("GET", NODE_DRIVER_CONFIGS.path(node, subresource="status")))
 
-    await clean_cluster.create(
-        CONFIGMAPS,
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "driver-source"},
-            "data": {"d.py": "x"},
-        },
-        namespace=test_namespace,
-    )
-    assert (await as_agent.get(CONFIGMAPS, "driver-source", test_namespace))["data"] == {"d.py": "x"}
+    # configMap driver sources: readable in the allowed namespaces (default: the release's) only.
+    for namespace in (NAMESPACE, test_namespace):
+        with contextlib.suppress(ApiError):
+            await clean_cluster.delete(CONFIGMAPS, "driver-source", namespace)
+        await clean_cluster.create(
+            CONFIGMAPS,
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "driver-source"},
+                "data": {"d.py": "x"},
+            },
+            namespace=namespace,
+        )
+    assert (await as_agent.get(CONFIGMAPS, "driver-source", NAMESPACE))["data"] == {"d.py": "x"}
+    await denied(as_agent.get(CONFIGMAPS, "driver-source", test_namespace))
 
     lease = {
         "apiVersion": "coordination.k8s.io/v1",
