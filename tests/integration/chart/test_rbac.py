@@ -5,7 +5,6 @@ right docs/security.md lists and for what must stay refused."""
 from __future__ import annotations
 
 import contextlib
-
 import datetime as dt
 import itertools
 from collections.abc import AsyncIterator, Iterator
