@@ -142,6 +142,14 @@ def device(node: str, name: str | None = None) -> dict[str, Any]:
     }
 
 
+EVIL = {
+    "name": "evil",
+    "driverName": "Evil Driver",
+    "version": "1.0.0",
+    "source": {"kind": "hostPath", "path": "evil.py"},
+}
+
+
 def config(node: str, drivers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": NODE_DRIVER_CONFIGS.api_version,
@@ -182,7 +190,13 @@ async def agents(
             pod = await pod_on_node(
                 clean_cluster, NAMESPACE, f"agent-{node}-{uuid.uuid4().hex[:6]}", node, account
             )
-            stack.push_async_callback(clean_cluster.delete, PODS, pod["metadata"]["name"], NAMESPACE)
+            # No kubelet confirms a graceful deletion: delete at once, or the namespace never goes.
+            stack.push_async_callback(
+                clean_cluster.request,
+                "DELETE",
+                PODS.path(pod["metadata"]["name"], NAMESPACE),
+                body={"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0},
+            )
             token = await bound_token(clean_cluster, NAMESPACE, account, pod)
             client = await stack.enter_async_context(
                 KubeClient(credentials(release, token, f"agent of {node}"))
@@ -245,7 +259,7 @@ async def test_an_agent_creates_its_nodedriverconfig_without_a_spec_and_reports_
 ) -> None:
     a, b = agents["trust-node-a"], agents["trust-node-b"]
     with pytest.raises(ApiError) as loaded:
-        await a.client.create(NODE_DRIVER_CONFIGS, config(a.node, [{"name": "evil", "version": "1.0.0"}]))
+        await a.client.create(NODE_DRIVER_CONFIGS, config(a.node, [EVIL]))
     assert_refused(loaded, "without a spec", a.node)
     with pytest.raises(ApiError) as foreign:
         await a.client.create(NODE_DRIVER_CONFIGS, config(b.node))
@@ -296,7 +310,7 @@ async def test_the_operator_and_an_admin_are_never_refused(
     # An admin writes any node's objects.
     name = (await admin.create(NODE_DEVICES, device("trust-node-b")))["metadata"]["name"]
     await admin.patch(NODE_DEVICES, name, {"spec": {"model": "by-admin"}})
-    await admin.create(NODE_DRIVER_CONFIGS, config("trust-node-b", [{"name": "x", "version": "1.0.0"}]))
+    await admin.create(NODE_DRIVER_CONFIGS, config("trust-node-b", [EVIL]))
     await admin.delete(NODE_DEVICES, name)
     # The operator reconciles: a StorageDriver matching node-a's device lands in node-a's spec.
     a = agents["trust-node-a"]
@@ -432,12 +446,16 @@ async def test_webhook_down_agents_fail_closed_while_users_and_the_operator_go_o
     finally:
         plain.stop()
         operator.start()
+
     # Back up: the agent's write goes through again.
-    await eventually(
-        lambda: a.client.patch(NODE_DEVICES, own, {"spec": {"model": "after-outage"}}),
-        timeout=30,
-        what="the agent's write once the webhook is back",
-    )
+    async def written() -> bool:
+        try:
+            await a.client.patch(NODE_DEVICES, own, {"spec": {"model": "after-outage"}})
+        except ApiError as exc:
+            raise AssertionError(str(exc)) from exc  # retried until the timeout
+        return True
+
+    await eventually(written, timeout=30, what="the agent's write once the webhook is back")
     assert (await admin.get(NODE_DEVICES, own))["spec"]["model"] == "after-outage"
 
 
