@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from dataclasses import dataclass
 
 from storage_driver_api.constants import LEASE_NAMESPACE_DEFAULT
+
+from storage_driver_operator.leadership import Timing
 
 
 def _env(name: str, default: str) -> str:
@@ -41,6 +44,17 @@ class Options:
     agent_service_accounts: tuple[str, ...] = ()
     config_map_namespaces: tuple[str, ...] = ()
     require_sha256: bool = False
+    leader_election: bool = False
+    leader_lease: str = "storage-operator-leader"
+    leader_identity: str = ""
+    leader_lease_duration: float = 15.0
+    leader_renew_deadline: float = 10.0
+    leader_retry: float = 2.0
+
+    @property
+    def identity(self) -> str:
+        """This replica in the leader Lease: its pod name in a cluster, else host and pid."""
+        return self.leader_identity or f"{socket.gethostname()}-{os.getpid()}"
 
     @property
     def agent_usernames(self) -> tuple[str, ...]:
@@ -49,6 +63,8 @@ class Options:
 
     def check(self) -> None:
         """Refuse combinations that cannot work, naming the flag and the fix."""
+        if self.leader_election:
+            Timing(self.leader_lease_duration, self.leader_renew_deadline, self.leader_retry).check()
         if not self.webhook_address:
             return
         _, sep, port = self.webhook_address.rpartition(":")
@@ -192,6 +208,41 @@ class Options:
             help="comma-separated namespaces configMap driver sources may come from; empty: any",
         )
         add(
+            "--leader-election",
+            action="store_true",
+            default=_env("LEADER_ELECTION", "") in ("1", "true"),
+            help="run with other replicas: only the holder of the leader Lease (in --lease-namespace) "
+            "reconciles; every replica serves the webhook",
+        )
+        add(
+            "--leader-lease",
+            default=_env("LEADER_LEASE", "storage-operator-leader"),
+            help="name of the leader Lease",
+        )
+        add(
+            "--leader-identity",
+            default=_env("POD_NAME", ""),
+            help="this replica's name in the Lease (default: $POD_NAME, else host-pid)",
+        )
+        add(
+            "--leader-lease-duration",
+            type=float,
+            default=float(_env("LEADER_LEASE_DURATION", "15")),
+            help="another replica takes over a Lease unchanged this long, seconds (default: %(default)s)",
+        )
+        add(
+            "--leader-renew-deadline",
+            type=float,
+            default=float(_env("LEADER_RENEW_DEADLINE", "10")),
+            help="a leader that could not renew for this long exits, seconds (default: %(default)s)",
+        )
+        add(
+            "--leader-retry",
+            type=float,
+            default=float(_env("LEADER_RETRY", "2")),
+            help="between renewals and attempts to acquire, seconds (default: %(default)s)",
+        )
+        add(
             "--require-sha256",
             action="store_true",
             default=_env("REQUIRE_SHA256", "") in ("1", "true"),
@@ -226,4 +277,10 @@ class Options:
             agent_service_accounts=tuple(args.agent_service_accounts),
             config_map_namespaces=tuple(n for n in args.config_map_namespaces.split(",") if n),
             require_sha256=args.require_sha256,
+            leader_election=args.leader_election,
+            leader_lease=args.leader_lease,
+            leader_identity=args.leader_identity,
+            leader_lease_duration=args.leader_lease_duration,
+            leader_renew_deadline=args.leader_renew_deadline,
+            leader_retry=args.leader_retry,
         )
