@@ -23,6 +23,7 @@ from storage_driver_api.kube import LEASES, ApiError, Credentials, KubeClient
 from storage_driver_api.logs import fields
 
 from storage_driver_operator.leadership import Timing, lease_spec, next_action, record_of, still_leading
+from storage_driver_operator.webhookconfig import COMPONENT_LABEL, OPERATOR_COMPONENT
 
 log = logging.getLogger("storage_driver_operator.election")
 
@@ -82,7 +83,12 @@ class LeaderElector:
         body: dict[str, Any] = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {"name": self.name, "namespace": self.namespace},
+            # The label routes it to the webhook entry that fails open (webhookconfig).
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": {COMPONENT_LABEL: OPERATOR_COMPONENT},
+            },
             "spec": lease_spec(record, self.identity, action, self.timing, dt.datetime.now(dt.UTC)),
         }
         if lease is None:

@@ -127,9 +127,8 @@ def register(registry: kopf.OperatorRegistry, kube: KubeClient, options: Options
     kopf.on.validate(
         GROUP, VERSION, NODE_DRIVER_CONFIG, id=webhookconfig.AGENT_NODE_DRIVER_CONFIGS, **common
     )(agent_handler(NODE_DRIVER_CONFIG))
-    kopf.on.validate("coordination.k8s.io", "v1", LEASE, id=webhookconfig.AGENT_LEASES, **common)(
-        agent_handler(LEASE)
-    )
+    for lease_id in (webhookconfig.AGENT_LEASES, webhookconfig.OPERATOR_LEASES):
+        kopf.on.validate("coordination.k8s.io", "v1", LEASE, id=lease_id, **common)(agent_handler(LEASE))
 
     @kopf.on.validate(
         GROUP,

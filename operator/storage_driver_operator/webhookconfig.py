@@ -26,8 +26,13 @@ from storage_driver_api.constants import GROUP, VERSION
 AGENT_NODE_DEVICES = "agent-nodedevices"
 AGENT_NODE_DRIVER_CONFIGS = "agent-nodedriverconfigs"
 AGENT_LEASES = "agent-leases"
+OPERATOR_LEASES = "operator-leases"
 STORAGE_DRIVERS = "storagedrivers"
-HANDLER_IDS = (AGENT_NODE_DEVICES, AGENT_NODE_DRIVER_CONFIGS, AGENT_LEASES, STORAGE_DRIVERS)
+HANDLER_IDS = (AGENT_NODE_DEVICES, AGENT_NODE_DRIVER_CONFIGS, AGENT_LEASES, OPERATOR_LEASES, STORAGE_DRIVERS)
+
+# The operator's leader Lease carries it; agents' Leases do not.
+COMPONENT_LABEL = "app.kubernetes.io/component"
+OPERATOR_COMPONENT = "operator"
 
 # On the namespace of the agents' Leases (the chart sets it on the release namespace): 1.20
 # does not label namespaces with their name yet (kubernetes.io/metadata.name came in 1.21).
@@ -85,6 +90,13 @@ def _rule(group: str, resources: list[str], operations: list[str], scope: str) -
     }
 
 
+def _component(operator: bool) -> dict[str, Any]:
+    operator_ = "In" if operator else "NotIn"
+    return {
+        "matchExpressions": [{"key": COMPONENT_LABEL, "operator": operator_, "values": [OPERATOR_COMPONENT]}]
+    }
+
+
 def webhooks(
     served: Mapping[str, Any],
     *,
@@ -131,6 +143,19 @@ def webhooks(
             "Fail",
             [_rule("coordination.k8s.io", ["leases"], ["CREATE", "UPDATE", "DELETE"], "Namespaced")],
             namespaceSelector={"matchLabels": {lease_namespace_label: "true"}},
+            objectSelector=_component(False),
+        ),
+        # The leader Lease must be renewable while the webhook is down (or the operator would stop
+        # with it), so it fails open: while the webhook is up, agents are refused on it as on any
+        # Lease but their own; while it is down, an agent could disturb the election (a delay of
+        # reconciling), never make a node load anything. An agent that strips the label is still
+        # judged by the entry above (the selector matches the old or the new object).
+        entry(
+            OPERATOR_LEASES,
+            "Ignore",
+            [_rule("coordination.k8s.io", ["leases"], ["CREATE", "UPDATE", "DELETE"], "Namespaced")],
+            namespaceSelector={"matchLabels": {lease_namespace_label: "true"}},
+            objectSelector=_component(True),
         ),
         # Users' writes never wait for the operator: a StorageDriver stored while the webhook is
         # down is marked InvalidSpec by the operator instead.

@@ -11,6 +11,14 @@
 
 {{/* The operator's environment for the webhook and the source policy. */}}
 {{- define "sdo.operatorAdmissionEnv" -}}
+{{- if gt (int .Values.operator.replicas) 1 }}
+- name: LEADER_ELECTION
+  value: "true"
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
 - name: CONFIG_MAP_NAMESPACES
   value: {{ include "sdo.configMapNamespaces" . | quote }}
 - name: REQUIRE_SHA256

@@ -27,6 +27,7 @@ def test_agents_writes_fail_closed_and_storage_drivers_fail_open() -> None:
         "agent-nodedevices": "Fail",
         "agent-nodedriverconfigs": "Fail",
         "agent-leases": "Fail",
+        "operator-leases": "Ignore",
         "storagedrivers": "Ignore",
     }
 
@@ -42,8 +43,30 @@ def test_the_operators_own_writes_never_reach_a_closed_entry() -> None:
 
 
 def test_only_leases_in_the_labelled_namespace_reach_the_webhook() -> None:
-    lease_entry = by_handler(webhooks(SERVED))["agent-leases"]
-    assert lease_entry["namespaceSelector"] == {"matchLabels": {LEASE_NAMESPACE_LABEL: "true"}}
+    entries = by_handler(webhooks(SERVED))
+    for name in ("agent-leases", "operator-leases"):
+        assert entries[name]["namespaceSelector"] == {"matchLabels": {LEASE_NAMESPACE_LABEL: "true"}}
+
+
+def test_every_lease_there_reaches_one_entry_and_only_the_leader_lease_fails_open() -> None:
+    """An objectSelector matches the old or the new object: a Lease with the operator's label
+    goes to the open entry, any other (an agent's, or one an agent strips of the label) to the
+    closed one."""
+    entries = by_handler(webhooks(SERVED))
+
+    def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+        (expression,) = selector["matchExpressions"]
+        inside = labels.get(expression["key"]) in expression["values"]
+        return inside if expression["operator"] == "In" else not inside
+
+    for labels, entry in (
+        ({}, "agent-leases"),
+        ({"app.kubernetes.io/component": "operator"}, "operator-leases"),
+    ):
+        assert [
+            n for n in ("agent-leases", "operator-leases") if matches(entries[n]["objectSelector"], labels)
+        ] == [entry]
+    assert entries["agent-leases"]["failurePolicy"] == "Fail"
 
 
 def test_each_entry_reaches_its_kopf_handler_by_id() -> None:
