@@ -57,7 +57,7 @@ def replicas(release: Release, tmp_path: Path) -> Iterator[list[Replica]]:
     started: list[Replica] = []
     try:
         for identity in ("replica-a", "replica-b"):
-            started.append(start_replica(identity, kubeconfig, NAMESPACE, tmp_path))
+            started.append(start_replica(identity, kubeconfig, NAMESPACE, tmp_path, log_level="DEBUG"))
         yield started
     finally:
         for replica in started:
@@ -208,5 +208,7 @@ async def test_a_paused_leader_writes_nothing_after_another_took_over(
     assert code == 3, after
     assert "lost the leadership" in after
     assert "node spec written" not in after and "status written" not in after, after
+    # The new leader did that work instead.
+    assert "status written" in follower.process.log(100_000)
     lease = await kube.get(LEASES, LEASE, NAMESPACE)
     assert lease["spec"]["holderIdentity"] == follower.identity

@@ -44,7 +44,10 @@ class Replica:
         return int(match.group(1)) if match else None
 
 
-def start_replica(identity: str, kubeconfig: Path, namespace: str, directory: Path) -> Replica:
+def start_replica(
+    identity: str, kubeconfig: Path, namespace: str, directory: Path, log_level: str = "INFO"
+) -> Replica:
+    """DEBUG logs every write (`status written` too), for tests that assert a replica wrote nothing."""
     argv = [
         console_script("storage-operator"),
         "--kubeconfig", str(kubeconfig),
@@ -52,6 +55,7 @@ def start_replica(identity: str, kubeconfig: Path, namespace: str, directory: Pa
         "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
         "--metrics", "",
         "--log-format", "text",
+        "--log-level", log_level,
         "--leader-election",
         "--leader-identity", identity,
         "--leader-lease-duration", str(LEASE_DURATION),
