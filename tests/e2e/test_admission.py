@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
+import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,11 @@ from storage_driver_api.kube import LEASES, PODS, ApiError, Credentials, KubeCli
 
 from tests.api_cases import INVALID_CASES, apply_changes, valid_storage_driver
 from tests.conftest import NodeFactory, kubectl, require
+from tests.e2e.test_operator_with_agent import DRIVER_FILE, agent_missing
+from tests.e2e.test_rbac_flow import node_device_for
 from tests.harness import accounts, helm, localcluster
 from tests.harness.agentidentity import bound_token, pod_on_node, webhook_certificate
+from tests.harness.loopdev import LoopDevice, detach
 from tests.harness.processes import ComponentProcess, console_script
 from tests.harness.waiting import eventually
 from tests.integration.chart.release import Release, installed
@@ -466,3 +471,83 @@ def test_the_chart_binds_no_extra_rights(release: Release) -> None:
     )
     roles = {o["metadata"]["name"] for o in rendered if o and o["kind"] == "ClusterRole"}
     assert f"{release.fullname}-operator-admission" in roles and f"{release.fullname}-operator-pods" in roles
+
+
+async def test_the_real_agent_publishes_through_the_webhook_and_catches_up_after_an_outage(
+    release: Release,
+    operator: WebhookOperator,
+    clean_cluster: KubeClient,
+    loop_devices: Callable[..., LoopDevice],
+    tmp_path: Path,
+) -> None:
+    """The real storage-agent, logged in with a token bound to a Pod on this machine's Node: every
+    write it makes (NodeDevices, its NodeDriverConfig, its Lease) is admitted; while the webhook
+    is down its writes fail closed and it retries; once back, it catches up."""
+    require(agent_missing())
+    kube = clean_cluster
+    node = localcluster.local_node_name()
+    account = release.service_account("agent")
+    pod = await pod_on_node(kube, NAMESPACE, f"agent-local-{uuid.uuid4().hex[:6]}", node, account)
+    token = await bound_token(kube, NAMESPACE, account, pod)
+    config_path = accounts.write_token_kubeconfig(
+        release.cluster, tmp_path / "agent.kubeconfig", release.username("agent"), token
+    )
+    driver_dir = tmp_path / "drivers"
+    driver_dir.mkdir()
+    shutil.copy(DRIVER_FILE, driver_dir / DRIVER_FILE.name)
+    agent = ComponentProcess(
+        "storage-agent",
+        [
+            console_script("storage-agent"),
+            "--kubeconfig", str(config_path),
+            "--node-name", node,
+            "--namespace", NAMESPACE,
+            "--driver-dir", str(driver_dir),
+            "--state-dir", str(tmp_path / "state"),
+        ],
+        tmp_path / "agent.log",
+        env={"KUBECONFIG": str(config_path)},
+    )  # fmt: skip
+    size = 7 * 2**20 + random.randrange(1, 256) * 4096
+    try:
+        agent.start()
+        device = loop_devices(size_bytes=size)
+        published = await eventually(
+            lambda: node_device_for(kube, node, device), timeout=60, what=f"a NodeDevice for {device.path}"
+        )
+
+        async def reported() -> bool:
+            config = await kube.get_or_none(NODE_DRIVER_CONFIGS, node)
+            lease = await kube.get_or_none(LEASES, LEASE_PREFIX + node, NAMESPACE)
+            return bool(((config or {}).get("status") or {}).get("available")) and lease is not None
+
+        await eventually(reported, timeout=60, what="the agent's NodeDriverConfig status and Lease")
+
+        operator.stop()  # the webhook is down: the agent's writes fail closed
+        detach(device)
+        agent.wait_for_log("failed calling webhook", timeout=60)
+        assert present(await kube.get(NODE_DEVICES, str(published))), "a write got through while down"
+        operator.start()
+
+        async def caught_up() -> bool:
+            obj = await kube.get_or_none(NODE_DEVICES, str(published))
+            return obj is None or not present(obj)
+
+        await eventually(
+            caught_up, timeout=90, what="the agent to mark the device absent once the webhook is back"
+        )
+        assert agent.running, agent.log()
+    finally:
+        agent.stop()
+        await kube.request(
+            "DELETE",
+            PODS.path(pod["metadata"]["name"], NAMESPACE),
+            body={"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0},
+        )
+        print(f"--- agent log ---\n{agent.log(200)}")
+    assert "denied the request" not in agent.log(100_000), "the webhook refused one of the agent's own writes"
+
+
+def present(obj: dict[str, Any]) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return all(c.get("status") != "False" for c in conditions if c.get("type") == "Present")
