@@ -36,6 +36,7 @@ LEASE = "leases"
 KINDS = {NODE_DEVICE: "NodeDevice", NODE_DRIVER_CONFIG: "NodeDriverConfig", LEASE: "Lease"}
 
 _HASH_SUFFIX = re.compile(r"^[0-9a-f]{10}$")
+WHICH = "<which>"  # replaced by "existing", "new", or both
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,7 @@ def judge_agent_write(
 
 def _ownership_problems(write: Write, node: str, lease_namespace: str) -> list[str]:
     if write.resource == NODE_DEVICE:
-        return [
-            p for which, obj in write.objects for p in _node_device_problems(which, obj, write.name, node)
-        ]
+        return _node_device_problems(write, node)
     if write.resource == NODE_DRIVER_CONFIG:
         return _node_driver_config_problems(write, node)
     if write.resource == LEASE:
@@ -172,22 +171,31 @@ def _ownership_problems(write: Write, node: str, lease_namespace: str) -> list[s
     return [f"agents do not write {write.resource}"]
 
 
-def _node_device_problems(which: str, obj: Mapping[str, Any], name: str, node: str) -> list[str]:
+def _node_device_problems(write: Write, node: str) -> list[str]:
+    # Each check reads "the <which> object's ...": said once when the old and the new object fail it alike.
+    found: dict[str, list[str]] = {}
+    for which, obj in write.objects:
+        for template in _device_fields(obj, node):
+            found.setdefault(template, []).append(which)
+    problems = [template.replace(WHICH, " and ".join(whiches)) for template, whiches in found.items()]
+    prefix = node_device_name_prefix(node) + "-"
+    if not (write.name.startswith(prefix) and _HASH_SUFFIX.match(write.name.removeprefix(prefix))):
+        problems.append(f"the name is not <node>-<hash> for node {node} ({prefix}<10 hex digits>)")
+    return problems
+
+
+def _device_fields(obj: Mapping[str, Any], node: str) -> list[str]:
     meta = obj.get("metadata") or {}
     problems = []
     owner = (obj.get("spec") or {}).get("nodeName")
     if owner != node:
-        problems.append(f"the {which} object's spec.nodeName is node {owner!r}, not {node}")
+        problems.append(f"the {WHICH} object's spec.nodeName is node {owner!r}, not {node}")
     label = (meta.get("labels") or {}).get(NODE_LABEL)
     if label != node_label_value(node):
         problems.append(
-            f"the {which} object's label {NODE_LABEL} is {label!r}, not {node_label_value(node)!r} (node {node})"
+            f"the {WHICH} object's label {NODE_LABEL} is {label!r}, not {node_label_value(node)!r} (node {node})"
         )
-    prefix = node_device_name_prefix(node) + "-"
-    if not (name.startswith(prefix) and _HASH_SUFFIX.match(name.removeprefix(prefix))):
-        problems.append(f"the name is not <node>-<hash> for node {node} ({prefix}<10 hex digits>)")
-    problems += _owner_problems(which, meta, node)
-    return problems
+    return problems + _owner_problems(WHICH, meta, node)
 
 
 def _owner_problems(which: str, meta: Mapping[str, Any], node: str) -> list[str]:

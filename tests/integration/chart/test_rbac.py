@@ -310,8 +310,21 @@ async def test_operator_cannot_read_secrets_or_write_what_agents_own(
     )
     await denied(as_operator.create(NODE_DEVICES, node_device(node)))
     await denied(as_operator.create(STORAGE_DRIVERS, storage_driver()))
-    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "x"}, "spec": {}}
-    await denied(as_operator.create(LEASES, lease, namespace=release.namespace))
+    # It may create Leases (its leader Lease), but update only its leader Lease: never an agent's.
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": f"storage-agent-{node}"},
+    }
+    with contextlib.suppress(ApiError):
+        await clean_cluster.create(LEASES, {**lease, "spec": {}}, namespace=release.namespace)
+    await denied(
+        as_operator.patch(
+            LEASES, f"storage-agent-{node}", {"spec": {"holderIdentity": "x"}}, namespace=release.namespace
+        )
+    )
+    current = await clean_cluster.get(LEASES, f"storage-agent-{node}", release.namespace)
+    await denied(as_operator.replace(LEASES, f"storage-agent-{node}", current, namespace=release.namespace))
     await denied(as_operator.patch(NODES, node, {"metadata": {"labels": {"x": "y"}}}))
 
 
