@@ -22,6 +22,7 @@ from typing import Any
 from storage_driver_api.constants import NODE_DEVICES, NODE_LABEL, node_label_value
 from storage_driver_api.kube import (
     NAMESPACES,
+    PODS,
     SERVICEACCOUNTS,
     VALIDATING_WEBHOOKS,
     ApiError,
@@ -163,6 +164,17 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
                 operator.stop()
                 await admin.delete(VALIDATING_WEBHOOKS, CONFIGURATION)
         await admin.delete(NODE_DEVICES, name)
+        # Leave the cluster as it was: the Pod has no kubelet to confirm a graceful deletion.
+        pods, _ = await admin.list(PODS, namespace=NAMESPACE)
+        for pod in pods:
+            await admin.request(
+                "DELETE",
+                PODS.path(pod["metadata"]["name"], NAMESPACE),
+                body={"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0},
+            )
+        await admin.delete(NAMESPACES, NAMESPACE)
+        await admin.delete(CLUSTER_ROLE_BINDINGS, ACCOUNT)
+        await admin.delete(CLUSTER_ROLES, ACCOUNT)
     table = Table(
         "Admission: an agent's NodeDevice write",
         ["", "p50", "p95", "max"],

@@ -24,7 +24,7 @@ from storage_driver_api.constants import (
     STORAGE_DRIVERS,
     node_label_value,
 )
-from storage_driver_api.kube import KubeClient, load_kubeconfig
+from storage_driver_api.kube import NAMESPACES, NODES, KubeClient, load_kubeconfig
 
 from tests.api_cases import apply_changes, valid_storage_driver
 from tests.bench.table import Table, percentile
@@ -41,7 +41,8 @@ def s(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
-async def converge(kube: KubeClient) -> None:
+async def remove(kube: KubeClient) -> None:
+    """What the benchmark creates, so that it leaves the cluster as it found it."""
     for res, name in (
         (STORAGE_DRIVERS, DRIVER),
         (NODE_DRIVER_CONFIGS, NODE),
@@ -51,6 +52,11 @@ async def converge(kube: KubeClient) -> None:
         if obj and obj["metadata"].get("finalizers"):
             await kube.patch(res, name, {"metadata": {"finalizers": None}})
         await kube.delete(res, name)
+    await kube.delete(NODES, NODE)
+
+
+async def converge(kube: KubeClient) -> None:
+    await remove(kube)
     await localcluster.ensure_node(kube, NODE, localcluster.local_node_info())
     await kube.create(
         NODE_DEVICES,
@@ -127,6 +133,8 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
         finally:
             for replica in replicas:
                 replica.process.stop()
+            await remove(kube)
+            await kube.delete(NAMESPACES, NAMESPACE)
     table = Table(
         "Failover: SIGKILL of the leader replica",
         ["", "median", "max"],

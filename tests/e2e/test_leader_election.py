@@ -20,12 +20,13 @@ from storage_driver_api.constants import (
     STORAGE_DRIVERS,
     node_label_value,
 )
-from storage_driver_api.kube import LEASES, KubeClient
+from storage_driver_api.kube import LEASES, PODS, VALIDATING_WEBHOOKS, ApiError, Credentials, KubeClient
 
 from tests.api_cases import apply_changes, valid_storage_driver
 from tests.conftest import NodeFactory, require
 from tests.harness import accounts, helm, localcluster
-from tests.harness.replicas import LEASE_DURATION, RETRY, Replica, start_replica, wait_for_leader
+from tests.harness.agentidentity import bound_token, pod_on_node, webhook_certificate
+from tests.harness.replicas import LEASE_DURATION, RETRY, Replica, free_port, start_replica, wait_for_leader
 from tests.harness.waiting import eventually
 from tests.integration.chart.release import Release, installed
 
@@ -212,3 +213,85 @@ async def test_a_paused_leader_writes_nothing_after_another_took_over(
     assert "status written" in follower.process.log(100_000)
     lease = await kube.get(LEASES, LEASE, NAMESPACE)
     assert lease["spec"]["holderIdentity"] == follower.identity
+
+
+async def test_every_replica_serves_the_webhook_so_a_dead_leader_does_not_stop_the_agents(
+    release: Release, clean_cluster: KubeClient, make_node: NodeFactory, tmp_path: Path
+) -> None:
+    """Both replicas listen on one port (SO_REUSEPORT: the kernel spreads the API server's
+    connections over them, as a Service spreads them over pods). Right after the leader is
+    killed, before the follower has taken over, an agent's writes are still admitted."""
+    kube = clean_cluster
+    await make_node(NODE)
+    kubeconfig = accounts.write_token_kubeconfig(
+        release.cluster,
+        tmp_path / "operator.kubeconfig",
+        release.username("operator"),
+        release.token("operator"),
+    )
+    cert, key = webhook_certificate(release.cluster, tmp_path / "pki")
+    port = free_port()
+    configuration = "sdo-leader-admission"
+    webhook_args = [
+        "--webhook-address", f"127.0.0.1:{port}",
+        "--webhook-cert", str(cert),
+        "--webhook-key", str(key),
+        "--webhook-ca", str(release.cluster.pki / "ca.crt"),
+        "--webhook-configuration", configuration,
+        "--agent-service-account", f"{NAMESPACE}:{release.service_account('agent')}",
+    ]  # fmt: skip
+    account = release.service_account("agent")
+    pod = await pod_on_node(kube, NAMESPACE, "agent-leader-node", NODE, account)
+    token = await bound_token(kube, NAMESPACE, account, pod)
+    credentials = Credentials(
+        server=release.cluster.server, ca_data=(release.cluster.pki / "ca.crt").read_bytes(), token=token
+    )
+    started: list[Replica] = []
+    try:
+        for identity in ("webhook-a", "webhook-b"):
+            replica = start_replica(identity, kubeconfig, NAMESPACE, tmp_path, extra_args=webhook_args)
+            replica.process.wait_for_log("webhook configuration written", timeout=60)
+            started.append(replica)
+        leader = wait_for_leader(started)
+        (follower,) = [r for r in started if r is not leader]
+        async with KubeClient(credentials) as agent:
+            name = f"{NODE}-0123456789"
+
+            async def admitted(model: str) -> bool:
+                await agent.patch(NODE_DEVICES, name, {"spec": {"model": model}})
+                return True
+
+            await agent.create(NODE_DEVICES, device_body())
+            with pytest.raises(ApiError) as refused:
+                await agent.create(NODE_DEVICES, {**device_body(), "metadata": {"name": "other-0123456789"}})
+            assert refused.value.status == 403 and "denied the request" in refused.value.message
+            leader.process.kill()
+            killed = time.monotonic()
+            for i in range(20):  # many connections: each would reach the dead one if it still served
+                await admitted(f"after-kill-{i}")
+            assert time.monotonic() - killed < LEASE_DURATION, "too slow to show it before the takeover"
+            assert not follower.leading, "the follower took over already; the check proves nothing"
+    finally:
+        for replica in started:
+            replica.process.stop()
+        await kube.request(
+            "DELETE",
+            PODS.path(pod["metadata"]["name"], NAMESPACE),
+            body={"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0},
+        )
+        await kube.delete(VALIDATING_WEBHOOKS, configuration)
+
+
+def device_body() -> dict[str, Any]:
+    return {
+        "apiVersion": NODE_DEVICES.api_version,
+        "kind": NODE_DEVICES.kind,
+        "metadata": {"name": f"{NODE}-0123456789", "labels": {NODE_LABEL: node_label_value(NODE)}},
+        "spec": {
+            "nodeName": NODE,
+            "type": "loop",
+            "identity": {"kind": "virtual", "value": "x"},
+            "kernelName": "loop9",
+            "sysPath": "/sys/devices/virtual/block/loop9",
+        },
+    }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,13 @@ class Replica:
 
 
 def start_replica(
-    identity: str, kubeconfig: Path, namespace: str, directory: Path, log_level: str = "INFO"
+    identity: str,
+    kubeconfig: Path,
+    namespace: str,
+    directory: Path,
+    *,
+    log_level: str = "INFO",
+    extra_args: Sequence[str] = (),
 ) -> Replica:
     """DEBUG logs every write (`status written` too), for tests that assert a replica wrote nothing."""
     argv = [
@@ -61,6 +68,7 @@ def start_replica(
         "--leader-lease-duration", str(LEASE_DURATION),
         "--leader-renew-deadline", str(RENEW_DEADLINE),
         "--leader-retry", str(RETRY),
+        *extra_args,
     ]  # fmt: skip
     process = ComponentProcess(
         identity, argv, directory / f"{identity}.log", env={"KUBECONFIG": str(kubeconfig)}
