@@ -47,7 +47,6 @@ pytestmark = pytest.mark.helm
 
 RELEASE = "sdo-trust"
 NAMESPACE = "sdo-trust"
-CONFIGURATION = "sdo-trust-admission"
 HASH = "0123456789"
 
 
@@ -66,6 +65,7 @@ class WebhookOperator:
     directory: Path
     port: int
     process: ComponentProcess | None = None
+    starts: int = 0
 
     def start(self, webhook: bool = True) -> WebhookOperator:
         config = accounts.write_token_kubeconfig(
@@ -89,14 +89,16 @@ class WebhookOperator:
                 "--webhook-cert", str(cert),
                 "--webhook-key", str(key),
                 "--webhook-ca", str(self.release.cluster.pki / "ca.crt"),
-                "--webhook-configuration", CONFIGURATION,
+                # The chart's name: the operator may rewrite only that configuration.
+                "--webhook-configuration", self.release.fullname,
                 "--agent-service-account", f"{NAMESPACE}:{self.release.service_account('agent')}",
                 "--config-map-namespaces", NAMESPACE,
                 "--require-sha256",
             ]  # fmt: skip
         name = "operator-webhook" if webhook else "operator-plain"
+        self.starts += 1  # a log of its own per start, so that waiting for a line waits for this start
         self.process = ComponentProcess(
-            name, argv, self.directory / f"{name}.log", env={"KUBECONFIG": str(config)}
+            name, argv, self.directory / f"{name}-{self.starts}.log", env={"KUBECONFIG": str(config)}
         ).start()
         if webhook:
             self.process.wait_for_log("webhook configuration written", timeout=90)
@@ -122,7 +124,11 @@ def operator(release: Release, tmp_path_factory: pytest.TempPathFactory) -> Iter
         print(f"--- operator log ---\n{op.log()[-8000:]}")
         # Persistent and fail-closed: it must not outlive the test for the rest of the session.
         kubectl(
-            release.cluster, "delete", "validatingwebhookconfiguration", CONFIGURATION, "--ignore-not-found"
+            release.cluster,
+            "delete",
+            "validatingwebhookconfiguration",
+            release.fullname,
+            "--ignore-not-found",
         )
 
 

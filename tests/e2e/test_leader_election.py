@@ -231,7 +231,7 @@ async def test_every_replica_serves_the_webhook_so_a_dead_leader_does_not_stop_t
     )
     cert, key = webhook_certificate(release.cluster, tmp_path / "pki")
     port = free_port()
-    configuration = "sdo-leader-admission"
+    configuration = release.fullname  # the chart's name: the only one the operator may rewrite
     webhook_args = [
         "--webhook-address", f"127.0.0.1:{port}",
         "--webhook-cert", str(cert),
@@ -249,9 +249,8 @@ async def test_every_replica_serves_the_webhook_so_a_dead_leader_does_not_stop_t
     started: list[Replica] = []
     try:
         for identity in ("webhook-a", "webhook-b"):
-            replica = start_replica(identity, kubeconfig, NAMESPACE, tmp_path, extra_args=webhook_args)
-            replica.process.wait_for_log("webhook configuration written", timeout=60)
-            started.append(replica)
+            started.append(start_replica(identity, kubeconfig, NAMESPACE, tmp_path, extra_args=webhook_args))
+            started[-1].process.wait_for_log("webhook configuration written", timeout=60)
         leader = wait_for_leader(started)
         (follower,) = [r for r in started if r is not leader]
         async with KubeClient(credentials) as agent:
@@ -274,12 +273,13 @@ async def test_every_replica_serves_the_webhook_so_a_dead_leader_does_not_stop_t
     finally:
         for replica in started:
             replica.process.stop()
+        # Fail-closed entries must not outlive the test.
+        await kube.delete(VALIDATING_WEBHOOKS, configuration)
         await kube.request(
             "DELETE",
             PODS.path(pod["metadata"]["name"], NAMESPACE),
             body={"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0},
         )
-        await kube.delete(VALIDATING_WEBHOOKS, configuration)
 
 
 def device_body() -> dict[str, Any]:
