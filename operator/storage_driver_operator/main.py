@@ -212,6 +212,8 @@ async def run(options: Options) -> int:
             loop.cancel()
             for task in background:
                 task.cancel()
+        if elector is not None:
+            await elector.release()  # nothing of this replica writes any more
     log.info("operator stopped", extra=fields(**controller.counters))
     return 0
 

@@ -187,6 +187,21 @@ async def test_sigkill_of_the_leader_hands_over_and_the_new_leader_writes_nothin
     print(f"handover after SIGKILL: {took:.1f}s (lease duration {LEASE_DURATION}s)")
 
 
+async def test_a_leader_stopped_cleanly_hands_over_at_once(
+    replicas: list[Replica], clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    """A rolling update stops the leader with SIGTERM: it releases the Lease once it has stopped
+    writing, so the other replica leads after one retry instead of the whole Lease duration."""
+    leader = wait_for_leader(replicas)
+    (follower,) = [r for r in replicas if r is not leader]
+    stopped = time.monotonic()
+    assert leader.process.stop() == 0, leader.process.log()
+    wait_for_leader([follower], timeout=LEASE_DURATION + 10)
+    took = time.monotonic() - stopped
+    assert "released the leadership" in leader.process.log(100_000)
+    assert took < LEASE_DURATION, f"handover after SIGTERM took {took:.1f}s"
+
+
 async def test_a_paused_leader_writes_nothing_after_another_took_over(
     replicas: list[Replica], clean_cluster: KubeClient, make_node: NodeFactory
 ) -> None:
