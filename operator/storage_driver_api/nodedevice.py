@@ -141,8 +141,15 @@ class NodeDevice(ApiModel):
 MAX_NAME = 253
 
 
+SUFFIX_LENGTH = 10
+
+
+def node_device_name_prefix(node_name: str) -> str:
+    """The part of a node's NodeDevice names before `-<hash>` (the node name, cut to fit)."""
+    return node_name[: MAX_NAME - SUFFIX_LENGTH - 1].rstrip("-.")
+
+
 def node_device_name(node_name: str, identity: DeviceIdentity) -> str:
     """`<node>-<short hash of the identity>`; the same identity always gives the same name."""
-    suffix = short_hash(f"{identity.kind}:{identity.value}")
-    prefix = node_name[: MAX_NAME - len(suffix) - 1].rstrip("-.")
-    return f"{prefix}-{suffix}"
+    suffix = short_hash(f"{identity.kind}:{identity.value}", SUFFIX_LENGTH)
+    return f"{node_device_name_prefix(node_name)}-{suffix}"

@@ -24,8 +24,9 @@ from storage_driver_api.constants import ANNOTATION_PREFIX, FINALIZER, GROUP, ST
 from storage_driver_api.kube import Credentials, KubeClient, KubeConfigError, load_credentials
 from storage_driver_api.logs import fields, setup_logging
 
-from storage_driver_operator import metrics
+from storage_driver_operator import election, metrics, webhook
 from storage_driver_operator.controller import Controller
+from storage_driver_operator.leadership import Timing
 from storage_driver_operator.options import Options
 
 log = logging.getLogger("storage_driver_operator")
@@ -71,7 +72,13 @@ def build_registry(
     credentials: Credentials,
     options: Options,
     stop_controller: Callable[[], object],
+    admission: kopf.WebhookServer | None = None,
+    *,
+    leading: bool = True,
+    fence: Callable[[], bool] | None = None,
 ) -> kopf.OperatorRegistry:
+    """kopf's registry: the leader's (StorageDriver handlers, the controller's health), or a
+    follower's (settings, login and the webhook only: it watches nothing and writes nothing)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
@@ -82,7 +89,8 @@ def build_registry(
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
         )
-        settings.peering.standalone = True  # one replica (Deployment strategy Recreate)
+        # No kopf peering: one replica, or several behind the leader Lease (--leader-election).
+        settings.peering.standalone = True
         # Scanning stays on: kopf notices the StorageDriver CRD when it is installed after the operator.
         settings.watching.server_timeout = int(options.watch_timeout)  # an integer in the URL
         settings.watching.client_timeout = int(options.watch_timeout) + 30
@@ -94,6 +102,9 @@ def build_registry(
         settings.execution.default_backoff = 10
         settings.posting.level = logging.WARNING  # kopf's own Events only for problems
         settings.posting.reporting_component = "storage-operator"
+        # The webhook configuration is the operator's own (webhookconfig explains why not kopf's).
+        settings.admission.server = admission
+        settings.admission.managed = None
 
     given: list[str] = []  # the Authorization kopf last got
 
@@ -113,12 +124,18 @@ def build_registry(
 
     @kopf.on.probe(id="controller", registry=registry)
     def probe(**_: Any) -> dict[str, Any]:
-        return controller.health()
+        return controller.health() if leading else {"role": "follower"}
+
+    if not leading:
+        return registry
 
     @kopf.on.delete(GROUP, VERSION, STORAGE_DRIVERS.plural, registry=registry, backoff=1)
     async def unload_everywhere(name: str, **_: Any) -> None:
         """Hold the finalizer until every live node has unloaded the driver."""
         remaining = await controller.wait_unloaded(name, options.deletion_wait)
+        if fence is not None and not fence():
+            # kopf writes next (the finalizer, its progress): a deposed leader must not.
+            election.exit_now("the renew deadline passed before releasing a finalizer")
         if remaining:
             shown = ", ".join(remaining[:5]) + (" ..." if len(remaining) > 5 else "")
             raise kopf.TemporaryError(f"waiting for {len(remaining)} node(s) to unload: {shown}", delay=1)
@@ -133,12 +150,13 @@ async def run(options: Options) -> int:
     except KubeConfigError as exc:
         log.error("cannot reach the cluster", extra=fields(error=str(exc)))
         return 2
-    if options.metrics:
-        try:
+    try:
+        options.check()
+        if options.metrics:
             metrics.listen_address(options.metrics)
-        except ValueError as exc:
-            log.error("invalid option", extra=fields(error=str(exc)))
-            return 2
+    except ValueError as exc:
+        log.error("invalid option", extra=fields(error=str(exc)))
+        return 2
     log.info(
         "operator starting",
         extra=fields(
@@ -149,10 +167,21 @@ async def run(options: Options) -> int:
         ),
     )
     async with contextlib.AsyncExitStack() as stack:
-        kube = await stack.enter_async_context(
-            KubeClient(credentials, user_agent=f"storage-operator/{operator_version()}")
-        )
-        controller = Controller(kube, options)
+        user_agent = f"storage-operator/{operator_version()}"
+        kube = await stack.enter_async_context(KubeClient(credentials, user_agent=user_agent))
+        elector = None
+        controller_kube = kube
+        if options.leader_election:
+            timing = Timing(
+                options.leader_lease_duration, options.leader_renew_deadline, options.leader_retry
+            )
+            elector = election.LeaderElector(
+                kube, options.lease_namespace, options.leader_lease, options.identity, timing
+            )
+            controller_kube = await stack.enter_async_context(
+                election.FencedKubeClient(credentials, fence=elector.fence, user_agent=user_agent)
+            )
+        controller = Controller(controller_kube, options)
         if options.metrics:
             try:
                 await stack.enter_async_context(metrics.serve(options.metrics, controller.metrics))
@@ -163,8 +192,36 @@ async def run(options: Options) -> int:
                 )
                 return 2
         async with asyncio.TaskGroup() as group:
+            background = []
+            server = None
+            if options.webhook_address:
+                keeper = webhook.ConfigurationKeeper(kube, options)
+                server = webhook.server(options, keeper.offer)
+                background.append(group.create_task(keeper.run(), name="webhook-configuration"))
+            if elector is not None:
+                background.append(group.create_task(elector.run(), name="leader-election"))
+                if not await follow(
+                    elector,
+                    controller=controller,
+                    credentials=credentials,
+                    options=options,
+                    server=server,
+                    kube=kube,
+                ):
+                    for task in background:
+                        task.cancel()
+                    return 0  # stopped (SIGTERM) while following
             loop = group.create_task(controller.run(), name="controller")
-            registry = build_registry(controller, credentials, options, stop_controller=loop.cancel)
+            registry = build_registry(
+                controller,
+                credentials,
+                options,
+                stop_controller=loop.cancel,
+                admission=server,
+                fence=elector.fence if elector else None,
+            )
+            if server is not None:
+                webhook.register(registry, kube, options)
             # kopf installs the SIGTERM/SIGINT handlers and returns when one arrives.
             await kopf.operator(
                 registry=registry,
@@ -174,6 +231,10 @@ async def run(options: Options) -> int:
                 identity=operator_identity(),
             )
             loop.cancel()
+            for task in background:
+                task.cancel()
+        if elector is not None:
+            await elector.release()  # nothing of this replica writes any more
     log.info("operator stopped", extra=fields(**controller.counters))
     return 0
 
@@ -182,6 +243,43 @@ def operator_identity() -> Any:  # kopf's Identity, a NewType of str it does not
     """Who this operator is, in kopf's records: the pod's name in a cluster. kopf's own default
     asks the password database for the user, which has no entry for the image's uid."""
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}/{os.getpid()}"
+
+
+async def follow(
+    elector: election.LeaderElector,
+    *,
+    controller: Controller,
+    credentials: Credentials,
+    options: Options,
+    server: kopf.WebhookServer | None,
+    kube: KubeClient,
+) -> bool:
+    """Serve the webhook, health and metrics with kopf until this replica is elected (True) or
+    told to stop (False); kopf then starts again with the leader's handlers."""
+    elected = asyncio.Event()
+
+    async def wait_for_election() -> None:
+        await elector.leading.wait()
+        elected.set()
+
+    waiter = asyncio.create_task(wait_for_election())
+    registry = build_registry(
+        controller, credentials, options, stop_controller=lambda: None, admission=server, leading=False
+    )
+    if server is not None:
+        webhook.register(registry, kube, options)
+    try:
+        await kopf.operator(
+            registry=registry,
+            clusterwide=True,
+            standalone=True,
+            liveness_endpoint=options.liveness or None,
+            stop_flag=elected,
+            identity=operator_identity(),
+        )
+    finally:
+        waiter.cancel()
+    return elector.leading.is_set()
 
 
 def build_parser() -> argparse.ArgumentParser:

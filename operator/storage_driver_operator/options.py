@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from dataclasses import dataclass
 
 from storage_driver_api.constants import LEASE_NAMESPACE_DEFAULT
+
+from storage_driver_operator.leadership import Timing
 
 
 def _env(name: str, default: str) -> str:
@@ -31,6 +34,53 @@ class Options:
     list_pages: bool = False
     log_level: str = "INFO"
     log_format: str = "json"
+    webhook_address: str = ""
+    webhook_host: str = ""
+    webhook_service: str = ""
+    webhook_cert: str = ""
+    webhook_key: str = ""
+    webhook_ca: str = ""
+    webhook_configuration: str = "storage-driver-operator"
+    agent_service_accounts: tuple[str, ...] = ()
+    config_map_namespaces: tuple[str, ...] = ()
+    require_sha256: bool = False
+    leader_election: bool = False
+    leader_lease: str = "storage-operator-leader"
+    leader_identity: str = ""
+    leader_lease_duration: float = 15.0
+    leader_renew_deadline: float = 10.0
+    leader_retry: float = 2.0
+
+    @property
+    def identity(self) -> str:
+        """This replica in the leader Lease: its pod name in a cluster, else host and pid."""
+        return self.leader_identity or f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def agent_usernames(self) -> tuple[str, ...]:
+        """`namespace:name` of each agent ServiceAccount, as the API server names its tokens' users."""
+        return tuple(f"system:serviceaccount:{account}" for account in self.agent_service_accounts)
+
+    def check(self) -> None:
+        """Refuse combinations that cannot work, naming the flag and the fix."""
+        if self.leader_election:
+            Timing(self.leader_lease_duration, self.leader_renew_deadline, self.leader_retry).check()
+        if not self.webhook_address:
+            return
+        _, sep, port = self.webhook_address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(
+                f"--webhook-address {self.webhook_address!r}: expected HOST:PORT, e.g. 0.0.0.0:9443"
+            )
+        if not (self.webhook_cert and self.webhook_key):
+            raise ValueError(
+                "--webhook-address needs --webhook-cert and --webhook-key (the API server requires HTTPS)"
+            )
+        if not self.agent_service_accounts:
+            raise ValueError(
+                "--webhook-address needs --agent-service-account NAMESPACE:NAME, so that agents' writes are "
+                "confined to their nodes"
+            )
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +162,92 @@ class Options:
             help="DEBUG, INFO, WARNING (default: %(default)s)",
         )
         add("--log-format", choices=["json", "text"], default=_env("LOG_FORMAT", "json"))
+        add(
+            "--webhook-address",
+            default=_env("WEBHOOK_ADDRESS", ""),
+            help="HOST:PORT to serve the admission webhook on (HTTPS); empty: no webhook (default: %(default)r)",
+        )
+        add(
+            "--webhook-host",
+            default=_env("WEBHOOK_HOST", ""),
+            help="host name the API server reaches the webhook at when there is no --webhook-service "
+            "(default: the listening address)",
+        )
+        add(
+            "--webhook-service",
+            default=_env("WEBHOOK_SERVICE", ""),
+            help="NAMESPACE/NAME[:PORT] of the Service in front of the webhook (in a cluster)",
+        )
+        add(
+            "--webhook-cert",
+            default=_env("WEBHOOK_CERT", ""),
+            help="the webhook's TLS certificate (PEM file)",
+        )
+        add("--webhook-key", default=_env("WEBHOOK_KEY", ""), help="the webhook's TLS private key (PEM file)")
+        add(
+            "--webhook-ca",
+            default=_env("WEBHOOK_CA", ""),
+            help="CA bundle the API server verifies the webhook with (default: the certificate itself)",
+        )
+        add(
+            "--webhook-configuration",
+            default=_env("WEBHOOK_CONFIGURATION", "storage-driver-operator"),
+            help="name of the ValidatingWebhookConfiguration the operator keeps (default: %(default)s)",
+        )
+        add(
+            "--agent-service-account",
+            dest="agent_service_accounts",
+            action="append",
+            default=[a for a in _env("AGENT_SERVICE_ACCOUNT", "").split(",") if a],
+            help="NAMESPACE:NAME of the agents' ServiceAccount, whose writes the webhook confines to their "
+            "nodes (repeatable; default: $AGENT_SERVICE_ACCOUNT)",
+        )
+        add(
+            "--config-map-namespaces",
+            default=_env("CONFIG_MAP_NAMESPACES", ""),
+            help="comma-separated namespaces configMap driver sources may come from; empty: any",
+        )
+        add(
+            "--leader-election",
+            action="store_true",
+            default=_env("LEADER_ELECTION", "") in ("1", "true"),
+            help="run with other replicas: only the holder of the leader Lease (in --lease-namespace) "
+            "reconciles; every replica serves the webhook",
+        )
+        add(
+            "--leader-lease",
+            default=_env("LEADER_LEASE", "storage-operator-leader"),
+            help="name of the leader Lease",
+        )
+        add(
+            "--leader-identity",
+            default=_env("POD_NAME", ""),
+            help="this replica's name in the Lease (default: $POD_NAME, else host-pid)",
+        )
+        add(
+            "--leader-lease-duration",
+            type=float,
+            default=float(_env("LEADER_LEASE_DURATION", "15")),
+            help="another replica takes over a Lease unchanged this long, seconds (default: %(default)s)",
+        )
+        add(
+            "--leader-renew-deadline",
+            type=float,
+            default=float(_env("LEADER_RENEW_DEADLINE", "10")),
+            help="a leader that could not renew for this long exits, seconds (default: %(default)s)",
+        )
+        add(
+            "--leader-retry",
+            type=float,
+            default=float(_env("LEADER_RETRY", "2")),
+            help="between renewals and attempts to acquire, seconds (default: %(default)s)",
+        )
+        add(
+            "--require-sha256",
+            action="store_true",
+            default=_env("REQUIRE_SHA256", "") in ("1", "true"),
+            help="refuse configMap and url driver sources without a sha256 pin",
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -131,4 +267,20 @@ class Options:
             list_pages=args.list_pages,
             log_level=args.log_level,
             log_format=args.log_format,
+            webhook_address=args.webhook_address,
+            webhook_host=args.webhook_host,
+            webhook_service=args.webhook_service,
+            webhook_cert=args.webhook_cert,
+            webhook_key=args.webhook_key,
+            webhook_ca=args.webhook_ca,
+            webhook_configuration=args.webhook_configuration,
+            agent_service_accounts=tuple(args.agent_service_accounts),
+            config_map_namespaces=tuple(n for n in args.config_map_namespaces.split(",") if n),
+            require_sha256=args.require_sha256,
+            leader_election=args.leader_election,
+            leader_lease=args.leader_lease,
+            leader_identity=args.leader_identity,
+            leader_lease_duration=args.leader_lease_duration,
+            leader_renew_deadline=args.leader_renew_deadline,
+            leader_retry=args.leader_retry,
         )

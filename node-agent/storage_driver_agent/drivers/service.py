@@ -95,6 +95,8 @@ class Options:
     terminate_timeout: float = 5.0
     health_interval: float = 30.0
     max_driver_bytes: int = 16 * 2**20
+    config_map_namespaces: tuple[str, ...] = ()
+    require_sha256: bool = False
     debounce: float = 0.5
     lease_duration: int = 40
     lease_renew: float = 10.0
@@ -169,6 +171,18 @@ class Options:
             help="largest driver file fetched from a configMap or url source (default: 16Mi)",
         )
         parser.add_argument(
+            "--config-map-namespaces",
+            default=_env("CONFIG_MAP_NAMESPACES", ""),
+            help="comma-separated namespaces configMap driver sources may come from; empty: any "
+            "(default: $CONFIG_MAP_NAMESPACES)",
+        )
+        parser.add_argument(
+            "--require-sha256",
+            action="store_true",
+            default=_env("REQUIRE_SHA256", "") in ("1", "true"),
+            help="refuse configMap and url driver sources without a sha256 pin (default: $REQUIRE_SHA256)",
+        )
+        parser.add_argument(
             "--driver-dir-debounce",
             type=float,
             default=0.5,
@@ -203,6 +217,8 @@ class Options:
             terminate_timeout=args.terminate_timeout,
             health_interval=args.health_interval,
             max_driver_bytes=args.max_driver_bytes,
+            config_map_namespaces=tuple(n for n in args.config_map_namespaces.split(",") if n),
+            require_sha256=args.require_sha256,
             debounce=args.driver_dir_debounce,
             lease_duration=args.lease_duration,
             lease_renew=args.lease_renew,
@@ -265,7 +281,11 @@ class DriverRuntime:
             options.driver_dir,
             kube,
             self.inventory,
-            FetchLimits(max_bytes=options.max_driver_bytes),
+            FetchLimits(
+                max_bytes=options.max_driver_bytes,
+                config_map_namespaces=frozenset(options.config_map_namespaces) or None,
+                require_sha256=options.require_sha256,
+            ),
             asyncio.get_running_loop().time,
         )
         self.reconciler = NodeReconciler(

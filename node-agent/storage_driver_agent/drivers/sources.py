@@ -130,6 +130,10 @@ def _publish(tmp: Path, target: Path) -> None:
 class FetchLimits:
     max_bytes: int = 16 * 1024 * 1024
     timeout_seconds: float = 120.0
+    # The cluster's source policy (chart values driverSources), checked again here: the
+    # admission webhook refuses such StorageDrivers, but one stored while it was down must not load.
+    config_map_namespaces: frozenset[str] | None = None  # None: any
+    require_sha256: bool = False
 
 
 class SourceFetcher:
@@ -208,6 +212,19 @@ class SourceFetcher:
         if ref is None or not all(ref):
             raise SourceError("InvalidSource", "a configMap source needs namespace, name and key")
         namespace, name, key = ref
+        allowed = self.limits.config_map_namespaces
+        if allowed is not None and namespace not in allowed:
+            raise SourceError(
+                "SourceNotAllowed",
+                f"ConfigMap {namespace}/{name}: driver sources may come only from namespace(s) "
+                f"{', '.join(sorted(allowed))} (chart value driverSources.configMapNamespaces)",
+            )
+        if self.limits.require_sha256 and not desired.source.sha256:
+            raise SourceError(
+                "ChecksumRequired",
+                f"ConfigMap {namespace}/{name}: this cluster requires a sha256 pin for configMap sources "
+                "(chart value driverSources.requireSha256); set spec.source.configMap.sha256",
+            )
         try:
             config_map = await self.kube.get(CONFIGMAPS, name, namespace)
         except ApiError as exc:

@@ -47,9 +47,11 @@ def rendered_grants(objects: Iterable[dict[str, Any]], release_namespace: str) -
             assert subject["kind"] == "ServiceAccount", subject
             component = _component(subject["name"])
             for rule in role["rules"]:
+                # A rule limited to named objects (the operator's own webhook configuration).
+                where = f"{scope}, named" if rule.get("resourceNames") else scope
                 for group in rule["apiGroups"]:
                     for resource in rule["resources"]:
-                        grants.add(Grant(component, group, resource, tuple(sorted(rule["verbs"])), scope))
+                        grants.add(Grant(component, group, resource, tuple(sorted(rule["verbs"])), where))
     return grants
 
 

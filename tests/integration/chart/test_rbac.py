@@ -4,6 +4,7 @@ right docs/security.md lists and for what must stay refused."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 from collections.abc import AsyncIterator, Iterator
@@ -132,17 +133,22 @@ async def test_agent_can_do_its_job(
     # The agent reads its NodeDriverConfig by watching it, never through the status subresource.
     await denied(as_agent.request("GET", NODE_DRIVER_CONFIGS.path(node, subresource="status")))
 
-    await clean_cluster.create(
-        CONFIGMAPS,
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "driver-source"},
-            "data": {"d.py": "x"},
-        },
-        namespace=test_namespace,
-    )
-    assert (await as_agent.get(CONFIGMAPS, "driver-source", test_namespace))["data"] == {"d.py": "x"}
+    # configMap driver sources: readable in the allowed namespaces (default: the release's) only.
+    for namespace in (NAMESPACE, test_namespace):
+        with contextlib.suppress(ApiError):
+            await clean_cluster.delete(CONFIGMAPS, "driver-source", namespace)
+        await clean_cluster.create(
+            CONFIGMAPS,
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "driver-source"},
+                "data": {"d.py": "x"},
+            },
+            namespace=namespace,
+        )
+    assert (await as_agent.get(CONFIGMAPS, "driver-source", NAMESPACE))["data"] == {"d.py": "x"}
+    await denied(as_agent.get(CONFIGMAPS, "driver-source", test_namespace))
 
     lease = {
         "apiVersion": "coordination.k8s.io/v1",
@@ -304,8 +310,21 @@ async def test_operator_cannot_read_secrets_or_write_what_agents_own(
     )
     await denied(as_operator.create(NODE_DEVICES, node_device(node)))
     await denied(as_operator.create(STORAGE_DRIVERS, storage_driver()))
-    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "x"}, "spec": {}}
-    await denied(as_operator.create(LEASES, lease, namespace=release.namespace))
+    # It may create Leases (its leader Lease), but update only its leader Lease: never an agent's.
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": f"storage-agent-{node}"},
+    }
+    with contextlib.suppress(ApiError):
+        await clean_cluster.create(LEASES, {**lease, "spec": {}}, namespace=release.namespace)
+    await denied(
+        as_operator.patch(
+            LEASES, f"storage-agent-{node}", {"spec": {"holderIdentity": "x"}}, namespace=release.namespace
+        )
+    )
+    current = await clean_cluster.get(LEASES, f"storage-agent-{node}", release.namespace)
+    await denied(as_operator.replace(LEASES, f"storage-agent-{node}", current, namespace=release.namespace))
     await denied(as_operator.patch(NODES, node, {"metadata": {"labels": {"x": "y"}}}))
 
 

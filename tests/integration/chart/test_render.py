@@ -54,6 +54,7 @@ VALUES_FILES: dict[str, dict[str, Any]] = {
     "crds-not-kept": {"crds": {"keep": False}},
     "helm3-namespace": {"namespace": {"manage": False}},
     "udev-events": {"agent": {"hostNetwork": True}},
+    "replicated": {"operator": {"replicas": 3}},
 }
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 
@@ -126,6 +127,22 @@ def test_chart_version_is_the_project_version() -> None:
 
 
 # --- operator ----------------------------------------------------------------------------------
+
+
+def test_several_operator_replicas_elect_a_leader_and_roll_one_at_a_time(tmp_values: Path) -> None:
+    objects = render(tmp_values, "replicated")
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
+    }
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LEADER_ELECTION"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    (budget,) = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
 def test_operator_is_one_replica_recreated_never_two_at_once(defaults: list[dict[str, Any]]) -> None:
@@ -361,7 +378,10 @@ def test_host_network_only_on_request(tmp_values: Path) -> None:
 
 
 def test_service_monitor_off_by_default(defaults: list[dict[str, Any]]) -> None:
-    assert not [o for o in defaults if o["kind"] in ("ServiceMonitor", "Service")]
+    metrics = [
+        o for o in defaults if o["kind"] == "Service" and not o["metadata"]["name"].endswith("-webhook")
+    ]
+    assert not [o for o in defaults if o["kind"] == "ServiceMonitor"] + metrics
 
 
 def test_service_monitor_scrapes_the_operator(tmp_values: Path) -> None:
@@ -386,7 +406,7 @@ def test_service_monitor_without_its_crd_is_a_clear_error(tmp_values: Path) -> N
 @pytest.mark.parametrize(
     ("values", "field"),
     [
-        ({"operator": {"replicas": 2}}, "replicas"),
+        ({"operator": {"replicas": 6}}, "replicas"),
         ({"hostPaths": {"driverDir": "drivers"}}, "driverDir"),
         ({"agnet": {}}, "agnet"),
         ({"agent": {"image": {"pullPolicy": "Sometimes"}}}, "pullPolicy"),
@@ -416,7 +436,10 @@ def test_rbac_has_no_wildcard_and_no_secrets(tmp_values: Path, name: str) -> Non
             assert "*" not in rule[key], rule
         assert "secrets" not in rule["resources"], rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
-        assert "nonResourceURLs" not in rule and "resourceNames" not in rule, rule
+        assert "nonResourceURLs" not in rule, rule
+        # Names only narrow a right: the operator's own webhook configuration and leader Lease.
+        named = (["validatingwebhookconfigurations"], ["leases"])
+        assert "resourceNames" not in rule or rule["resources"] in named, rule
 
 
 def test_rbac_is_exactly_the_documented_list(defaults: list[dict[str, Any]]) -> None:
@@ -440,7 +463,9 @@ def test_agent_never_writes_storage_drivers_and_operator_never_writes_node_statu
     assert not [g for g in by["operator"] if g.resource in ("nodedriverconfigs/status", "nodedevices/status")]
     assert not [g for g in by["operator"] if g.resource == "nodedevices" and writes & {*g.verbs}]
     assert not [g for g in grants if g.component == "supervisor"]
-    assert {g.scope for g in grants if g.resource == "leases"} == {"release namespace"}
+    assert {g.scope.removesuffix(", named") for g in grants if g.resource == "leases"} == {
+        "release namespace"
+    }
     assert {g.scope for g in grants if g.resource == "events"} == {"default namespace"}
 
 

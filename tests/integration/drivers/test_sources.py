@@ -234,3 +234,23 @@ async def test_config_map_source_is_verified_and_written(
     )
     assert isinstance(no_map, Refusal) and no_map.reason == "ConfigMapNotFound"
     assert sorted(listing(drivers)) == ["from-cm/probe.py"]
+
+
+async def test_the_source_policy_is_enforced_on_the_node_before_anything_is_read(tmp_path: Path) -> None:
+    """A StorageDriver stored while the admission webhook was down still cannot make a node read a
+    ConfigMap from a namespace the chart does not allow, nor load an unpinned one."""
+    drivers = tmp_path / "drivers"
+    limits = FetchLimits(config_map_namespaces=frozenset({"sdo"}), require_sha256=True)
+    # No API client at all: a refusal here must come before any read.
+    sources = SourceFetcher(drivers, None, Inventory(drivers), limits, clock=lambda: 0.0)  # type: ignore[arg-type]
+    elsewhere = await sources.fetch(
+        desired(SourceRef("configMap", "k.py", "a" * 64, None, ("kube-system", "probe-driver", "probe.py")))
+    )
+    assert isinstance(elsewhere, Refusal) and elsewhere.reason == "SourceNotAllowed"
+    assert "kube-system" in elsewhere.message and "sdo" in elsewhere.message
+    unpinned = await sources.fetch(
+        desired(SourceRef("configMap", "k.py", None, None, ("sdo", "probe-driver", "probe.py")))
+    )
+    assert isinstance(unpinned, Refusal) and unpinned.reason == "ChecksumRequired"
+    assert "spec.source.configMap.sha256" in unpinned.message
+    assert not drivers.exists() or not listing(drivers)

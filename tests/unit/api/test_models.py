@@ -176,3 +176,14 @@ def test_node_device_names_are_stable_and_valid(node: str, value: str) -> None:
 
 def test_opt_in_label_is_in_the_project_domain() -> None:
     assert opt_in_label("vendor-nvme") == "load.storage.datawarehouse.io/vendor-nvme"
+
+
+def test_the_config_map_example_pins_the_sample_drivers_content() -> None:
+    """The chart requires a pin by default: the example's must match the file it ships."""
+    import hashlib
+
+    from tests.api_cases import EXAMPLES, example
+
+    source = example("storagedriver-from-configmap.yaml")["spec"]["source"]["configMap"]
+    content = (EXAMPLES / "drivers" / source["key"]).read_bytes()
+    assert source["sha256"] == hashlib.sha256(content).hexdigest()
