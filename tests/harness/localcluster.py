@@ -23,6 +23,7 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -222,7 +223,19 @@ def is_up(cfg: ClusterConfig) -> bool:
         return False
 
 
-def _check_prerequisites(cfg: ClusterConfig) -> None:
+def _ports(cfg: ClusterConfig) -> dict[str, tuple[int, ...]]:
+    return {
+        "etcd": (cfg.etcd_port, cfg.etcd_peer_port),
+        "kube-apiserver": (cfg.apiserver_port,),
+        "kube-controller-manager": (cfg.controller_manager_port,),
+        "kube-scheduler": (cfg.scheduler_port,),
+        "containerd": (),
+        "kube-proxy": (cfg.proxy_metrics_port, cfg.proxy_healthz_port),
+        "kubelet": (cfg.kubelet_port, cfg.kubelet_healthz_port),
+    }
+
+
+def _check_prerequisites(cfg: ClusterConfig, starting: list[str]) -> None:
     for binary in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"):
         if not (cfg.bin_dir / binary).exists():
             raise SystemExit(
@@ -233,17 +246,18 @@ def _check_prerequisites(cfg: ClusterConfig) -> None:
             raise SystemExit(f"[local-cluster] {tool} is not installed; run 'make deps' first")
     if os.geteuid() != 0:
         raise SystemExit("[local-cluster] the node (containerd, kubelet, kube-proxy) needs root")
-    if others := localnode.other_kubelets(cfg):
+    if "kubelet" in starting and (others := localnode.other_kubelets(cfg)):
         raise SystemExit(
             f"[local-cluster] another kubelet runs on this machine (pid {others[0]}): a machine is one "
             "node; stop that cluster first (make cluster-down in its checkout)"
         )
-    for port in cfg.ports:
-        if port_in_use(port):
-            raise SystemExit(
-                f"[local-cluster] port {port} on 127.0.0.1 is taken by another process; free it or "
-                "choose other ports (SDO_*_PORT, README's 'The local cluster')"
-            )
+    for component in starting:
+        for port in _ports(cfg)[component]:
+            if port_in_use(port):
+                raise SystemExit(
+                    f"[local-cluster] port {port} on 127.0.0.1 (for {component}) is taken by another "
+                    "process; free it or choose other ports (SDO_*_PORT, docs/local-cluster.md)"
+                )
 
 
 def _kubeconfigs(cfg: ClusterConfig) -> None:
@@ -258,20 +272,7 @@ def _kubeconfigs(cfg: ClusterConfig) -> None:
         write_kubeconfig(cfg, cfg.root / f"{name}.kubeconfig", user, cert)
 
 
-def up(cfg: ClusterConfig) -> None:
-    if is_up(cfg):
-        log(f"already up at {cfg.server} (kubeconfig {cfg.kubeconfig}); nothing to do")
-        return
-    # Partially running from an earlier failure: start from a clean set of processes.
-    stop_processes(cfg, quiet=True)
-    _check_prerequisites(cfg)
-    started = time.monotonic()
-    ensure_pki(cfg)
-    _kubeconfigs(cfg)
-    pki = cfg.pki
-    node = local_node_name()
-    localnode.ensure_bridge(cfg)
-
+def _start_etcd(cfg: ClusterConfig) -> None:
     log(f"starting etcd on 127.0.0.1:{cfg.etcd_port}")
     start(
         cfg,
@@ -291,8 +292,10 @@ def up(cfg: ClusterConfig) -> None:
             "--log-level=warn",
         ],
     )
-    wait_for("etcd health", lambda: http_ok(f"http://127.0.0.1:{cfg.etcd_port}/health"), 30, "etcd", cfg)
 
+
+def _start_apiserver(cfg: ClusterConfig) -> None:
+    pki = cfg.pki
     log(f"starting kube-apiserver {KUBE_VERSION} on port {cfg.apiserver_port}")
     start(
         cfg,
@@ -327,42 +330,44 @@ def up(cfg: ClusterConfig) -> None:
             "--v=1",
         ],
     )
-    wait_for(
-        "kube-apiserver /readyz", lambda: https_ok(f"{cfg.server}/readyz", cfg), 90, "kube-apiserver", cfg
-    )
 
+
+def _start_controller_manager(cfg: ClusterConfig) -> None:
     log(f"starting kube-controller-manager on 127.0.0.1:{cfg.controller_manager_port}")
-    cm_kubeconfig = cfg.root / "controller-manager.kubeconfig"
+    kubeconfig = cfg.root / "controller-manager.kubeconfig"
     start(
         cfg,
         "kube-controller-manager",
         str(cfg.bin_dir / "kube-controller-manager"),
         [
-            f"--kubeconfig={cm_kubeconfig}",
-            f"--authentication-kubeconfig={cm_kubeconfig}",
-            f"--authorization-kubeconfig={cm_kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
             "--bind-address=127.0.0.1",
             f"--secure-port={cfg.controller_manager_port}",
             "--port=0",
             f"--cert-dir={cfg.root / 'controller-manager-certs'}",
-            f"--service-account-private-key-file={pki / 'service-account.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-account-private-key-file={cfg.pki / 'service-account.key'}",
+            f"--root-ca-file={cfg.pki / 'ca.crt'}",
             "--use-service-account-credentials=true",
             "--leader-elect=false",
             "--controllers=*",
             "--v=1",
         ],
     )
+
+
+def _start_scheduler(cfg: ClusterConfig) -> None:
     log(f"starting kube-scheduler on 127.0.0.1:{cfg.scheduler_port}")
-    scheduler_kubeconfig = cfg.root / "scheduler.kubeconfig"
+    kubeconfig = cfg.root / "scheduler.kubeconfig"
     start(
         cfg,
         "kube-scheduler",
         str(cfg.bin_dir / "kube-scheduler"),
         [
-            f"--kubeconfig={scheduler_kubeconfig}",
-            f"--authentication-kubeconfig={scheduler_kubeconfig}",
-            f"--authorization-kubeconfig={scheduler_kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
             "--bind-address=127.0.0.1",
             f"--secure-port={cfg.scheduler_port}",
             "--port=0",
@@ -371,21 +376,45 @@ def up(cfg: ClusterConfig) -> None:
             "--v=1",
         ],
     )
-    localnode.start_containerd(cfg)
+
+
+def _secure_healthz(cfg: ClusterConfig, port: int) -> Callable[[], bool]:
+    return lambda: https_ok(f"https://127.0.0.1:{port}/healthz", cfg, client_cert=False)
+
+
+def up(cfg: ClusterConfig) -> None:
+    if is_up(cfg):
+        log(f"already up at {cfg.server} (kubeconfig {cfg.kubeconfig}); nothing to do")
+        return
+    # Partly running (a component crashed, or a test stopped one): start what is missing, in
+    # the order each needs the one before.
+    missing = [c for c in COMPONENTS if running_pid(cfg, c) is None]
+    if len(missing) < len(COMPONENTS):
+        log(f"partly up: starting {', '.join(missing)}")
+    _check_prerequisites(cfg, missing)
+    started = time.monotonic()
+    ensure_pki(cfg)
+    _kubeconfigs(cfg)
+    node = local_node_name()
+    localnode.ensure_bridge(cfg)
+    steps: list[tuple[str, Callable[[], None], Callable[[], object] | None, float]] = [
+        ("etcd", lambda: _start_etcd(cfg), lambda: http_ok(f"http://127.0.0.1:{cfg.etcd_port}/health"), 30),
+        ("kube-apiserver", lambda: _start_apiserver(cfg), lambda: https_ok(f"{cfg.server}/readyz", cfg), 90),
+        ("kube-controller-manager", lambda: _start_controller_manager(cfg), None, 0),
+        ("kube-scheduler", lambda: _start_scheduler(cfg), None, 0),
+        ("containerd", lambda: localnode.start_containerd(cfg), None, 0),
+        ("kube-proxy", lambda: localnode.start_kube_proxy(cfg, node), None, 0),
+        ("kubelet", lambda: localnode.start_kubelet(cfg, node), None, 0),
+    ]
+    for component, start_it, ready, timeout in steps:
+        if component in missing:
+            start_it()
+        if ready is not None:
+            wait_for(f"{component} to be ready", ready, timeout, component, cfg)
     localnode.ensure_pause_image(cfg)
-    localnode.start_kube_proxy(cfg, node)
-    localnode.start_kubelet(cfg, node)
-    for component, port in (
-        ("kube-controller-manager", cfg.controller_manager_port),
-        ("kube-scheduler", cfg.scheduler_port),
-    ):
-        wait_for(
-            f"{component} /healthz",
-            lambda port=port: https_ok(f"https://127.0.0.1:{port}/healthz", cfg, client_cert=False),  # type: ignore[misc]
-            60,
-            component,
-            cfg,
-        )
+    wait_for("kube-controller-manager /healthz", _secure_healthz(cfg, cfg.controller_manager_port), 60,
+             "kube-controller-manager", cfg)  # fmt: skip
+    wait_for("kube-scheduler /healthz", _secure_healthz(cfg, cfg.scheduler_port), 60, "kube-scheduler", cfg)
     localnode.wait_node_healthy(cfg)
     asyncio.run(wait_local_node_ready(cfg, node))
     log(

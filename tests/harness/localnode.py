@@ -278,7 +278,8 @@ def other_kubelets(cfg: ClusterConfig) -> list[int]:
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
             is_kubelet = proc.name.isdigit() and (proc / "comm").read_text().strip() == "kubelet"
-            if is_kubelet and int(proc.name) != ours:
+            # An exited kubelet its parent has not reaped yet is no kubelet.
+            if is_kubelet and int(proc.name) != ours and not _zombie(int(proc.name)):
                 found.append(int(proc.name))
     return found
 
