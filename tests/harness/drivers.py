@@ -28,8 +28,10 @@ from tests.harness.processes import ComponentProcess, console_script
 #   hangInStop: stop() never returns;  ignoreSigterm: the host ignores SIGTERM
 #   allocateInStart / allocateInAttach: bytes to allocate (to exceed the memory limit)
 #   failAttach: device names whose attach raises;  failStart: start raises
+#   spawnChildren: start a child (sleep) and a daemon that double-forks and calls setsid(); both
+#     pids go to the journal ("spawned": child, daemon)
 PROBE_DRIVER = """
-import json, os, signal, threading, time
+import json, os, signal, subprocess, threading, time
 from storage_driver_sdk import DeviceType, storage_driver
 
 
@@ -38,6 +40,23 @@ def _journal(cfg, event, **data):
     if path:
         with open(path, "a") as handle:
             handle.write(json.dumps({"event": event, "pid": os.getpid(), "time": time.time(), **data}) + "\\n")
+
+
+def _spawn_children(cfg):
+    child = subprocess.Popen(["sleep", "600"])
+    read, write = os.pipe()
+    first = os.fork()
+    if first == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(write, str(os.getpid()).encode())
+            os.execvp("sleep", ["sleep", "601"])
+        os._exit(0)
+    os.waitpid(first, 0)
+    os.close(write)
+    daemon = int(os.read(read, 32))
+    os.close(read)
+    _journal(cfg, "spawned", child=child.pid, daemon=daemon)
 
 
 @storage_driver("__NAME__", version="__VERSION__", supported_devices=[DeviceType.LOOP], description="test probe")
@@ -52,6 +71,8 @@ class ProbeDriver:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if self.config.get("allocateInStart"):
             self.keep = bytearray(int(self.config["allocateInStart"]))
+        if self.config.get("spawnChildren"):
+            _spawn_children(self.config)
         crash_after = self.config.get("crashAfter")
         if crash_after is not None:
             def crash():

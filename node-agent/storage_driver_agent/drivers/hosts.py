@@ -185,7 +185,7 @@ class HostRunner:
             else:
                 code = await self.exit_code(process)
                 reason, message = "LoadFailed", f"{describe_exit(code)} while loading"
-            await self.terminate(process, conn, KILL_WAIT)
+            await self.stop(process, conn, KILL_WAIT)
             slot.remove_files()
             raise HostLoadFailed(reason, message, pid) from exc
         return Loaded(
@@ -216,6 +216,26 @@ class HostRunner:
         await self.launcher.signal(process, signal.SIGKILL)
         await self.wait_exited(process, conn, KILL_WAIT)
         return "killed"
+
+    async def end_tree(self, process: HostProcess) -> None:
+        """Once the host is gone: kill what its driver left running (children, daemons)."""
+        try:
+            killed = await self.launcher.end_tree(process)
+        except LauncherError as exc:
+            log.warning(
+                "cannot end a driver host's process tree", extra=fields(pid=process.pid, error=str(exc))
+            )
+            return
+        if killed:
+            log.warning(
+                "killed processes the driver host left running", extra=fields(pid=process.pid, killed=killed)
+            )
+
+    async def stop(self, process: HostProcess, conn: HostConnection | None, grace: float) -> str:
+        """terminate(), then end the rest of the host's process tree."""
+        ended = await self.terminate(process, conn, grace)
+        await self.end_tree(process)
+        return ended
 
     async def exit_code(self, process: HostProcess) -> int | None:
         # The exit status becomes known once the process is reaped, shortly after its socket closes.
@@ -248,6 +268,7 @@ class HostRunner:
                     extra=fields(driver=name, pid=process.pid, error=str(exc)),
                 )
                 await self.terminate(process, conn, 0.0)
+            await self.end_tree(process)  # what a host that died meanwhile left running
             if conn is not None:
                 await conn.close()
             slot.remove_files()
@@ -264,7 +285,7 @@ class HostRunner:
             )
             with contextlib.suppress(HostGone, HostCallError, TimeoutError):
                 await conn.call(Op.UNLOAD, timeout=30.0)
-            await self.terminate(process, conn, KILL_WAIT)
+            await self.stop(process, conn, KILL_WAIT)
             slot.remove_files()
             return None
         return Adopted(process, conn, hello)

@@ -149,6 +149,8 @@ class NodeReconciler:
                 )
             file_sha = self.inventory.sha256(state.desired.source.path) if state.desired else None
             record.state = state = replace(state, admitted=fits, file_sha=file_sha)
+            if record.reaping:
+                continue  # _report_crash wakes the loop when the crashed host's tree is gone
             action = next_action(state, self.present, now)
             if isinstance(action, Wait):
                 deadline = action.until if deadline is None else min(deadline, action.until)
@@ -301,7 +303,7 @@ class NodeReconciler:
                 errors = [str(exc)]
             except (HostGone, TimeoutError):
                 pass
-        ended = await self.hosts.terminate(process, conn, max(0.0, grace - (self.clock() - started)))
+        ended = await self.hosts.stop(process, conn, max(0.0, grace - (self.clock() - started)))
         slot.remove_files()
         record.conn = None
         record.facts = {}
@@ -344,19 +346,24 @@ class NodeReconciler:
         if isinstance(record.in_flight, Stop) or host is None:
             return
         failures.crashed(record, now=self.clock(), policy=self.settings.backoff)
+        record.reaping = True
         self.wake.set()
         self._background(self._report_crash(record, host), f"crash {record.state.name}")
 
     async def _report_crash(self, record: Record, host: Host) -> None:
         slot = self.hosts.slot(record.state.name)
         process = HostProcess(host.pid, slot.socket)
-        code = await self.hosts.exit_code(process)
-        if await self.launcher.alive(process):
-            # The connection broke but the process lives on (it hangs): it cannot be managed.
-            await self.hosts.terminate(process, None, 0.0)
-        slot.remove_files()
-        failures.report_crash(record, self.events, host.pid, code, now=self.clock())
-        self.wake.set()
+        try:
+            code = await self.hosts.exit_code(process)
+            if await self.launcher.alive(process):
+                # The connection broke but the process lives on (it hangs): it cannot be managed.
+                await self.hosts.terminate(process, None, 0.0)
+            await self.hosts.end_tree(process)  # before a restart can start a second copy beside them
+            slot.remove_files()
+            failures.report_crash(record, self.events, host.pid, code, now=self.clock())
+        finally:
+            record.reaping = False
+            self.wake.set()
 
     # --- health ------------------------------------------------------------------------------
 

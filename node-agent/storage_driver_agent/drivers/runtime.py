@@ -59,6 +59,7 @@ class Record:
     announced: tuple[str, str] | None = None  # the last refusal announced, so retries do not repeat it
     attach_attempts: dict[str, int] = field(default_factory=dict)
     crashed: bool = False  # the next start is a restart after a crash
+    reaping: bool = False  # a crashed host's remains are being cleared: nothing starts meanwhile
 
     def error(self, reason: str, message: str) -> None:
         """Record the driver's last error, stamped now."""

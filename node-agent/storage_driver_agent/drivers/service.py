@@ -38,6 +38,7 @@ from storage_driver_api.nodedriverconfig import (
 from storage_driver_sdk.devices import ALL_DEVICE_TYPES
 
 from storage_driver_agent.config import AgentConfig
+from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.inventory import Inventory
 from storage_driver_agent.drivers.kubewatch import list_watch
 from storage_driver_agent.drivers.launcher import make_launcher
@@ -98,6 +99,7 @@ class Options:
     debounce: float = 0.5
     lease_duration: int = 40
     lease_renew: float = 10.0
+    host_cgroup: str = "auto"
 
     @staticmethod
     def add_arguments(parser: argparse._ArgumentGroup) -> None:
@@ -186,6 +188,7 @@ class Options:
             default=10.0,
             help="seconds between Lease renewals (default: %(default)s)",
         )
+        proctree.add_argument(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -206,6 +209,7 @@ class Options:
             debounce=args.driver_dir_debounce,
             lease_duration=args.lease_duration,
             lease_renew=args.lease_renew,
+            host_cgroup=args.host_cgroup,
         )
 
 
@@ -254,7 +258,14 @@ class DriverRuntime:
             health_interval=options.health_interval,
         )
         self.inventory = Inventory(options.driver_dir)
-        self.launcher = make_launcher(options.launcher, config.state_dir)
+        trees = None
+        if options.launcher == "direct":  # the supervisor holds the trees of the hosts it starts
+            try:
+                trees = proctree.choose(options.host_cgroup)
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from exc
+            log.log(logging.INFO if trees.base is not None else logging.WARNING, proctree.describe(trees))
+        self.launcher = make_launcher(options.launcher, config.state_dir, trees)
         self.events = EventRecorder(kube, self.node, lambda: self.config_uid)
         self.fetcher = SourceFetcher(
             options.driver_dir,
