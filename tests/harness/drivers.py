@@ -28,6 +28,8 @@ from tests.harness.processes import ComponentProcess, console_script
 #   hangInStop: stop() never returns;  ignoreSigterm: the host ignores SIGTERM
 #   allocateInStart / allocateInAttach: bytes to allocate (to exceed the memory limit)
 #   failAttach: device names whose attach raises;  failStart: start raises
+#   hangInAttach / hangInHealth: a marker file; the first call (the marker does not exist yet)
+#     creates it and never returns, later ones (a restarted host) behave
 #   spawnChildren: start a child (sleep) and a daemon that double-forks and calls setsid(); both
 #     pids go to the journal ("spawned": child, daemon)
 PROBE_DRIVER = """
@@ -40,6 +42,15 @@ def _journal(cfg, event, **data):
     if path:
         with open(path, "a") as handle:
             handle.write(json.dumps({"event": event, "pid": os.getpid(), "time": time.time(), **data}) + "\\n")
+
+
+def _hang_once(cfg, key):
+    marker = cfg.get(key)
+    if marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        _journal(cfg, "hang", where=key)
+        while True:
+            time.sleep(1)
 
 
 def _spawn_children(cfg):
@@ -83,6 +94,7 @@ class ProbeDriver:
 
     def attach(self, device):
         _journal(self.config, "attach", device=device.name, devPath=device.dev_path)
+        _hang_once(self.config, "hangInAttach")
         if device.name in self.config.get("failAttach", []):
             raise RuntimeError(f"failAttach: {device.name}")
         if self.config.get("allocateInAttach"):
@@ -93,6 +105,7 @@ class ProbeDriver:
         _journal(self.config, "detach", device=device.name)
 
     def health(self):
+        _hang_once(self.config, "hangInHealth")
         return {"healthy": not self.config.get("unhealthy"), "message": "probe says so"}
 
     def stop(self):

@@ -15,6 +15,7 @@ from storage_driver_api.logs import fields
 from storage_driver_sdk.protocol import Op
 
 from storage_driver_agent.drivers.hostclient import HostCallError, HostGone
+from storage_driver_agent.drivers.liveness import Hung
 from storage_driver_agent.drivers.runtime import Record
 from storage_driver_agent.drivers.statemachine import BackoffPolicy, Bind
 
@@ -49,17 +50,22 @@ async def bind(
     devices: Mapping[str, Mapping[str, Any]],
     clock: Callable[[], float],
     policy: BackoffPolicy,
-) -> None:
-    """Detach, then attach, what the action says; the record's host lists what is attached after."""
+    *,
+    timeout: float,
+) -> Hung | None:
+    """Detach, then attach, what the action says; the record's host lists what is attached after.
+    Each call may take `timeout` seconds; the call that took longer is returned (the host hangs)."""
     host, conn = record.state.host, record.conn
     if host is None or conn is None:
-        return
+        return None
     attached = set(host.attached)
     failed: dict[str, Any] = {}
+    call = ""
     try:
         for name in sorted(action.detach):
+            call = f"detach({name})"
             try:
-                await conn.call(Op.DETACH, {"name": name})
+                await conn.call(Op.DETACH, {"name": name}, timeout=timeout)
             except HostCallError as exc:
                 record.error("DetachFailed", f"detach {name}: {exc}")
                 log.warning(
@@ -72,8 +78,11 @@ async def bind(
         for name in sorted(action.attach):
             if name not in devices:
                 continue
+            call = f"attach({name})"
             try:
-                result = await conn.call(Op.ATTACH, {"device": device_message(devices, name)})
+                result = await conn.call(
+                    Op.ATTACH, {"device": device_message(devices, name)}, timeout=timeout
+                )
             except HostCallError as exc:
                 failed[name] = {"message": str(exc)}
                 continue
@@ -82,8 +91,10 @@ async def bind(
             facts = result.get("facts")
             record.facts[name] = facts if isinstance(facts, Mapping) else {}
             log.info("device attached", extra=fields(driver=record.state.name, device=name))
-    except (HostGone, TimeoutError):
-        return  # the host died or hangs: _host_closed or the next health check deals with it
+    except HostGone:
+        return None  # the host died: _host_closed deals with it
+    except TimeoutError:
+        return Hung(call, timeout)
     finally:
         current = record.state.host
         if current is not None and current.pid == host.pid:
@@ -92,3 +103,4 @@ async def bind(
                 record.state, host=replace(current, attached=frozenset(attached)), attach_retry=retry
             )
     attach_failed(record, failed, clock(), policy)
+    return None

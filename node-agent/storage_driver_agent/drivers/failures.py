@@ -51,36 +51,41 @@ def load_failed(
 
 
 def crashed(record: Record, *, now: float, policy: BackoffPolicy) -> None:
-    """The host is gone without being asked to: forget it and back off before restarting."""
+    """The host is gone without being asked to (or killed because it hung): forget it and back
+    off before restarting."""
+    reason, message = record.killed_for or ("Crashed", CRASHED_MESSAGE)
     record.crashed = True
     record.state = replace(
         forget_host(record.state),
         failure=next_failure(
             record.state.failure,
-            "Crashed",
-            CRASHED_MESSAGE,
+            reason,
+            message,
             now=now,
             policy=policy,
             running_since=record.started_mono,
         ),
     )
     record.facts = {}
-    record.error("Crashed", CRASHED_MESSAGE)
+    record.error(reason, message)
 
 
 def report_crash(record: Record, events: EventSink, pid: int, code: int | None, *, now: float) -> None:
     """Say how the host ended (once its exit status is known) and when it restarts."""
     failure = record.state.failure
-    message = describe_exit(code)
+    reason, message = "Crashed", describe_exit(code)
+    if record.killed_for is not None:
+        reason, message = record.killed_for[0], f"{record.killed_for[1]}; the agent killed the driver host"
     if failure is not None:
         wait = max(0.0, failure.retry_at - now)
         message += f"; restarting in {wait:.0f}s (restart {record.restarts + 1})"
-    record.error("Crashed", message)
-    events.emit("Crashed", f"{record.state.name}: {message}", warning=True)
+    record.error(reason, message)
+    events.emit(reason, f"{record.state.name}: {message}", warning=True)
     log.warning(
-        "driver host crashed",
-        extra=fields(driver=record.state.name, pid=pid, code=code, restarts=record.restarts),
+        "driver host crashed" if record.killed_for is None else "hung driver host killed",
+        extra=fields(driver=record.state.name, pid=pid, code=code, restarts=record.restarts, reason=reason),
     )
+    record.killed_for = None
 
 
 def health_changed(record: Record, unhealthy: str | None) -> bool:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
-from typing import Any, Final
+from typing import Any
 
 from storage_driver_api.logs import fields
 from storage_driver_sdk.protocol import Op
@@ -28,7 +29,8 @@ from storage_driver_agent.drivers.binding import attach_failed, bind, device_mes
 from storage_driver_agent.drivers.hostclient import HostCallError, HostConnection, HostGone
 from storage_driver_agent.drivers.hosts import Adopted, HostLoadFailed, HostRunner
 from storage_driver_agent.drivers.inventory import Inventory
-from storage_driver_agent.drivers.launcher import HostProcess, Launcher
+from storage_driver_agent.drivers.launcher import HostProcess, Launcher, LauncherError
+from storage_driver_agent.drivers.liveness import Healthy, Hung, Outcome, Unhealthy, judge
 from storage_driver_agent.drivers.runtime import EventSink, Record, RuntimeSettings
 from storage_driver_agent.drivers.slots import LeftHost, left_hosts
 from storage_driver_agent.drivers.sources import SourceFetcher
@@ -56,8 +58,6 @@ from storage_driver_agent.stopping import wait_or_stop
 __all__ = ["NodeReconciler", "RuntimeSettings"]
 
 log = logging.getLogger(__name__)
-
-HEALTH_TIMEOUT: Final = 10.0
 
 
 class NodeReconciler:
@@ -198,7 +198,12 @@ class NodeReconciler:
             elif isinstance(action, Start):
                 await self._start(record, action)
             elif isinstance(action, Bind):
-                await bind(record, action, self.devices, self.clock, self.settings.backoff)
+                timeout = self.settings.liveness.call_timeout
+                hung = await bind(
+                    record, action, self.devices, self.clock, self.settings.backoff, timeout=timeout
+                )
+                if hung is not None:
+                    await self._judge(record, hung)
             elif isinstance(action, Stop):
                 await self._stop(record, action)
         except asyncio.CancelledError:
@@ -257,6 +262,7 @@ class NodeReconciler:
         record.started_mono = started_mono
         record.facts = {name: facts for name, facts in attached.items() if isinstance(facts, Mapping)}
         record.unhealthy = None
+        record.strikes = 0
         record.state = replace(
             record.state,
             host=Host(
@@ -375,17 +381,42 @@ class NodeReconciler:
         conn = record.conn
         if conn is None or record.in_flight is not None or record.state.host is None:
             return
+        timeout = self.settings.liveness.call_timeout
+        outcome: Outcome
         try:
-            result = await conn.call(Op.HEALTH, timeout=HEALTH_TIMEOUT)
-            unhealthy = None if result.get("healthy", True) else str(result.get("message") or "unhealthy")
+            result = await conn.call(Op.HEALTH, timeout=timeout)
+            healthy = result.get("healthy", True)
+            outcome = Healthy() if healthy else Unhealthy(str(result.get("message") or "unhealthy"))
         except HostCallError as exc:
-            unhealthy = str(exc)
+            outcome = Unhealthy(str(exc))
         except TimeoutError:
-            unhealthy = f"health() did not answer within {HEALTH_TIMEOUT:.0f}s"
+            outcome = Hung("health()", timeout)
         except HostGone:
             return
+        if record.conn is conn:
+            await self._judge(record, outcome)
+
+    async def _judge(self, record: Record, outcome: Outcome) -> None:
+        """Act on a timed call's outcome: record it, and restart the host if liveness says so."""
+        unhealthy = None if isinstance(outcome, Healthy) else outcome.message
         if failures.health_changed(record, unhealthy):
             self.wake.set()
+        verdict = judge(outcome, record.strikes, self.settings.liveness)
+        record.strikes = verdict.strikes
+        host = record.state.host
+        if not verdict.restart or host is None or record.conn is None or record.killed_for is not None:
+            return
+        # Killed, not stopped: a host stuck in a call cannot run stop(). The connection closing
+        # then takes the crash path (backoff, end of the process tree, restart), with this reason.
+        record.killed_for = (verdict.reason, verdict.message)
+        log.warning(
+            "restarting a driver host",
+            extra=fields(driver=record.state.name, pid=host.pid, reason=verdict.reason),
+        )
+        with contextlib.suppress(LauncherError):
+            await self.launcher.signal(
+                HostProcess(host.pid, self.hosts.slot(record.state.name).socket), signal.SIGKILL
+            )
 
     async def health_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from storage_driver_agent.drivers.hostclient import HostConnection
+from storage_driver_agent.drivers.liveness import LivenessPolicy
 from storage_driver_agent.drivers.slots import HOSTS_DIR
 from storage_driver_agent.drivers.statemachine import Action, BackoffPolicy, DriverState
 from storage_driver_agent.drivers.status import LastError
@@ -32,6 +33,7 @@ class RuntimeSettings:
     load_timeout: float = 60.0
     terminate_timeout: float = 5.0
     health_interval: float = 30.0
+    liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
     python: str = sys.executable
 
     @property
@@ -60,6 +62,8 @@ class Record:
     attach_attempts: dict[str, int] = field(default_factory=dict)
     crashed: bool = False  # the next start is a restart after a crash
     reaping: bool = False  # a crashed host's remains are being cleared: nothing starts meanwhile
+    strikes: int = 0  # consecutive unhealthy health checks (liveness.judge)
+    killed_for: tuple[str, str] | None = None  # (reason, message) when the agent killed a hung host
 
     def error(self, reason: str, message: str) -> None:
         """Record the driver's last error, stamped now."""

@@ -42,6 +42,7 @@ from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.inventory import Inventory
 from storage_driver_agent.drivers.kubewatch import list_watch
 from storage_driver_agent.drivers.launcher import make_launcher
+from storage_driver_agent.drivers.liveness import LivenessPolicy
 from storage_driver_agent.drivers.reconcile import NodeReconciler, RuntimeSettings
 from storage_driver_agent.drivers.report import BindingWriter, EventRecorder, LeaseKeeper, StatusWriter
 from storage_driver_agent.drivers.sources import FetchLimits, SourceFetcher
@@ -100,6 +101,8 @@ class Options:
     lease_duration: int = 40
     lease_renew: float = 10.0
     host_cgroup: str = "auto"
+    call_timeout: float = 30.0
+    unhealthy_restarts: int = 3
 
     @staticmethod
     def add_arguments(parser: argparse._ArgumentGroup) -> None:
@@ -189,6 +192,19 @@ class Options:
             help="seconds between Lease renewals (default: %(default)s)",
         )
         proctree.add_argument(parser)
+        parser.add_argument(
+            "--call-timeout",
+            type=float,
+            default=30.0,
+            help="seconds attach(), detach() and health() may take; a driver that takes longer is killed and "
+            "restarted with backoff (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--unhealthy-restarts",
+            type=int,
+            default=3,
+            help="consecutive unhealthy health() checks after which a driver is restarted (default: %(default)s)",
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -210,6 +226,8 @@ class Options:
             lease_duration=args.lease_duration,
             lease_renew=args.lease_renew,
             host_cgroup=args.host_cgroup,
+            call_timeout=args.call_timeout,
+            unhealthy_restarts=args.unhealthy_restarts,
         )
 
 
@@ -256,6 +274,7 @@ class DriverRuntime:
             load_timeout=options.load_timeout,
             terminate_timeout=options.terminate_timeout,
             health_interval=options.health_interval,
+            liveness=LivenessPolicy(options.call_timeout, options.unhealthy_restarts),
         )
         self.inventory = Inventory(options.driver_dir)
         trees = None

@@ -244,6 +244,35 @@ async def test_devices_are_attached_and_detached_as_they_come_and_go(
     ]
 
 
+async def test_a_driver_hung_in_attach_is_killed_reported_and_restarted(
+    clean_cluster: KubeClient, agent: Agent, node: str, loop_devices: Callable[..., LoopDevice]
+) -> None:
+    kube = clean_cluster
+    write_probe(agent.driver_dir)
+    trail = agent.root / "hangs.journal"
+    config = {"journal": str(trail), "hangInAttach": str(agent.root / "hung-once")}
+    agent.start("--call-timeout", "2", "--restart-backoff", "3")
+    await set_drivers(kube, node, [desired_driver("hangs", config=config)])
+    first = await wait_phase(kube, node, "hangs", "Loaded")
+
+    device = loop_devices()
+    expected = await published_device(kube, node, device)
+    await set_drivers(kube, node, [desired_driver("hangs", devices=[expected], config=config)])
+    # attach() never returns: after --call-timeout the host is killed, and waits out the backoff.
+    failed = await wait_phase(kube, node, "hangs", "Failed", timeout=30)
+    assert failed["lastError"]["reason"] == "Hung"
+    assert f"attach({expected}) did not return within 2s" in failed["lastError"]["message"]
+    assert failed["message"].startswith("Hung; retrying after backoff")
+    assert not pid_alive(first["pid"])
+    await wait_event(kube, node, "Hung", f"hangs: attach({expected}) did not return within 2s")
+    # The restarted host attaches the device (this time attach() returns).
+    await eventually(lambda: _bound(kube, node, "hangs", [expected]), timeout=30, what="recovery")
+    entry = await driver(kube, node, "hangs")
+    assert entry is not None and entry["phase"] == "Loaded" and entry["restarts"] == 1
+    assert entry["pid"] != first["pid"]
+    assert [e["event"] for e in journal(trail)] == ["start", "attach", "hang", "start", "attach"]
+
+
 async def test_status_is_written_only_when_something_changes(
     clean_cluster: KubeClient, agent: Agent, node: str
 ) -> None:
@@ -320,6 +349,50 @@ async def test_a_driver_that_ignores_stop_is_killed_after_the_grace_period(
         kube, node, "UnloadFailed", "did not finish within the grace period of 1s; the host was killed"
     )
     assert [e["event"] for e in journal(trail)] == ["start", "stop"]
+
+
+async def test_nothing_a_driver_started_outlives_a_crash_or_an_unload(
+    clean_cluster: KubeClient, agent: Agent, node: str
+) -> None:
+    """The driver starts a child and a double-forked setsid() daemon in start(): a crash restart
+    and an unload each end them with their host (the host's cgroup)."""
+    kube = clean_cluster
+    write_probe(agent.driver_dir)
+    trail = agent.root / "spawner.journal"
+    agent.start()
+    assert "driver host process trees are held in cgroup" in agent.log(200)
+    config = {"journal": str(trail), "spawnChildren": True}
+    await set_drivers(kube, node, [desired_driver("spawner", config={**config, "crashAfter": 0.5})])
+
+    async def restarted() -> dict[str, Any] | None:
+        entry = await driver(kube, node, "spawner")
+        return entry if entry and entry["restarts"] >= 1 else None
+
+    await until(restarted, timeout=60, what="a restart after the crash")
+    first = next(e for e in journal(trail) if e["event"] == "spawned")
+    await eventually(
+        lambda: _all_dead([first["child"], first["daemon"]]), what="the crashed host's processes to end"
+    )
+
+    await set_drivers(kube, node, [desired_driver("spawner", config=config)])
+    await wait_phase(kube, node, "spawner", "Loaded")
+
+    async def steady() -> dict[str, Any] | None:
+        spawned = [e for e in journal(trail) if e["event"] == "spawned"]
+        last = spawned[-1]
+        return last if pid_alive(last["pid"]) and pid_alive(last["daemon"]) else None
+
+    last = await until(steady, what="the reloaded driver's processes")
+    await set_drivers(kube, node, [])
+    await wait_gone(kube, node, "spawner")
+    await eventually(
+        lambda: _all_dead([last["pid"], last["child"], last["daemon"]]),
+        what="every process of the driver to end",
+    )
+
+
+async def _all_dead(pids: list[int]) -> bool:
+    return not any(pid_alive(p) for p in pids)
 
 
 async def test_a_crashing_driver_is_reported_and_restarted_with_backoff(
