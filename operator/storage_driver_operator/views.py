@@ -8,8 +8,10 @@ as strings, its presence and when that last changed), not the whole object.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pydantic import ValidationError
-from storage_driver_api.constants import LEASE_PREFIX
+from storage_driver_api.constants import LEASE_PREFIX, UNLOAD_AFTER_ANNOTATION
 from storage_driver_api.meta import describe_validation_error
 from storage_driver_api.nodedriverconfig import DesiredDriver, DriverPhase, ResolvedSource
 from storage_driver_api.storagedriver import DEVICE_ATTRIBUTES, StorageDriverSpec, StorageDriverStatus
@@ -192,6 +194,7 @@ class ConfigView:
     available: Mapping[str, AvailableFile] = field(default_factory=dict)
     boot_id: str | None = None
     spec_error: str | None = None  # the spec could not be read (someone else wrote it)
+    unload_after: Mapping[str, float] = field(default_factory=dict)  # driver -> when it may unload
 
     @property
     def settled(self) -> bool:
@@ -224,6 +227,35 @@ def _run(item: Mapping[str, Any]) -> DriverRun:
         error_reason=error.get("reason"),
         error_message=error.get("message"),
         message=str(item.get("message") or ""),
+    )
+
+
+def parse_unload_after(value: object) -> dict[str, float]:
+    """The unload-after annotation: driver -> epoch seconds; what cannot be read is left out
+    (a driver without a time waits a full unloadDelaySeconds, the conservative side)."""
+    if not isinstance(value, str):
+        return {}
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return {}
+    found = {}
+    for driver, when in data.items() if isinstance(data, dict) else ():
+        with contextlib.suppress(TypeError, ValueError):
+            found[str(driver)] = dt.datetime.fromisoformat(str(when).replace("Z", "+00:00")).timestamp()
+    return found
+
+
+def format_unload_after(deadlines: Mapping[str, float]) -> str | None:
+    """The annotation's value for these deadlines (whole seconds, rounded up); None: none."""
+    if not deadlines:
+        return None
+    return json.dumps(
+        {
+            name: dt.datetime.fromtimestamp(math.ceil(at), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for name, at in sorted(deadlines.items())
+        },
+        separators=(",", ":"),
     )
 
 
@@ -264,6 +296,7 @@ def config_view(obj: Obj) -> ConfigView:
         available=available,
         boot_id=status_map.get("bootId"),
         spec_error=spec_error,
+        unload_after=parse_unload_after((meta.get("annotations") or {}).get(UNLOAD_AFTER_ANNOTATION)),
     )
 
 

@@ -5,11 +5,18 @@ and Events are right after each step. The tests write what agents would (simulat
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-from storage_driver_api.constants import NODE_DEVICES, STORAGE_DRIVERS, opt_in_label
+from storage_driver_api.constants import (
+    NODE_DEVICES,
+    NODE_DRIVER_CONFIGS,
+    STORAGE_DRIVERS,
+    UNLOAD_AFTER_ANNOTATION,
+    opt_in_label,
+)
 from storage_driver_api.kube import EVENTS, NODES, KubeClient
 
 from tests.conftest import kubectl
@@ -177,6 +184,35 @@ async def test_a_device_deleted_before_the_delay_ends_still_waits_out_the_delay(
     await consistently(kept, duration=4, what="the driver to stay for the rest of the delay")
     await wait_devices(kube, "dd-a", "loop-info", None, timeout=30)
     assert time.monotonic() - removed >= 7  # not before the delay (minus clock granularity)
+
+
+async def test_an_operator_restart_during_the_delay_unloads_nothing_early(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    """The device is absent and then deleted (the agent's retention), and the operator restarts:
+    nothing in its memory remembers the device, yet the delay holds, from what the
+    NodeDriverConfig records."""
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "rs-a")
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info", unloadDelaySeconds=12))
+    await sim.add_device(kube, "rs-a", "rs-a-loop0", node_uid=uid)
+    await wait_devices(kube, "rs-a", "loop-info", ["rs-a-loop0"])
+    await sim.set_present(kube, "rs-a-loop0", False)
+    await wait_devices(kube, "rs-a", "loop-info", [])
+    removed = time.monotonic()
+    annotations = (await kube.get(NODE_DRIVER_CONFIGS, "rs-a"))["metadata"].get("annotations") or {}
+    assert set(json.loads(annotations[UNLOAD_AFTER_ANNOTATION])) == {"loop-info"}
+    await kube.delete(NODE_DEVICES, "rs-a-loop0")
+    await operator.restart()
+
+    async def kept() -> bool:
+        return await devices_of(kube, "rs-a", "loop-info") == []
+
+    await consistently(kept, duration=4, what="the driver to stay through the restart")
+    await wait_devices(kube, "rs-a", "loop-info", None, timeout=30)
+    assert time.monotonic() - removed >= 11  # not before the delay (minus clock granularity)
+    annotations = (await kube.get(NODE_DRIVER_CONFIGS, "rs-a"))["metadata"].get("annotations") or {}
+    assert UNLOAD_AFTER_ANNOTATION not in annotations  # the record went with the driver
 
 
 async def test_a_silent_agent_holds_the_unload_until_it_reports_again(
