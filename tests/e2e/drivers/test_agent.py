@@ -24,7 +24,7 @@ from storage_driver_api.constants import (
     NODE_LABEL,
     node_label_value,
 )
-from storage_driver_api.kube import EVENTS, LEASES, KubeClient
+from storage_driver_api.kube import EVENTS, LEASES, NODES, KubeClient
 
 from tests.harness.drivers import (
     Agent,
@@ -216,6 +216,32 @@ async def _bound(kube: KubeClient, node: str, name: str, devices: list[str]) -> 
 async def _bound_devices(kube: KubeClient, device: str, drivers: list[str]) -> bool:
     obj = await kube.get(NODE_DEVICES, device)
     return bool((obj.get("status") or {}).get("boundDrivers", []) == drivers)
+
+
+async def test_deleting_the_node_collects_the_agents_lease(
+    clean_cluster: KubeClient, agent: Agent, node: str
+) -> None:
+    """The Lease is owned by its Node: the real garbage collector (kube-controller-manager)
+    deletes it with the Node, and the agent, still running, does not create an ownerless one."""
+    kube = clean_cluster
+    uid = (await kube.get(NODES, node))["metadata"]["uid"]
+    agent.start()
+
+    async def owned() -> dict[str, Any] | None:
+        lease = await kube.get_or_none(LEASES, LEASE_PREFIX + node, namespace=agent.namespace)
+        return lease if lease and lease["metadata"].get("ownerReferences") else None
+
+    lease = await until(owned, what="the Lease, owned by its Node")
+    assert lease["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}
+    ]
+    await kube.delete(NODES, node)
+
+    async def collected() -> bool:
+        return await kube.get_or_none(LEASES, LEASE_PREFIX + node, namespace=agent.namespace) is None
+
+    await eventually(collected, timeout=60, what="the garbage collector to delete the Lease")
+    await consistently(collected, duration=5, what="no new Lease without a Node")
 
 
 async def test_devices_are_attached_and_detached_as_they_come_and_go(
