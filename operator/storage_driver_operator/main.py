@@ -25,6 +25,7 @@ from storage_driver_api.logs import fields, setup_logging
 from storage_driver_operator import metrics
 from storage_driver_operator.controller import Controller
 from storage_driver_operator.options import Options
+from storage_driver_operator.sweep import Sweeper
 
 log = logging.getLogger("storage_driver_operator")
 
@@ -144,6 +145,8 @@ async def run(options: Options) -> int:
                 return 2
         async with asyncio.TaskGroup() as group:
             loop = group.create_task(controller.run(), name="controller")
+            sweeper = Sweeper(kube, options.lease_namespace, options.gc_interval)
+            sweep = group.create_task(sweeper.run(), name="sweep") if options.gc_interval > 0 else None
             registry = build_registry(controller, credentials, options, stop_controller=loop.cancel)
             # kopf installs the SIGTERM/SIGINT handlers and returns when one arrives.
             await kopf.operator(
@@ -153,6 +156,8 @@ async def run(options: Options) -> int:
                 liveness_endpoint=options.liveness or None,
             )
             loop.cancel()
+            if sweep is not None:
+                sweep.cancel()
     log.info("operator stopped", extra=fields(**controller.counters))
     return 0
 
