@@ -53,6 +53,7 @@ from storage_driver_operator.views import (
     lease_node,
     lease_view,
     node_view,
+    reported_runs,
     storage_driver_view,
 )
 
@@ -339,8 +340,8 @@ class Controller:
             decision = plan.decisions.get(driver)
             if decision is None:
                 return None
-            config = self.configs.items.get(name)
-            states.append(NodeDriverState(name, decision, config.runs.get(driver) if config else None))
+            runs = reported_runs(self.configs.items.get(name), self.nodes.items.get(name))
+            states.append(NodeDriverState(name, decision, runs.get(driver)))
         return states
 
     async def _update_statuses(self) -> None:
@@ -407,7 +408,7 @@ class Controller:
             lease = self.leases.items.get(name)
             if node is None or node.deleting or lease is None or not lease.fresh(now):
                 continue
-            run = config.runs.get(driver)
+            run = reported_runs(config, node).get(driver)
             if driver in config.rollout_keys or (run is not None and not run.stopped):
                 remaining.append(name)
         return sorted(remaining)

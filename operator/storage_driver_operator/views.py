@@ -63,6 +63,7 @@ class NodeView:
     operating_system: str
     architecture: str
     deleting: bool = False
+    boot_id: str = ""  # status.nodeInfo.bootID, set by the kubelet; changes when the node reboots
 
 
 def node_view(obj: Obj) -> NodeView:
@@ -76,6 +77,7 @@ def node_view(obj: Obj) -> NodeView:
         operating_system=str(info.get("operatingSystem") or ""),
         architecture=str(info.get("architecture") or ""),
         deleting=bool(meta.get("deletionTimestamp")),
+        boot_id=str(info.get("bootID") or ""),
     )
 
 
@@ -203,6 +205,17 @@ class ConfigView:
 
     def entry(self, driver: str) -> DesiredDriver | None:
         return next((d for d in self.spec_drivers if d.name == driver), None)
+
+
+def reported_runs(config: ConfigView | None, node: NodeView | None) -> Mapping[str, DriverRun]:
+    """What the node's agent reports running, unless the report predates the node's last boot
+    (its bootId differs from the Node's): nothing from before a reboot runs any more, and the
+    agent reloads what the spec says once it is back."""
+    if config is None:
+        return {}
+    if node is not None and node.boot_id and config.boot_id and node.boot_id != config.boot_id:
+        return {}
+    return config.runs
 
 
 def rollout_key(entry: DesiredDriver) -> str:

@@ -267,6 +267,7 @@ class Agent:
     namespace: str
     root: Path
     extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. STORAGE_AGENT_BOOT_ID, a simulated reboot
     process: ComponentProcess | None = None
     runs: int = 0
 
@@ -307,7 +308,9 @@ class Agent:
             *self.extra,
             *extra,
         ]
-        self.process = ComponentProcess(f"storage-agent-{self.runs}", argv, self.log_path).start()
+        self.process = ComponentProcess(
+            f"storage-agent-{self.runs}", argv, self.log_path, env=dict(self.env)
+        ).start()
         self.process.wait_for_log("driver runtime ready", timeout=60)
         return self
 

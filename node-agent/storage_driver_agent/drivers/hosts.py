@@ -267,8 +267,7 @@ class HostRunner:
                     "driver host does not answer; stopping it",
                     extra=fields(driver=name, pid=process.pid, error=str(exc)),
                 )
-                await self.terminate(process, conn, 0.0)
-            await self.end_tree(process)  # what a host that died meanwhile left running
+                await self.stop(process, conn, 0.0)
             if conn is not None:
                 await conn.close()
             slot.remove_files()

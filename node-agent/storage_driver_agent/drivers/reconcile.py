@@ -438,7 +438,12 @@ class NodeReconciler:
                 )
                 left.remove_files()
             elif left.info.get("bootId") != self.settings.boot_id:
-                left.slot.remove_files()  # from before the node rebooted
+                # From before the node rebooted: nothing of it can run any more; should a host
+                # still serve that socket (a simulated reboot), it goes, so no driver runs twice.
+                process = HostProcess(left.pid, left.slot.socket)
+                if await self.launcher.alive(process):
+                    await self.hosts.stop(process, None, 0.0)
+                left.slot.remove_files()
             elif (adopted := await self.hosts.adopt(left)) is not None:
                 self._adopted(adopted)
 

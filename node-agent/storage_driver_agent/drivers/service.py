@@ -232,6 +232,9 @@ class Options:
 
 
 def read_boot_id() -> str:
+    """The kernel's boot id; $STORAGE_AGENT_BOOT_ID overrides it (tests simulate a reboot)."""
+    if override := os.environ.get("STORAGE_AGENT_BOOT_ID"):
+        return override
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:

@@ -670,6 +670,32 @@ async def test_sigkilled_agent_leaves_drivers_running_and_the_next_adopts_them(
     assert (await kube.get(NODE_DEVICES, device_name))["status"]["boundDrivers"] == ["one", "two"]
 
 
+async def test_after_a_reboot_the_agent_reloads_what_the_spec_says_once(
+    clean_cluster: KubeClient, agent: Agent, node: str
+) -> None:
+    """A new boot id (simulated: the old host still runs) means nothing from before runs any
+    more: the agent adopts nothing, loads the spec again, and no driver runs twice."""
+    kube = clean_cluster
+    write_probe(agent.driver_dir)
+    agent.start()
+    await set_drivers(kube, node, [desired_driver("probe")])
+    before = await wait_phase(kube, node, "probe", "Loaded")
+    agent.stop()
+    agent.env["STORAGE_AGENT_BOOT_ID"] = "simulated-reboot"
+    agent.start()
+
+    async def reloaded() -> dict[str, Any] | None:
+        full = await status(kube, node)
+        entry = await driver(kube, node, "probe")
+        if entry is None or full.get("bootId") != "simulated-reboot" or entry["phase"] != "Loaded":
+            return None
+        return entry if entry["pid"] != before["pid"] else None
+
+    after = await until(reloaded, timeout=60, what="the driver loaded again after the reboot")
+    assert not pid_alive(before["pid"])
+    assert list(agent.hosts()) == [after["pid"]]
+
+
 async def test_an_agent_that_stays_away_leaves_no_driver_host_behind(
     clean_cluster: KubeClient, agent: Agent, node: str
 ) -> None:

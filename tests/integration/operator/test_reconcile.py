@@ -215,6 +215,37 @@ async def test_an_operator_restart_during_the_delay_unloads_nothing_early(
     assert UNLOAD_AFTER_ANNOTATION not in annotations  # the record went with the driver
 
 
+async def set_boot_id(kube: KubeClient, node: str, boot_id: str) -> None:
+    """What the kubelet does when the node has rebooted."""
+    await kube.patch(NODES, node, {"status": {"nodeInfo": {"bootID": boot_id}}}, subresource="status")
+
+
+async def test_a_loaded_report_from_before_a_reboot_does_not_count(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "rb-a")
+    await set_boot_id(kube, "rb-a", "boot-1")
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info"))
+    await sim.add_device(kube, "rb-a", "rb-a-loop0", node_uid=uid)
+    await wait_devices(kube, "rb-a", "loop-info", ["rb-a-loop0"])
+    await sim.report_loaded(kube, "rb-a", boot_id="boot-1")
+    await wait_status(kube, "loop-info", lambda s: s.get("loadedNodes") == 1, "loadedNodes=1")
+
+    await set_boot_id(kube, "rb-a", "boot-2")  # rebooted; the agent has not reported since
+    status = await wait_status(
+        kube,
+        "loop-info",
+        lambda s: s.get("loadedNodes") == 0,
+        "the report from before the reboot to stop counting",
+    )
+    assert sim.condition(status, "Ready")["status"] == "False"
+    assert await devices_of(kube, "rb-a", "loop-info") == ["rb-a-loop0"]  # the spec stays, to reload
+
+    await sim.report_loaded(kube, "rb-a", boot_id="boot-2")
+    await wait_status(kube, "loop-info", lambda s: s.get("loadedNodes") == 1, "the new report to count")
+
+
 async def test_a_silent_agent_holds_the_unload_until_it_reports_again(
     operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
 ) -> None:
