@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.host import HOST_MODULE
 from storage_driver_api.constants import API_VERSION, DEVICE_TYPE_LABEL, NODE_LABEL, node_label_value
 from storage_driver_api.nodedevice import DeviceIdentity, IdentityKind, node_device_name
@@ -219,7 +220,20 @@ def kill_hosts(state_dir: Path) -> list[int]:
     deadline = time.monotonic() + 10
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
+    remove_host_cgroups(state_dir)
     return pids
+
+
+def remove_host_cgroups(state_dir: Path) -> None:
+    """The (empty) cgroups the killed hosts of a test's state directory leave behind."""
+    for hierarchy in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/pids")):
+        base = hierarchy / proctree.TREES_DIR
+        if base.is_dir():
+            for _ in range(20):  # a killed host may take a moment to be reaped
+                proctree.ProcessTrees("cgroup", base).remove_empty(state_dir / "hosts")
+                if not list(base.glob(f"*-{proctree.hosts_dir_suffix(state_dir / 'hosts')}")):
+                    break
+                time.sleep(0.05)
 
 
 # --- NodeDevices for real loop devices -------------------------------------------------------

@@ -113,7 +113,11 @@ def _v1_rank(mount: CgroupMount) -> int:
 def group_name(socket: Path) -> str:
     """A host's cgroup name, derived from its socket (what identifies a host slot): readable,
     and distinct for two agents (two state directories) on one machine."""
-    return f"{socket.stem}-{hashlib.sha256(str(socket.parent).encode()).hexdigest()[:8]}"
+    return f"{socket.stem}-{hosts_dir_suffix(socket.parent)}"
+
+
+def hosts_dir_suffix(hosts_dir: Path) -> str:
+    return hashlib.sha256(str(hosts_dir).encode()).hexdigest()[:8]
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -195,6 +199,18 @@ class ProcessTrees:
             self.end(socket, None)
         group.mkdir(parents=True, exist_ok=True)
         return ["--cgroup", str(group)]
+
+    def remove_empty(self, hosts_dir: Path) -> list[str]:
+        """At start, before any host is spawned: remove the empty cgroups of this hosts directory
+        (a host that ended on its own cannot remove its own); returns their names."""
+        if self.base is None:
+            return []
+        removed = []
+        for group in sorted(self.base.glob(f"*-{hosts_dir_suffix(hosts_dir)}")):
+            with contextlib.suppress(OSError):  # EBUSY: a host of a running driver is in it
+                group.rmdir()
+                removed.append(group.name)
+        return removed
 
     def members(self, socket: Path, pid: int) -> list[int]:
         group = self.group(socket)

@@ -287,6 +287,7 @@ class DriverRuntime:
             except ValueError as exc:
                 raise SystemExit(str(exc)) from exc
             log.log(logging.INFO if trees.base is not None else logging.WARNING, proctree.describe(trees))
+            trees.remove_empty(self.settings.hosts_dir)
         self.launcher = make_launcher(options.launcher, config.state_dir, trees)
         self.events = EventRecorder(kube, self.node, lambda: self.config_uid)
         self.fetcher = SourceFetcher(

@@ -37,6 +37,7 @@ from storage_driver_agent.drivers.launcher import (
     is_driver_host,
     spawn_host,
 )
+from storage_driver_agent.drivers.slots import HOSTS_DIR
 
 log = logging.getLogger("storage_driver_agent.supervisor")
 PR_SET_CHILD_SUBREAPER: Final = 36
@@ -168,6 +169,7 @@ class Supervisor:
             logging.INFO if self.trees.base is not None else logging.WARNING,
             proctree.describe(self.trees),
         )
+        self.trees.remove_empty(self.state_dir / HOSTS_DIR)
         async with server:
             await stop.wait()
         server.close()
