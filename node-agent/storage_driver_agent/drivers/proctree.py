@@ -21,7 +21,6 @@ import hashlib
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -254,6 +253,8 @@ OFF: Final = "off"
 
 def _usable(base: Path) -> str | None:
     """None if host cgroups can be made under `base` and a process moved into one; else why not."""
+    import subprocess  # here only: the host imports this module and starts nothing
+
     probe = base / f"probe-{os.getpid()}"
     child: subprocess.Popen[bytes] | None = None
     try:
