@@ -29,6 +29,11 @@ OPT_IN_LABEL_PREFIX: Final = f"load.{GROUP}/"
 FINALIZER: Final = f"{GROUP}/unload"
 ANNOTATION_PREFIX: Final = GROUP
 
+# On a NodeDriverConfig, written by the operator: when each driver that no longer has a
+# matching device may be unloaded (JSON: driver name -> RFC 3339 time). It keeps
+# unloadDelaySeconds across operator restarts, after the agent deleted the absent NodeDevices.
+UNLOAD_AFTER_ANNOTATION: Final = f"{GROUP}/unload-after"
+
 LEASE_NAMESPACE_DEFAULT: Final = "storage-driver-operator"
 LEASE_PREFIX: Final = "storage-agent-"
 

@@ -290,13 +290,21 @@ class KubeClient:
         )
 
     async def delete(
-        self, res: Resource, name: str, namespace: str | None = None, *, propagation: str | None = None
+        self,
+        res: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        propagation: str | None = None,
+        uid: str | None = None,
     ) -> Obj | None:
-        body = (
-            {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
-            if propagation
-            else None
-        )
+        """Delete; `uid` makes it a precondition (a 409 if the name now holds another object)."""
+        options: dict[str, Any] = {}
+        if propagation:
+            options["propagationPolicy"] = propagation
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", **options} if options else None
         try:
             return await self.request("DELETE", res.path(name, namespace), body=body)
         except ApiError as exc:

@@ -29,6 +29,7 @@ from storage_driver_api.constants import (
     NODE_DEVICES,
     NODE_DRIVER_CONFIGS,
     STORAGE_DRIVERS,
+    UNLOAD_AFTER_ANNOTATION,
 )
 from storage_driver_api.kube import LEASES, NODES, ApiError, KubeClient
 from storage_driver_api.logs import fields
@@ -48,9 +49,11 @@ from storage_driver_operator.views import (
     StorageDriverView,
     config_view,
     device_view,
+    format_unload_after,
     lease_node,
     lease_view,
     node_view,
+    reported_runs,
     storage_driver_view,
 )
 
@@ -268,14 +271,18 @@ class Controller:
             return
         spec = {"drivers": [d.to_api() for d in plan.drivers]}
         config = self.configs.items.get(name)
+        unload_after = format_unload_after(plan.unload_after)
+        body: dict[str, Any] = {"spec": spec}
+        if config is None or unload_after != format_unload_after(config.unload_after):
+            body["metadata"] = {"annotations": {UNLOAD_AFTER_ANNOTATION: unload_after}}
         async with self._writes:
             try:
                 if config is None:
                     if not plan.drivers:
                         return
-                    obj = await self._create(node, spec)
+                    obj = await self._create(node, spec, unload_after)
                 else:
-                    obj = await self.kube.patch(NODE_DRIVER_CONFIGS, name, {"spec": spec})
+                    obj = await self.kube.patch(NODE_DRIVER_CONFIGS, name, body)
                     self.counters["spec_writes"] += 1
             except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 # Retried with backoff. A 404 means it was deleted under us (its Node went away,
@@ -299,8 +306,8 @@ class Controller:
             extra=fields(node=name, drivers=[d.name for d in plan.drivers], changes=actions or "devices"),
         )
 
-    async def _create(self, node: NodeView, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {
+    async def _create(self, node: NodeView, spec: dict[str, Any], unload_after: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "apiVersion": API_VERSION,
             "kind": NODE_DRIVER_CONFIGS.kind,
             "metadata": {
@@ -310,6 +317,8 @@ class Controller:
             },
             "spec": spec,
         }
+        if unload_after is not None:
+            body["metadata"]["annotations"] = {UNLOAD_AFTER_ANNOTATION: unload_after}
         try:
             obj = await self.kube.create(NODE_DRIVER_CONFIGS, body)
             self.counters["spec_creates"] += 1
@@ -331,8 +340,8 @@ class Controller:
             decision = plan.decisions.get(driver)
             if decision is None:
                 return None
-            config = self.configs.items.get(name)
-            states.append(NodeDriverState(name, decision, config.runs.get(driver) if config else None))
+            runs = reported_runs(self.configs.items.get(name), self.nodes.items.get(name))
+            states.append(NodeDriverState(name, decision, runs.get(driver)))
         return states
 
     async def _update_statuses(self) -> None:
@@ -399,7 +408,7 @@ class Controller:
             lease = self.leases.items.get(name)
             if node is None or node.deleting or lease is None or not lease.fresh(now):
                 continue
-            run = config.runs.get(driver)
+            run = reported_runs(config, node).get(driver)
             if driver in config.rollout_keys or (run is not None and not run.stopped):
                 remaining.append(name)
         return sorted(remaining)

@@ -86,8 +86,11 @@ class NodePlan:
     node: str
     drivers: tuple[DesiredDriver, ...]
     decisions: Mapping[str, Decision]
-    changed: bool  # drivers differ from the node's current spec
+    changed: bool  # drivers (or unload_after) differ from the node's current NodeDriverConfig
     recheck_at: float | None = None  # when time alone may change the plan (an unload delay ends)
+    # When each driver held by its unload delay may go: stored on the NodeDriverConfig, so that
+    # the delay survives an operator restart (views.UNLOAD_AFTER_ANNOTATION).
+    unload_after: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,10 +245,16 @@ def _decide(
         return _Choice(Decision(name, Action.HOLD, Hold.DRIVER_NOT_AVAILABLE, match.message, True), entry)
 
     if current is not None and match.reason == Reason.NO_MATCHING_DEVICES:
-        # absent_since is None when no matching device object is left at all (the agent deletes
-        # absent ones after its retention period): nothing more to wait for.
-        unload_at = (match.absent_since or now) + driver.spec.unload_delay_seconds
-        if match.absent_since is not None and now < unload_at:
+        # absent_since is None when no matching device object is left: the agent deletes absent
+        # ones after its retention period (then the time recorded on the NodeDriverConfig when
+        # the delay began counts, across operator restarts too), or a changed selector matches
+        # none (a user's change: at once).
+        recorded = state.config.unload_after.get(name) if state.config is not None else None
+        if match.absent_since is not None:
+            unload_at = match.absent_since + driver.spec.unload_delay_seconds
+        else:
+            unload_at = recorded if recorded is not None else now
+        if now < unload_at:
             message = (
                 f"no matching device present; unloads {driver.spec.unload_delay_seconds}s after the last "
                 "one went away unless one returns"
@@ -310,12 +319,19 @@ def plan_node(
         config is not None and config.spec_error is not None
     )
     rechecks = [c.recheck_at for c in choices.values() if c.recheck_at is not None]
+    unload_after = {
+        name: math.ceil(c.recheck_at)
+        for name, c in choices.items()
+        if c.recheck_at is not None and c.decision.reason == Hold.UNLOAD_DELAY
+    }
+    recorded = {k: math.ceil(v) for k, v in config.unload_after.items()} if config is not None else {}
     return NodePlan(
         node=state.node.name,
         drivers=entries,
         decisions={name: choices[name].decision for name in sorted(choices)},
-        changed=changed,
+        changed=changed or (unload_after != recorded and (config is not None or bool(entries))),
         recheck_at=min(rechecks) if rechecks else None,
+        unload_after=unload_after,
     )
 
 

@@ -28,6 +28,7 @@ from storage_driver_operator import election, metrics, webhook
 from storage_driver_operator.controller import Controller
 from storage_driver_operator.leadership import Timing
 from storage_driver_operator.options import Options
+from storage_driver_operator.sweep import Sweeper
 
 log = logging.getLogger("storage_driver_operator")
 
@@ -212,6 +213,8 @@ async def run(options: Options) -> int:
                         task.cancel()
                     return 0  # stopped (SIGTERM) while following
             loop = group.create_task(controller.run(), name="controller")
+            sweeper = Sweeper(kube, options.lease_namespace, options.gc_interval)
+            sweep = group.create_task(sweeper.run(), name="sweep") if options.gc_interval > 0 else None
             registry = build_registry(
                 controller,
                 credentials,
@@ -231,6 +234,8 @@ async def run(options: Options) -> int:
                 identity=operator_identity(),
             )
             loop.cancel()
+            if sweep is not None:
+                sweep.cancel()
             for task in background:
                 task.cancel()
         if elector is not None:

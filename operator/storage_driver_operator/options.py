@@ -32,6 +32,7 @@ class Options:
     inactivity_timeout: float = 70.0
     deletion_wait: float = 30.0
     list_pages: bool = False
+    gc_interval: float = 600.0
     log_level: str = "INFO"
     log_format: str = "json"
     webhook_address: str = ""
@@ -157,6 +158,13 @@ class Options:
             "instead of whole from the API server's watch cache",
         )
         add(
+            "--gc-interval",
+            type=float,
+            default=float(_env("GC_INTERVAL", "600")),
+            help="seconds between sweeps that delete NodeDevices, NodeDriverConfigs and agent Leases "
+            "whose Node is gone; 0 to turn them off (default: %(default)s)",
+        )
+        add(
             "--log-level",
             default=_env("LOG_LEVEL", "INFO"),
             help="DEBUG, INFO, WARNING (default: %(default)s)",
@@ -264,6 +272,7 @@ class Options:
             watch_timeout=args.watch_timeout,
             inactivity_timeout=args.inactivity_timeout,
             deletion_wait=args.deletion_wait,
+            gc_interval=args.gc_interval,
             list_pages=args.list_pages,
             log_level=args.log_level,
             log_format=args.log_format,

@@ -8,8 +8,10 @@ as strings, its presence and when that last changed), not the whole object.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pydantic import ValidationError
-from storage_driver_api.constants import LEASE_PREFIX
+from storage_driver_api.constants import LEASE_PREFIX, UNLOAD_AFTER_ANNOTATION
 from storage_driver_api.meta import describe_validation_error
 from storage_driver_api.nodedriverconfig import DesiredDriver, DriverPhase, ResolvedSource
 from storage_driver_api.storagedriver import DEVICE_ATTRIBUTES, StorageDriverSpec, StorageDriverStatus
@@ -61,6 +63,7 @@ class NodeView:
     operating_system: str
     architecture: str
     deleting: bool = False
+    boot_id: str = ""  # status.nodeInfo.bootID, set by the kubelet; changes when the node reboots
 
 
 def node_view(obj: Obj) -> NodeView:
@@ -74,6 +77,7 @@ def node_view(obj: Obj) -> NodeView:
         operating_system=str(info.get("operatingSystem") or ""),
         architecture=str(info.get("architecture") or ""),
         deleting=bool(meta.get("deletionTimestamp")),
+        boot_id=str(info.get("bootID") or ""),
     )
 
 
@@ -195,6 +199,7 @@ class ConfigView:
     available: Mapping[str, AvailableFile] = field(default_factory=dict)
     boot_id: str | None = None
     spec_error: str | None = None  # the spec could not be read (someone else wrote it)
+    unload_after: Mapping[str, float] = field(default_factory=dict)  # driver -> when it may unload
 
     @property
     def settled(self) -> bool:
@@ -203,6 +208,17 @@ class ConfigView:
 
     def entry(self, driver: str) -> DesiredDriver | None:
         return next((d for d in self.spec_drivers if d.name == driver), None)
+
+
+def reported_runs(config: ConfigView | None, node: NodeView | None) -> Mapping[str, DriverRun]:
+    """What the node's agent reports running, unless the report predates the node's last boot
+    (its bootId differs from the Node's): nothing from before a reboot runs any more, and the
+    agent reloads what the spec says once it is back."""
+    if config is None:
+        return {}
+    if node is not None and node.boot_id and config.boot_id and node.boot_id != config.boot_id:
+        return {}
+    return config.runs
 
 
 def rollout_key(entry: DesiredDriver) -> str:
@@ -228,6 +244,35 @@ def _run(item: Mapping[str, Any]) -> DriverRun:
         error_message=error.get("message"),
         message=str(item.get("message") or ""),
         unhealthy=str(item["unhealthy"]) if item.get("unhealthy") else None,
+    )
+
+
+def parse_unload_after(value: object) -> dict[str, float]:
+    """The unload-after annotation: driver -> epoch seconds; what cannot be read is left out
+    (a driver without a time waits a full unloadDelaySeconds, the conservative side)."""
+    if not isinstance(value, str):
+        return {}
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return {}
+    found = {}
+    for driver, when in data.items() if isinstance(data, dict) else ():
+        with contextlib.suppress(TypeError, ValueError):
+            found[str(driver)] = dt.datetime.fromisoformat(str(when).replace("Z", "+00:00")).timestamp()
+    return found
+
+
+def format_unload_after(deadlines: Mapping[str, float]) -> str | None:
+    """The annotation's value for these deadlines (whole seconds, rounded up); None: none."""
+    if not deadlines:
+        return None
+    return json.dumps(
+        {
+            name: dt.datetime.fromtimestamp(math.ceil(at), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for name, at in sorted(deadlines.items())
+        },
+        separators=(",", ":"),
     )
 
 
@@ -269,6 +314,7 @@ def config_view(obj: Obj) -> ConfigView:
         available=available,
         boot_id=status_map.get("bootId"),
         spec_error=spec_error,
+        unload_after=parse_unload_after((meta.get("annotations") or {}).get(UNLOAD_AFTER_ANNOTATION)),
     )
 
 

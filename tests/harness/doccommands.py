@@ -83,6 +83,7 @@ DOCUMENTS: dict[str, Setting] = {
     "docs/installing.md": Setting(chart="fresh"),
     "docs/local-cluster.md": Setting(checkout=True),
     "docs/operator.md": Setting(components=True),
+    "docs/reliability.md": Setting(cluster="none"),
     "docs/security.md": Setting(chart="installed"),
     "docs/troubleshooting.md": Setting(chart="installed", components=True),
     "docs/writing-drivers.md": Setting(components=True),

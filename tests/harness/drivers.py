@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.host import HOST_MODULE
 from storage_driver_api.constants import API_VERSION, DEVICE_TYPE_LABEL, NODE_LABEL, node_label_value
 from storage_driver_api.nodedevice import DeviceIdentity, IdentityKind, node_device_name
@@ -28,8 +29,12 @@ from tests.harness.processes import ComponentProcess, console_script
 #   hangInStop: stop() never returns;  ignoreSigterm: the host ignores SIGTERM
 #   allocateInStart / allocateInAttach: bytes to allocate (to exceed the memory limit)
 #   failAttach: device names whose attach raises;  failStart: start raises
+#   hangInAttach / hangInHealth: a marker file; the first call (the marker does not exist yet)
+#     creates it and never returns, later ones (a restarted host) behave
+#   spawnChildren: start a child (sleep) and a daemon that double-forks and calls setsid(); both
+#     pids go to the journal ("spawned": child, daemon)
 PROBE_DRIVER = """
-import json, os, signal, threading, time
+import json, os, signal, subprocess, threading, time
 from storage_driver_sdk import DeviceType, storage_driver
 
 
@@ -38,6 +43,32 @@ def _journal(cfg, event, **data):
     if path:
         with open(path, "a") as handle:
             handle.write(json.dumps({"event": event, "pid": os.getpid(), "time": time.time(), **data}) + "\\n")
+
+
+def _hang_once(cfg, key):
+    marker = cfg.get(key)
+    if marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        _journal(cfg, "hang", where=key)
+        while True:
+            time.sleep(1)
+
+
+def _spawn_children(cfg):
+    child = subprocess.Popen(["sleep", "600"])
+    read, write = os.pipe()
+    first = os.fork()
+    if first == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(write, str(os.getpid()).encode())
+            os.execvp("sleep", ["sleep", "601"])
+        os._exit(0)
+    os.waitpid(first, 0)
+    os.close(write)
+    daemon = int(os.read(read, 32))
+    os.close(read)
+    _journal(cfg, "spawned", child=child.pid, daemon=daemon)
 
 
 @storage_driver("__NAME__", version="__VERSION__", supported_devices=[DeviceType.LOOP], description="test probe")
@@ -52,6 +83,8 @@ class ProbeDriver:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if self.config.get("allocateInStart"):
             self.keep = bytearray(int(self.config["allocateInStart"]))
+        if self.config.get("spawnChildren"):
+            _spawn_children(self.config)
         crash_after = self.config.get("crashAfter")
         if crash_after is not None:
             def crash():
@@ -62,6 +95,7 @@ class ProbeDriver:
 
     def attach(self, device):
         _journal(self.config, "attach", device=device.name, devPath=device.dev_path)
+        _hang_once(self.config, "hangInAttach")
         if device.name in self.config.get("failAttach", []):
             raise RuntimeError(f"failAttach: {device.name}")
         if self.config.get("allocateInAttach"):
@@ -72,6 +106,7 @@ class ProbeDriver:
         _journal(self.config, "detach", device=device.name)
 
     def health(self):
+        _hang_once(self.config, "hangInHealth")
         return {"healthy": not self.config.get("unhealthy"), "message": "probe says so"}
 
     def stop(self):
@@ -185,7 +220,20 @@ def kill_hosts(state_dir: Path) -> list[int]:
     deadline = time.monotonic() + 10
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
+    remove_host_cgroups(state_dir)
     return pids
+
+
+def remove_host_cgroups(state_dir: Path) -> None:
+    """The (empty) cgroups the killed hosts of a test's state directory leave behind."""
+    for hierarchy in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/pids")):
+        base = hierarchy / proctree.TREES_DIR
+        if base.is_dir():
+            for _ in range(20):  # a killed host may take a moment to be reaped
+                proctree.ProcessTrees("cgroup", base).remove_empty(state_dir / "hosts")
+                if not list(base.glob(f"*-{proctree.hosts_dir_suffix(state_dir / 'hosts')}")):
+                    break
+                time.sleep(0.05)
 
 
 # --- NodeDevices for real loop devices -------------------------------------------------------
@@ -233,6 +281,7 @@ class Agent:
     namespace: str
     root: Path
     extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # e.g. STORAGE_AGENT_BOOT_ID, a simulated reboot
     process: ComponentProcess | None = None
     runs: int = 0
 
@@ -273,7 +322,9 @@ class Agent:
             *self.extra,
             *extra,
         ]
-        self.process = ComponentProcess(f"storage-agent-{self.runs}", argv, self.log_path).start()
+        self.process = ComponentProcess(
+            f"storage-agent-{self.runs}", argv, self.log_path, env=dict(self.env)
+        ).start()
         self.process.wait_for_log("driver runtime ready", timeout=60)
         return self
 

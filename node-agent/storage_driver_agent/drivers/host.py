@@ -51,6 +51,8 @@ from storage_driver_sdk.protocol import (
     decode_request,
 )
 
+from storage_driver_agent.drivers import proctree
+
 HOST_MODULE: Final = "storage_driver_agent.drivers.host"
 EXIT_OK: Final = 0
 EXIT_LOAD_FAILED: Final = 3
@@ -75,6 +77,7 @@ class HostArgs:
     adoption_window: float
     memory_limit: int
     restarts: int
+    cgroup: Path | None = None
 
 
 def parse_args(argv: list[str] | None) -> HostArgs:
@@ -92,6 +95,9 @@ def parse_args(argv: list[str] | None) -> HostArgs:
     parser.add_argument("--adoption-window", type=float, default=300.0)
     parser.add_argument("--memory-limit", type=int, default=0, help="address-space limit in bytes; 0: none")
     parser.add_argument("--restarts", type=int, default=0)
+    parser.add_argument(
+        "--cgroup", type=Path, default=None, help="the cgroup to join before loading the driver"
+    )
     ns = parser.parse_args(argv)
     return HostArgs(**{k: v for k, v in vars(ns).items()})
 
@@ -410,6 +416,9 @@ class DriverHost:
         finally:
             listener.close()
             self.remove_files()
+            # Whatever the driver started dies with its host, even when no agent is there to see it.
+            if leftovers := proctree.end_own_tree(self.args.cgroup):
+                log.warning("killed %d process(es) the driver left running: %s", len(leftovers), leftovers)
 
     def _loop(self, listener: socket.socket) -> int:
         conn: socket.socket | None = None
@@ -484,6 +493,14 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(JsonLogFormatter(args.name))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     set_process_name(args.name)
+    if args.cgroup is not None:
+        try:
+            proctree.join(args.cgroup)
+        except OSError as exc:
+            # The launcher made the cgroup for this host: running outside it would let the
+            # driver's processes escape unload.
+            log.error("cannot join the driver host's cgroup %s: %s", args.cgroup, exc)
+            return EXIT_USAGE
     try:
         apply_memory_limit(args.memory_limit)
     except (ValueError, OSError) as exc:

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from storage_driver_agent.drivers.host import HOST_MODULE
+from storage_driver_agent.drivers.proctree import ProcessTrees
 
 LOG_ROTATE_BYTES: Final = 5 * 1024 * 1024
 SUPERVISOR_SOCKET: Final = "supervisor.sock"
-HOSTS_DIR: Final = "hosts"  # in the state directory: each driver host's socket, state and log
 
 
 class LauncherError(Exception):
@@ -56,6 +56,10 @@ class Launcher(Protocol):
         """Wait until the host process is gone; True if it went within the timeout."""
         ...
 
+    async def end_tree(self, host: HostProcess) -> list[int]:
+        """Kill whatever is left of the host's process tree (proctree.py); the pids killed."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -81,12 +85,22 @@ def rotate_log(path: Path) -> None:
             path.replace(path.with_name(path.name + ".1"))
 
 
-def spawn_host(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def host_socket(argv: list[str]) -> Path:
+    try:
+        return Path(argv[argv.index("--socket") + 1])
+    except (ValueError, IndexError):
+        raise LauncherError("a driver host's argv must name its --socket") from None
+
+
+def spawn_host(argv: list[str], log_path: Path, trees: ProcessTrees) -> subprocess.Popen[bytes]:
+    """Start a driver host in a new session and (where the node has one) a fresh cgroup."""
+    checked = check_host_argv(argv)
+    checked += trees.prepare(host_socket(checked))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     rotate_log(log_path)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            check_host_argv(argv),
+            checked,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -155,11 +169,12 @@ async def poll_exited(launcher: Launcher, host: HostProcess, timeout: float) -> 
 class DirectLauncher:
     """Spawns hosts as the agent's own children (each in a new session)."""
 
-    def __init__(self) -> None:
+    def __init__(self, trees: ProcessTrees | None = None) -> None:
         self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.trees = trees or ProcessTrees("session")
 
     async def spawn(self, name: str, argv: list[str], log_path: Path) -> int:
-        process = spawn_host(argv, log_path)
+        process = spawn_host(argv, log_path, self.trees)
         self.children[process.pid] = process
         return process.pid
 
@@ -191,6 +206,9 @@ class DirectLauncher:
         if done and (child := self.children.get(host.pid)) is not None:
             child.poll()  # reap it, recording its exit status
         return done
+
+    async def end_tree(self, host: HostProcess) -> list[int]:
+        return await asyncio.to_thread(self.trees.end, host.socket, host.pid)
 
     async def close(self) -> None:
         # Hosts keep running; only reap those that already exited.
@@ -270,6 +288,10 @@ class SupervisorLauncher:
         # The hosts may live in another pid namespace (the supervisor's pod): ask.
         return await poll_exited(self, host, timeout)
 
+    async def end_tree(self, host: HostProcess) -> list[int]:
+        result = await self.request("end_tree", pid=host.pid, socket=str(host.socket))
+        return [int(p) for p in result.get("killed") or []]
+
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -278,9 +300,11 @@ class SupervisorLauncher:
         self._reader = self._writer = None
 
 
-def make_launcher(kind: str, state_dir: Path) -> Launcher:
+def make_launcher(kind: str, state_dir: Path, trees: ProcessTrees | None = None) -> Launcher:
+    """The launcher of that kind; `trees` is how a direct launcher holds host process trees (the
+    supervisor chooses its own)."""
     if kind == "direct":
-        return DirectLauncher()
+        return DirectLauncher(trees)
     if kind == "supervisor":
         return SupervisorLauncher(state_dir / SUPERVISOR_SOCKET)
     raise ValueError(f"--launcher: {kind!r} is not one of direct, supervisor")

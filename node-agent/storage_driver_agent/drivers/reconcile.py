@@ -5,37 +5,38 @@ connection closing) and each wakes the loop at once; the loop asks the state mac
 driver's next action and starts it, at most one per driver. Actions run concurrently across
 drivers; each records its outcome in the driver's Record and wakes the loop again. Timers
 (backoff) are deadlines the loop sleeps towards; nothing polls.
+
+The work itself lives beside it: hosts.py starts, stops and adopts host processes, binding.py
+attaches and detaches devices, failures.py records what a failure means for the driver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import logging
-import re
 import signal
-import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
+from typing import Any
 
-from storage_driver_api.constants import short_hash
 from storage_driver_api.logs import fields
-from storage_driver_sdk.protocol import PROTOCOL_VERSION, Op
+from storage_driver_sdk.protocol import Op
 
-from storage_driver_agent.drivers.host import HOST_MODULE
+from storage_driver_agent.drivers import failures
+from storage_driver_agent.drivers.binding import attach_failed, bind, device_message
 from storage_driver_agent.drivers.hostclient import HostCallError, HostConnection, HostGone
+from storage_driver_agent.drivers.hosts import Adopted, HostLoadFailed, HostRunner
 from storage_driver_agent.drivers.inventory import Inventory
-from storage_driver_agent.drivers.launcher import HOSTS_DIR, HostProcess, Launcher, LauncherError
+from storage_driver_agent.drivers.launcher import HostProcess, Launcher, LauncherError
+from storage_driver_agent.drivers.liveness import Healthy, Hung, Outcome, Unhealthy, judge
+from storage_driver_agent.drivers.runtime import EventSink, Record, RuntimeSettings
+from storage_driver_agent.drivers.slots import LeftHost, left_hosts
 from storage_driver_agent.drivers.sources import SourceFetcher
 from storage_driver_agent.drivers.statemachine import (
     Action,
     Artifact,
-    BackoffPolicy,
     Bind,
     Desired,
     DriverState,
@@ -50,95 +51,13 @@ from storage_driver_agent.drivers.statemachine import (
     admitted,
     forget_host,
     next_action,
-    next_failure,
 )
-from storage_driver_agent.drivers.status import DriverReport, LastError
+from storage_driver_agent.drivers.status import DriverReport
 from storage_driver_agent.stopping import wait_or_stop
 
+__all__ = ["NodeReconciler", "RuntimeSettings"]
+
 log = logging.getLogger(__name__)
-
-KILL_WAIT: Final = 5.0
-HEALTH_TIMEOUT: Final = 10.0
-
-
-@dataclass(frozen=True)
-class RuntimeSettings:
-    state_dir: Path
-    driver_dir: Path
-    boot_id: str = ""
-    max_loaded_drivers: int = 100
-    memory_limit: int = 0
-    adoption_window: float = 300.0
-    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-    load_timeout: float = 60.0
-    terminate_timeout: float = 5.0
-    health_interval: float = 30.0
-    python: str = sys.executable
-
-    @property
-    def hosts_dir(self) -> Path:
-        return self.state_dir / HOSTS_DIR
-
-
-@dataclass(frozen=True)
-class HostSlot:
-    """Where one driver's host keeps its socket, state file and log."""
-
-    socket: Path
-    state_file: Path
-    log: Path
-
-    @classmethod
-    def for_driver(cls, hosts_dir: Path, name: str) -> HostSlot:
-        # Unix socket paths are limited to 107 bytes: a short readable prefix plus a hash.
-        slug = re.sub(r"[^a-z0-9-]", "-", name.lower())[:24].strip("-") or "driver"
-        base = hosts_dir / f"{slug}-{short_hash(name, 10)}"
-        return cls(base.with_suffix(".sock"), base.with_suffix(".json"), base.with_suffix(".log"))
-
-
-class EventSink(Protocol):
-    def emit(self, reason: str, message: str, *, warning: bool = False) -> None: ...
-
-
-@dataclass
-class Record:
-    """One driver: its decision state plus what the agent knows beyond the decision."""
-
-    state: DriverState
-    in_flight: Action | None = None
-    conn: HostConnection | None = None
-    restarts: int = 0
-    last_error: LastError | None = None
-    unhealthy: str | None = None
-    facts: dict[str, Mapping[str, Any]] = field(default_factory=dict)
-    grace: int = 5
-    started_mono: float | None = None
-    announced: tuple[str, str] | None = None  # the last refusal announced, so retries do not repeat it
-    attach_attempts: dict[str, int] = field(default_factory=dict)
-    crashed: bool = False  # the next start is a restart after a crash
-
-
-def error_reason(error_type: str) -> str:
-    return {
-        "MemoryError": "MemoryLimitExceeded",
-        "ChecksumMismatch": "ChecksumMismatch",
-        "ImportFailed": "ImportFailed",
-        "ImportError": "ImportFailed",
-        "ModuleNotFoundError": "ImportFailed",
-        "SyntaxError": "ImportFailed",
-    }.get(error_type, "StartFailed")
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "the driver host exited unexpectedly"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"the driver host was killed by {name}"
-    return f"the driver host exited with code {code}"
 
 
 class NodeReconciler:
@@ -162,6 +81,7 @@ class NodeReconciler:
         self.on_change = on_change
         self.clock = clock
         self.wall = wall
+        self.hosts = HostRunner(settings, launcher, clock, wall)
         self.records: dict[str, Record] = {}
         self.devices: dict[str, Mapping[str, Any]] = {}  # present NodeDevices: name -> spec
         self.generation: int | None = None
@@ -221,13 +141,16 @@ class NodeReconciler:
             state = record.state
             fits = state.desired is None or name in within
             if not fits and state.admitted:
-                self._fail(
+                failures.refused(
                     record,
+                    self.events,
                     "CapacityExceeded",
                     f"the node already runs maxLoadedDrivers={self.settings.max_loaded_drivers} drivers of higher priority",
                 )
             file_sha = self.inventory.sha256(state.desired.source.path) if state.desired else None
             record.state = state = replace(state, admitted=fits, file_sha=file_sha)
+            if record.reaping:
+                continue  # _report_crash wakes the loop when the crashed host's tree is gone
             action = next_action(state, self.present, now)
             if isinstance(action, Wait):
                 deadline = action.until if deadline is None else min(deadline, action.until)
@@ -258,14 +181,15 @@ class NodeReconciler:
                 await record.conn.close()
                 record.conn = None
 
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _launch(self, record: Record, action: Action) -> None:
         record.in_flight = action
         record.state = replace(record.state, busy=True)
-        task = asyncio.create_task(
-            self._perform(record, action), name=f"{type(action).__name__} {record.state.name}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background(self._perform(record, action), f"{type(action).__name__} {record.state.name}")
 
     async def _perform(self, record: Record, action: Action) -> None:
         try:
@@ -274,7 +198,12 @@ class NodeReconciler:
             elif isinstance(action, Start):
                 await self._start(record, action)
             elif isinstance(action, Bind):
-                await self._bind(record, action)
+                timeout = self.settings.liveness.call_timeout
+                hung = await bind(
+                    record, action, self.devices, self.clock, self.settings.backoff, timeout=timeout
+                )
+                if hung is not None:
+                    await self._judge(record, hung)
             elif isinstance(action, Stop):
                 await self._stop(record, action)
         except asyncio.CancelledError:
@@ -283,84 +212,11 @@ class NodeReconciler:
             log.exception(
                 "driver action failed", extra=fields(driver=record.state.name, action=type(action).__name__)
             )
-            self._fail(record, "InternalError", f"{type(action).__name__} failed: {exc!r}")
+            failures.refused(record, self.events, "InternalError", f"{type(action).__name__} failed: {exc!r}")
         finally:
             record.in_flight = None
             record.state = replace(record.state, busy=False)
             self.wake.set()
-
-    # --- bookkeeping -------------------------------------------------------------------------
-
-    def _fail(self, record: Record, reason: str, message: str) -> None:
-        record.last_error = LastError(reason, message, dt.datetime.now(dt.UTC).replace(microsecond=0))
-        if record.announced != (reason, message):
-            record.announced = (reason, message)
-            self.events.emit("LoadFailed", f"{record.state.name}: {reason}: {message}", warning=True)
-            log.warning(
-                "driver not loaded", extra=fields(driver=record.state.name, reason=reason, error=message)
-            )
-
-    def _device_message(self, name: str) -> dict[str, Any]:
-        return {"name": name, "spec": dict(self.devices[name])}
-
-    def _host_argv(self, desired: Desired, artifact: Artifact, slot: HostSlot, restarts: int) -> list[str]:
-        return [
-            self.settings.python,
-            "-m",
-            HOST_MODULE,
-            "--name",
-            desired.name,
-            "--driver-name",
-            desired.driver_name,
-            "--version",
-            desired.version,
-            "--sha256",
-            artifact.sha256,
-            "--path",
-            str(self.settings.driver_dir / desired.source.path),
-            "--class-name",
-            artifact.class_name,
-            "--module",
-            artifact.module,
-            "--socket",
-            str(slot.socket),
-            "--state-file",
-            str(slot.state_file),
-            "--boot-id",
-            self.settings.boot_id,
-            "--adoption-window",
-            str(self.settings.adoption_window),
-            "--memory-limit",
-            str(self.settings.memory_limit),
-            "--restarts",
-            str(restarts),
-        ]
-
-    def _slot(self, name: str) -> HostSlot:
-        return HostSlot.for_driver(self.settings.hosts_dir, name)
-
-    async def _wait_exited(self, process: HostProcess, conn: HostConnection | None, timeout: float) -> bool:
-        """Wait until the host process is gone; True if it went within the timeout."""
-        deadline = self.clock() + timeout
-        if conn is not None and not conn.closed:
-            await conn.wait_closed(max(0.0, deadline - self.clock()))
-        return await self.launcher.wait_exited(process, max(0.0, deadline - self.clock()))
-
-    async def _terminate(self, process: HostProcess, conn: HostConnection | None, grace: float) -> str:
-        """Make sure the host is gone: wait `grace`, then SIGTERM, then SIGKILL. Returns how it ended."""
-        if await self._wait_exited(process, conn, grace):
-            return "stopped"
-        await self.launcher.signal(process, signal.SIGTERM)
-        if await self._wait_exited(process, conn, self.settings.terminate_timeout):
-            return "terminated"
-        await self.launcher.signal(process, signal.SIGKILL)
-        await self._wait_exited(process, conn, KILL_WAIT)
-        return "killed"
-
-    def _remove_slot_files(self, slot: HostSlot) -> None:
-        for path in (slot.socket, slot.state_file):
-            with contextlib.suppress(OSError):
-                path.unlink()
 
     # --- actions -----------------------------------------------------------------------------
 
@@ -371,66 +227,46 @@ class NodeReconciler:
         file_sha = self.inventory.sha256(desired.source.path)
         record.state = replace(record.state, artifact=result, file_sha=file_sha)
         if isinstance(result, Refusal):
-            self._fail(record, result.reason, result.message)
+            failures.refused(record, self.events, result.reason, result.message)
 
     async def _start(self, record: Record, action: Start) -> None:
         state = record.state
         desired, artifact = state.desired, state.artifact
         assert desired is not None and isinstance(artifact, Artifact)
-        slot = self._slot(desired.name)
-        slot.socket.parent.mkdir(parents=True, exist_ok=True)
         restarts = record.restarts + (1 if record.crashed else 0)
-        argv = self._host_argv(desired, artifact, slot, restarts)
         started_mono, started_wall = self.clock(), self.wall()
         try:
-            pid = await self.launcher.spawn(desired.name, argv, slot.log)
-        except (LauncherError, OSError) as exc:
-            self._load_failed(record, "LaunchFailed", f"cannot start a driver host: {exc}")
-            return
-        self.loads += 1
-        process = HostProcess(pid, slot.socket)
-        log.info("driver host started", extra=fields(driver=desired.name, pid=pid, version=desired.version))
-        conn: HostConnection | None = None
-        try:
-            conn = await HostConnection.connect(
-                slot.socket, timeout=self.settings.load_timeout, alive=lambda: self.launcher.alive(process)
+            pid = await self.hosts.spawn(desired, artifact, restarts)
+            self.loads += 1
+            loaded = await self.hosts.load(
+                desired,
+                pid,
+                lambda: [device_message(self.devices, d) for d in sorted(action.devices & self.present)],
+                started_mono,
+                started_wall,
             )
-            result = await conn.call(
-                Op.LOAD,
-                {
-                    "config": json.loads(desired.config_json),
-                    "configJson": desired.config_json,
-                    # Read the present devices only now: one may have gone while the host started.
-                    "devices": [self._device_message(d) for d in sorted(action.devices & self.present)],
-                },
-                timeout=self.settings.load_timeout,
+        except HostLoadFailed as exc:
+            failures.load_failed(
+                record,
+                self.events,
+                exc.reason,
+                exc.message,
+                now=self.clock(),
+                policy=self.settings.backoff,
+                pid=exc.pid,
             )
-        except (HostCallError, HostGone, TimeoutError) as exc:
-            if isinstance(exc, HostCallError):
-                reason, message = error_reason(exc.error.type), f"{exc.error.type}: {exc.error.message}"
-            elif isinstance(exc, TimeoutError):
-                reason, message = (
-                    "LoadTimeout",
-                    f"the driver did not load within {self.settings.load_timeout:.0f}s",
-                )
-            else:
-                code = await self._exit_code(process)
-                reason, message = "LoadFailed", f"{describe_exit(code)} while loading"
-            await self._terminate(process, conn, KILL_WAIT)
-            self._remove_slot_files(slot)
-            self._load_failed(record, reason, message, pid)
             return
-        attached = dict(result.get("attached") or {})
-        failed = dict(result.get("failed") or {})
+        attached = loaded.attached
         record.restarts, record.crashed = restarts, False
-        record.conn = conn
+        record.conn = loaded.conn
         record.started_mono = started_mono
         record.facts = {name: facts for name, facts in attached.items() if isinstance(facts, Mapping)}
         record.unhealthy = None
+        record.strikes = 0
         record.state = replace(
             record.state,
             host=Host(
-                pid=pid,
+                pid=loaded.pid,
                 driver_name=desired.driver_name,
                 version=desired.version,
                 sha256=artifact.sha256,
@@ -441,102 +277,26 @@ class NodeReconciler:
             attach_retry={},
         )
         record.attach_attempts.clear()
+        conn = loaded.conn
         conn.on_close(lambda closed: self._host_closed(record, closed))
-        self._attach_failed(record, failed)
-        message = f"{desired.name}: loaded {desired.driver_name} {desired.version} (pid {pid})"
+        attach_failed(record, loaded.failed, self.clock(), self.settings.backoff)
+        message = f"{desired.name}: loaded {desired.driver_name} {desired.version} (pid {loaded.pid})"
         if attached:
             message += f", attached {', '.join(sorted(attached))}"
         self.events.emit("Loaded", message)
         log.info(
             "driver loaded",
-            extra=fields(driver=desired.name, pid=pid, version=desired.version, devices=sorted(attached)),
+            extra=fields(
+                driver=desired.name, pid=loaded.pid, version=desired.version, devices=sorted(attached)
+            ),
         )
-
-    def _load_failed(self, record: Record, reason: str, message: str, pid: int | None = None) -> None:
-        """A start that failed: report it and back off before the next attempt."""
-        failure = next_failure(
-            record.state.failure, reason, message, now=self.clock(), policy=self.settings.backoff
-        )
-        record.state = replace(record.state, failure=failure)
-        record.last_error = LastError(reason, message, dt.datetime.now(dt.UTC).replace(microsecond=0))
-        self.events.emit("LoadFailed", f"{record.state.name}: {reason}: {message}", warning=True)
-        log.warning(
-            "driver failed to load",
-            extra=fields(driver=record.state.name, reason=reason, error=message, pid=pid),
-        )
-
-    def _attach_failed(self, record: Record, failed: Mapping[str, Any]) -> None:
-        if not failed:
-            return
-        now = self.clock()
-        retry = dict(record.state.attach_retry)
-        for name, error in failed.items():
-            attempts = record.attach_attempts.get(name, 0) + 1
-            record.attach_attempts[name] = attempts
-            policy = self.settings.backoff
-            retry[name] = now + min(policy.base_seconds * 2 ** min(attempts - 1, 32), policy.max_seconds)
-            detail = error.get("message", error) if isinstance(error, Mapping) else error
-            record.last_error = LastError(
-                "AttachFailed", f"attach {name}: {detail}", dt.datetime.now(dt.UTC).replace(microsecond=0)
-            )
-            log.warning(
-                "device attach failed", extra=fields(driver=record.state.name, device=name, error=str(detail))
-            )
-        record.state = replace(record.state, attach_retry=retry)
-
-    async def _bind(self, record: Record, action: Bind) -> None:
-        host, conn = record.state.host, record.conn
-        if host is None or conn is None:
-            return
-        attached = set(host.attached)
-        failed: dict[str, Any] = {}
-        try:
-            for name in sorted(action.detach):
-                try:
-                    await conn.call(Op.DETACH, {"name": name})
-                except HostCallError as exc:
-                    record.last_error = LastError(
-                        "DetachFailed",
-                        f"detach {name}: {exc}",
-                        dt.datetime.now(dt.UTC).replace(microsecond=0),
-                    )
-                    log.warning(
-                        "device detach failed",
-                        extra=fields(driver=record.state.name, device=name, error=str(exc)),
-                    )
-                attached.discard(name)
-                record.facts.pop(name, None)
-                log.info("device detached", extra=fields(driver=record.state.name, device=name))
-            for name in sorted(action.attach):
-                if name not in self.devices:
-                    continue
-                try:
-                    result = await conn.call(Op.ATTACH, {"device": self._device_message(name)})
-                except HostCallError as exc:
-                    failed[name] = {"message": str(exc)}
-                    continue
-                attached.add(name)
-                record.attach_attempts.pop(name, None)
-                facts = result.get("facts")
-                record.facts[name] = facts if isinstance(facts, Mapping) else {}
-                log.info("device attached", extra=fields(driver=record.state.name, device=name))
-        except (HostGone, TimeoutError):
-            return  # the host died or hangs: _host_closed or the next health check deals with it
-        finally:
-            current = record.state.host
-            if current is not None and current.pid == host.pid:
-                retry = {k: v for k, v in record.state.attach_retry.items() if k not in attached}
-                record.state = replace(
-                    record.state, host=replace(current, attached=frozenset(attached)), attach_retry=retry
-                )
-        self._attach_failed(record, failed)
 
     async def _stop(self, record: Record, action: Stop) -> None:
         host, conn = record.state.host, record.conn
         if host is None:
             return
         name = record.state.name
-        slot = self._slot(name)
+        slot = self.hosts.slot(name)
         process = HostProcess(host.pid, slot.socket)
         grace = float(record.grace)
         errors: list[str] = []
@@ -549,8 +309,8 @@ class NodeReconciler:
                 errors = [str(exc)]
             except (HostGone, TimeoutError):
                 pass
-        ended = await self._terminate(process, conn, max(0.0, grace - (self.clock() - started)))
-        self._remove_slot_files(slot)
+        ended = await self.hosts.stop(process, conn, max(0.0, grace - (self.clock() - started)))
+        slot.remove_files()
         record.conn = None
         record.facts = {}
         record.unhealthy = None
@@ -566,9 +326,7 @@ class NodeReconciler:
                     f"stop() did not finish within the grace period of {grace:.0f}s; the host was {ended}"
                     + (f"; {detail}" if detail else "")
                 )
-            record.last_error = LastError(
-                "UnloadFailed", detail, dt.datetime.now(dt.UTC).replace(microsecond=0)
-            )
+            record.error("UnloadFailed", detail)
             self.events.emit("UnloadFailed", f"{name}: unloaded {what}: {detail}", warning=True)
             log.warning(
                 "driver unloaded with errors",
@@ -583,14 +341,7 @@ class NodeReconciler:
                 extra=fields(driver=name, pid=host.pid, reason=action.reason.value, seconds=round(took, 3)),
             )
 
-    async def _exit_code(self, process: HostProcess) -> int | None:
-        # The exit status becomes known once the process is reaped, shortly after its socket closes.
-        for _ in range(20):
-            code = await self.launcher.exit_status(process)
-            if code is not None or not await self.launcher.alive(process):
-                return code if code is not None else await self.launcher.exit_status(process)
-            await asyncio.sleep(0.05)
-        return None
+    # --- crashes -----------------------------------------------------------------------------
 
     def _host_closed(self, record: Record, conn: HostConnection) -> None:
         """The connection to a host ended. During a Stop that is expected; otherwise it crashed."""
@@ -600,47 +351,25 @@ class NodeReconciler:
         host = record.state.host
         if isinstance(record.in_flight, Stop) or host is None:
             return
-        now = self.clock()
-        message = "the driver host exited unexpectedly"
-        record.crashed = True
-        record.state = replace(
-            forget_host(record.state),
-            failure=next_failure(
-                record.state.failure,
-                "Crashed",
-                message,
-                now=now,
-                policy=self.settings.backoff,
-                running_since=record.started_mono,
-            ),
-        )
-        record.facts = {}
-        record.last_error = LastError("Crashed", message, dt.datetime.now(dt.UTC).replace(microsecond=0))
+        failures.crashed(record, now=self.clock(), policy=self.settings.backoff)
+        record.reaping = True
         self.wake.set()
-        task = asyncio.create_task(self._report_crash(record, host))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background(self._report_crash(record, host), f"crash {record.state.name}")
 
     async def _report_crash(self, record: Record, host: Host) -> None:
-        slot = self._slot(record.state.name)
+        slot = self.hosts.slot(record.state.name)
         process = HostProcess(host.pid, slot.socket)
-        code = await self._exit_code(process)
-        if await self.launcher.alive(process):
-            # The connection broke but the process lives on (it hangs): it cannot be managed.
-            await self._terminate(process, None, 0.0)
-        self._remove_slot_files(slot)
-        failure = record.state.failure
-        message = describe_exit(code)
-        if failure is not None:
-            wait = max(0.0, failure.retry_at - self.clock())
-            message += f"; restarting in {wait:.0f}s (restart {record.restarts + 1})"
-        record.last_error = LastError("Crashed", message, dt.datetime.now(dt.UTC).replace(microsecond=0))
-        self.events.emit("Crashed", f"{record.state.name}: {message}", warning=True)
-        log.warning(
-            "driver host crashed",
-            extra=fields(driver=record.state.name, pid=host.pid, code=code, restarts=record.restarts),
-        )
-        self.wake.set()
+        try:
+            code = await self.hosts.exit_code(process)
+            if await self.launcher.alive(process):
+                # The connection broke but the process lives on (it hangs): it cannot be managed.
+                await self.hosts.terminate(process, None, 0.0)
+            await self.hosts.end_tree(process)  # before a restart can start a second copy beside them
+            slot.remove_files()
+            failures.report_crash(record, self.events, host.pid, code, now=self.clock())
+        finally:
+            record.reaping = False
+            self.wake.set()
 
     # --- health ------------------------------------------------------------------------------
 
@@ -652,25 +381,42 @@ class NodeReconciler:
         conn = record.conn
         if conn is None or record.in_flight is not None or record.state.host is None:
             return
+        timeout = self.settings.liveness.call_timeout
+        outcome: Outcome
         try:
-            result = await conn.call(Op.HEALTH, timeout=HEALTH_TIMEOUT)
-            unhealthy = None if result.get("healthy", True) else str(result.get("message") or "unhealthy")
+            result = await conn.call(Op.HEALTH, timeout=timeout)
+            healthy = result.get("healthy", True)
+            outcome = Healthy() if healthy else Unhealthy(str(result.get("message") or "unhealthy"))
         except HostCallError as exc:
-            unhealthy = str(exc)
+            outcome = Unhealthy(str(exc))
         except TimeoutError:
-            unhealthy = f"health() did not answer within {HEALTH_TIMEOUT:.0f}s"
+            outcome = Hung("health()", timeout)
         except HostGone:
             return
-        if unhealthy != record.unhealthy:
-            record.unhealthy = unhealthy
-            if unhealthy:
-                record.last_error = LastError(
-                    "Unhealthy", unhealthy, dt.datetime.now(dt.UTC).replace(microsecond=0)
-                )
-                log.warning("driver unhealthy", extra=fields(driver=record.state.name, error=unhealthy))
-            else:
-                log.info("driver healthy again", extra=fields(driver=record.state.name))
+        if record.conn is conn:
+            await self._judge(record, outcome)
+
+    async def _judge(self, record: Record, outcome: Outcome) -> None:
+        """Act on a timed call's outcome: record it, and restart the host if liveness says so."""
+        unhealthy = None if isinstance(outcome, Healthy) else outcome.message
+        if failures.health_changed(record, unhealthy):
             self.wake.set()
+        verdict = judge(outcome, record.strikes, self.settings.liveness)
+        record.strikes = verdict.strikes
+        host = record.state.host
+        if not verdict.restart or host is None or record.conn is None or record.killed_for is not None:
+            return
+        # Killed, not stopped: a host stuck in a call cannot run stop(). The connection closing
+        # then takes the crash path (backoff, end of the process tree, restart), with this reason.
+        record.killed_for = (verdict.reason, verdict.message)
+        log.warning(
+            "restarting a driver host",
+            extra=fields(driver=record.state.name, pid=host.pid, reason=verdict.reason),
+        )
+        with contextlib.suppress(LauncherError):
+            await self.launcher.signal(
+                HostProcess(host.pid, self.hosts.slot(record.state.name).socket), signal.SIGKILL
+            )
 
     async def health_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -685,54 +431,24 @@ class NodeReconciler:
         """Take over the hosts a previous agent left running (their state files and sockets)."""
         hosts_dir = self.settings.hosts_dir
         hosts_dir.mkdir(parents=True, exist_ok=True)
-        for state_file in sorted(hosts_dir.glob("*.json")):
-            try:
-                info = json.loads(state_file.read_text())
-                process = HostProcess(int(info["pid"]), Path(str(info["socket"])))
-            except (OSError, ValueError, KeyError, TypeError):
-                log.warning("unreadable host state file; removing it", extra=fields(file=str(state_file)))
-                state_file.unlink(missing_ok=True)
-                continue
-            slot = HostSlot(process.socket, state_file, state_file.with_suffix(".log"))
-            if info.get("bootId") != self.settings.boot_id:
-                self._remove_slot_files(slot)  # from before the node rebooted
-                continue
-            await self._adopt_one(process, slot, info)
-
-    async def _adopt_one(self, process: HostProcess, slot: HostSlot, info: Mapping[str, Any]) -> None:
-        name = str(info.get("name", "?"))
-        conn: HostConnection | None = None
-        try:
-            conn = await HostConnection.connect(
-                process.socket, timeout=3.0, alive=lambda: self.launcher.alive(process)
-            )
-            hello = await conn.call(Op.HELLO, timeout=10.0)
-        except (HostGone, HostCallError, TimeoutError) as exc:
-            if await self.launcher.alive(process):
+        for left in left_hosts(hosts_dir):
+            if not isinstance(left, LeftHost):
                 log.warning(
-                    "driver host does not answer; stopping it",
-                    extra=fields(driver=name, pid=process.pid, error=str(exc)),
+                    "unreadable host state file; removing it", extra=fields(file=str(left.state_file))
                 )
-                await self._terminate(process, conn, 0.0)
-            if conn is not None:
-                await conn.close()
-            self._remove_slot_files(slot)
-            return
-        if (
-            hello.get("protocol") != PROTOCOL_VERSION
-            or hello.get("phase") != "running"
-            or int(hello.get("pid", 0)) != process.pid
-        ):
-            # Never loaded (the previous agent died while starting it), stopping, or incompatible.
-            log.info(
-                "stopping a driver host that cannot be adopted",
-                extra=fields(driver=name, pid=process.pid, phase=hello.get("phase")),
-            )
-            with contextlib.suppress(HostGone, HostCallError, TimeoutError):
-                await conn.call(Op.UNLOAD, timeout=30.0)
-            await self._terminate(process, conn, KILL_WAIT)
-            self._remove_slot_files(slot)
-            return
+                left.remove_files()
+            elif left.info.get("bootId") != self.settings.boot_id:
+                # From before the node rebooted: nothing of it can run any more; should a host
+                # still serve that socket (a simulated reboot), it goes, so no driver runs twice.
+                process = HostProcess(left.pid, left.slot.socket)
+                if await self.launcher.alive(process):
+                    await self.hosts.stop(process, None, 0.0)
+                left.slot.remove_files()
+            elif (adopted := await self.hosts.adopt(left)) is not None:
+                self._adopted(adopted)
+
+    def _adopted(self, adopted: Adopted) -> None:
+        hello, conn, process = adopted.hello, adopted.conn, adopted.process
         record = self._record(str(hello["name"]))
         facts = hello.get("facts") or {}
         record.conn = conn

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from storage_driver_api.constants import API_VERSION, LEASE_PREFIX, NODE_DEVICES, NODE_DRIVER_CONFIGS
 from storage_driver_api.events import EVENT_NAMESPACE, event_body
-from storage_driver_api.kube import EVENTS, LEASES, ApiError, KubeClient
+from storage_driver_api.kube import EVENTS, LEASES, NODES, ApiError, KubeClient
 from storage_driver_api.logs import fields
 
 from storage_driver_agent.drivers.status import merge_patch
@@ -185,7 +185,10 @@ def _micro_time(at: dt.datetime) -> str:
 
 
 class LeaseKeeper:
-    """The node agent's liveness: one coordination.k8s.io Lease, renewed every few seconds."""
+    """The node agent's liveness: one coordination.k8s.io Lease, renewed every few seconds.
+
+    The Lease is owned by its Node (an ownerReference), so deleting the Node has the garbage
+    collector delete the Lease too, as it does the node's NodeDevices and NodeDriverConfig."""
 
     def __init__(self, kube: KubeClient, node: str, namespace: str, duration: int = 40, renew: float = 10.0):
         self.kube = kube
@@ -195,19 +198,41 @@ class LeaseKeeper:
         self.renew = renew
         self.name = LEASE_PREFIX + node
         self._warned = False
+        self._owner_uid: str | None = None
+
+    async def _owner(self) -> list[dict[str, Any]]:
+        """The Lease's ownerReferences: the Node, once it exists (read again after a 404, since a
+        Node deleted and created again has a new uid and the collector removed the old Lease)."""
+        if self._owner_uid is None:
+            node = await self.kube.get_or_none(NODES, self.node)
+            self._owner_uid = str(node["metadata"]["uid"]) if node is not None else None
+        if self._owner_uid is None:
+            return []
+        return [{"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": self._owner_uid}]
 
     async def renew_once(self) -> None:
         now = _micro_time(dt.datetime.now(dt.UTC))
         spec = {"holderIdentity": self.node, "leaseDurationSeconds": self.duration, "renewTime": now}
+        owners = await self._owner()
+        patch: dict[str, Any] = {"spec": spec}
+        if owners:
+            patch["metadata"] = {"ownerReferences": owners}
         try:
-            await self.kube.patch(LEASES, self.name, {"spec": spec}, namespace=self.namespace)
+            await self.kube.patch(LEASES, self.name, patch, namespace=self.namespace)
         except ApiError as exc:
             if not exc.not_found:
                 raise
+            self._owner_uid = None
+            owners = await self._owner()
+            if not owners:
+                # No Node (yet, or any more): a Lease now would outlive it, owned by nothing.
+                raise ApiError(
+                    404, "NotFound", f"Node {self.node} not found; the agent's Lease waits for it"
+                ) from exc
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace},
+                "metadata": {"name": self.name, "namespace": self.namespace, "ownerReferences": owners},
                 "spec": {**spec, "acquireTime": now},
             }
             try:

@@ -38,9 +38,11 @@ from storage_driver_api.nodedriverconfig import (
 from storage_driver_sdk.devices import ALL_DEVICE_TYPES
 
 from storage_driver_agent.config import AgentConfig
+from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.inventory import Inventory
 from storage_driver_agent.drivers.kubewatch import list_watch
 from storage_driver_agent.drivers.launcher import make_launcher
+from storage_driver_agent.drivers.liveness import LivenessPolicy
 from storage_driver_agent.drivers.reconcile import NodeReconciler, RuntimeSettings
 from storage_driver_agent.drivers.report import BindingWriter, EventRecorder, LeaseKeeper, StatusWriter
 from storage_driver_agent.drivers.sources import FetchLimits, SourceFetcher
@@ -100,6 +102,9 @@ class Options:
     debounce: float = 0.5
     lease_duration: int = 40
     lease_renew: float = 10.0
+    host_cgroup: str = "auto"
+    call_timeout: float = 30.0
+    unhealthy_restarts: int = 3
 
     @staticmethod
     def add_arguments(parser: argparse._ArgumentGroup) -> None:
@@ -200,6 +205,20 @@ class Options:
             default=10.0,
             help="seconds between Lease renewals (default: %(default)s)",
         )
+        proctree.add_argument(parser)
+        parser.add_argument(
+            "--call-timeout",
+            type=float,
+            default=30.0,
+            help="seconds attach(), detach() and health() may take; a driver that takes longer is killed and "
+            "restarted with backoff (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--unhealthy-restarts",
+            type=int,
+            default=3,
+            help="consecutive unhealthy health() checks after which a driver is restarted (default: %(default)s)",
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -222,10 +241,16 @@ class Options:
             debounce=args.driver_dir_debounce,
             lease_duration=args.lease_duration,
             lease_renew=args.lease_renew,
+            host_cgroup=args.host_cgroup,
+            call_timeout=args.call_timeout,
+            unhealthy_restarts=args.unhealthy_restarts,
         )
 
 
 def read_boot_id() -> str:
+    """The kernel's boot id; $STORAGE_AGENT_BOOT_ID overrides it (tests simulate a reboot)."""
+    if override := os.environ.get("STORAGE_AGENT_BOOT_ID"):
+        return override
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -270,12 +295,21 @@ class DriverRuntime:
             load_timeout=options.load_timeout,
             terminate_timeout=options.terminate_timeout,
             health_interval=options.health_interval,
+            liveness=LivenessPolicy(options.call_timeout, options.unhealthy_restarts),
         )
         self.inventory = Inventory(options.driver_dir)
         self.ready = (
             ready or asyncio.Event()
         )  # set once the spec and the devices are read and adoption is done
-        self.launcher = make_launcher(options.launcher, config.state_dir)
+        trees = None
+        if options.launcher == "direct":  # the supervisor holds the trees of the hosts it starts
+            try:
+                trees = proctree.choose(options.host_cgroup)
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from exc
+            log.log(logging.INFO if trees.base is not None else logging.WARNING, proctree.describe(trees))
+            trees.remove_empty(self.settings.hosts_dir)
+        self.launcher = make_launcher(options.launcher, config.state_dir, trees)
         self.events = EventRecorder(kube, self.node, lambda: self.config_uid)
         self.fetcher = SourceFetcher(
             options.driver_dir,

@@ -28,14 +28,16 @@ from typing import Any, Final
 
 from storage_driver_api.logs import fields, setup_logging
 
+from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.launcher import (
-    HOSTS_DIR,
     SUPERVISOR_SOCKET,
     HostProcess,
     LauncherError,
+    host_socket,
     is_driver_host,
     spawn_host,
 )
+from storage_driver_agent.drivers.slots import HOSTS_DIR
 
 log = logging.getLogger("storage_driver_agent.supervisor")
 PR_SET_CHILD_SUBREAPER: Final = 36
@@ -43,12 +45,20 @@ MAX_EXIT_RECORDS: Final = 1024
 
 
 class Supervisor:
-    def __init__(self, state_dir: Path, stop_timeout: float):
+    def __init__(self, state_dir: Path, stop_timeout: float, trees: proctree.ProcessTrees):
         self.state_dir = state_dir
         self.stop_timeout = stop_timeout
+        self.trees = trees
         self.children: dict[int, str] = {}  # pid -> driver name
         self.logs: dict[int, Path] = {}  # pid -> the host's log file
+        self.sockets: dict[int, Path] = {}  # pid -> the host's socket (names its process tree)
         self.exit_codes: dict[int, int] = {}
+
+    def end_tree(self, pid: int, socket: Path) -> list[int]:
+        killed = self.trees.end(socket, pid, timeout=2.0)
+        if killed:
+            log.warning("killed processes a driver host left behind", extra=fields(pid=pid, killed=killed))
+        return killed
 
     def reap(self) -> None:
         """Collect every exited child (hosts, and orphans we inherit as a subreaper)."""
@@ -64,15 +74,19 @@ class Supervisor:
             if name is not None:
                 self.exit_codes[pid] = code
                 log.info("driver host exited", extra=fields(driver=name, pid=pid, code=code))
+                # Nothing of a driver outlives its host: not after a crash, nor with no agent.
+                if (socket := self.sockets.pop(pid, None)) is not None:
+                    self.end_tree(pid, socket)
                 while len(self.exit_codes) > MAX_EXIT_RECORDS:
                     self.exit_codes.pop(next(iter(self.exit_codes)))
 
     def handle(self, op: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
         if op == "spawn":
             argv = [str(a) for a in args["argv"]]
-            process = spawn_host(argv, Path(str(args["log"])))
+            process = spawn_host(argv, Path(str(args["log"])), self.trees)
             self.children[process.pid] = str(args.get("name", "?"))
             self.logs[process.pid] = Path(str(args["log"]))
+            self.sockets[process.pid] = host_socket(argv)
             self.exit_codes.pop(process.pid, None)  # a recycled pid: forget the old process's exit
             # The supervisor reaps with waitpid(-1); Popen must not try to.
             process.returncode = 0
@@ -93,6 +107,8 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(host.pid, int(args["signal"]))
             return {}
+        if op == "end_tree":
+            return {"killed": self.end_tree(int(args["pid"]), Path(str(args["socket"])))}
         raise LauncherError(f"unknown op {op!r}")
 
     async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -133,6 +149,8 @@ class Supervisor:
         while self.children and time.monotonic() < deadline + 5:
             await asyncio.sleep(0.05)
             self.reap()
+        for pid, socket in list(self.sockets.items()):
+            self.end_tree(pid, socket)
         self.remove_files_of_stopped_hosts()
 
     def remove_files_of_stopped_hosts(self) -> None:
@@ -165,6 +183,11 @@ class Supervisor:
         server = await asyncio.start_unix_server(self.serve_client, str(path))
         path.chmod(0o600)
         log.info("supervisor listening", extra=fields(socket=str(path), pid=os.getpid()))
+        log.log(
+            logging.INFO if self.trees.base is not None else logging.WARNING,
+            proctree.describe(self.trees),
+        )
+        self.trees.remove_empty(self.state_dir / HOSTS_DIR)
         async with server:
             await stop.wait()
         server.close()
@@ -189,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="on SIGTERM, how long hosts may take to stop their drivers before they are killed (default: %(default)s)",
     )
+    proctree.add_argument(parser)
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     parser.add_argument(
         "--log-format", choices=["json", "text"], default=os.environ.get("LOG_FORMAT", "json")
@@ -199,7 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("storage-agent-supervisor", args.log_level, args.log_format)
-    return asyncio.run(Supervisor(args.state_dir, args.stop_timeout).run())
+    try:
+        trees = proctree.choose(args.host_cgroup)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+    return asyncio.run(Supervisor(args.state_dir, args.stop_timeout, trees).run())
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from storage_driver_api.constants import (
     NODE_LABEL,
     node_label_value,
 )
-from storage_driver_api.kube import EVENTS, LEASES, KubeClient
+from storage_driver_api.kube import EVENTS, LEASES, NODES, KubeClient
 
 from tests.harness.drivers import (
     Agent,
@@ -218,6 +218,32 @@ async def _bound_devices(kube: KubeClient, device: str, drivers: list[str]) -> b
     return bool((obj.get("status") or {}).get("boundDrivers", []) == drivers)
 
 
+async def test_deleting_the_node_collects_the_agents_lease(
+    clean_cluster: KubeClient, agent: Agent, node: str
+) -> None:
+    """The Lease is owned by its Node: the real garbage collector (kube-controller-manager)
+    deletes it with the Node, and the agent, still running, does not create an ownerless one."""
+    kube = clean_cluster
+    uid = (await kube.get(NODES, node))["metadata"]["uid"]
+    agent.start()
+
+    async def owned() -> dict[str, Any] | None:
+        lease = await kube.get_or_none(LEASES, LEASE_PREFIX + node, namespace=agent.namespace)
+        return lease if lease and lease["metadata"].get("ownerReferences") else None
+
+    lease = await until(owned, what="the Lease, owned by its Node")
+    assert lease["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}
+    ]
+    await kube.delete(NODES, node)
+
+    async def collected() -> bool:
+        return await kube.get_or_none(LEASES, LEASE_PREFIX + node, namespace=agent.namespace) is None
+
+    await eventually(collected, timeout=60, what="the garbage collector to delete the Lease")
+    await consistently(collected, duration=5, what="no new Lease without a Node")
+
+
 async def test_devices_are_attached_and_detached_as_they_come_and_go(
     clean_cluster: KubeClient, agent: Agent, node: str, loop_devices: Callable[..., LoopDevice]
 ) -> None:
@@ -242,6 +268,35 @@ async def test_devices_are_attached_and_detached_as_they_come_and_go(
         ("attach", expected),
         ("detach", expected),
     ]
+
+
+async def test_a_driver_hung_in_attach_is_killed_reported_and_restarted(
+    clean_cluster: KubeClient, agent: Agent, node: str, loop_devices: Callable[..., LoopDevice]
+) -> None:
+    kube = clean_cluster
+    write_probe(agent.driver_dir)
+    trail = agent.root / "hangs.journal"
+    config = {"journal": str(trail), "hangInAttach": str(agent.root / "hung-once")}
+    agent.start("--call-timeout", "2", "--restart-backoff", "3")
+    await set_drivers(kube, node, [desired_driver("hangs", config=config)])
+    first = await wait_phase(kube, node, "hangs", "Loaded")
+
+    device = loop_devices()
+    expected = await published_device(kube, node, device)
+    await set_drivers(kube, node, [desired_driver("hangs", devices=[expected], config=config)])
+    # attach() never returns: after --call-timeout the host is killed, and waits out the backoff.
+    failed = await wait_phase(kube, node, "hangs", "Failed", timeout=30)
+    assert failed["lastError"]["reason"] == "Hung"
+    assert f"attach({expected}) did not return within 2s" in failed["lastError"]["message"]
+    assert failed["message"].startswith("Hung; retrying after backoff")
+    assert not pid_alive(first["pid"])
+    await wait_event(kube, node, "Hung", f"hangs: attach({expected}) did not return within 2s")
+    # The restarted host attaches the device (this time attach() returns).
+    await eventually(lambda: _bound(kube, node, "hangs", [expected]), timeout=30, what="recovery")
+    entry = await driver(kube, node, "hangs")
+    assert entry is not None and entry["phase"] == "Loaded" and entry["restarts"] == 1
+    assert entry["pid"] != first["pid"]
+    assert [e["event"] for e in journal(trail)] == ["start", "attach", "hang", "start", "attach"]
 
 
 async def test_status_is_written_only_when_something_changes(
@@ -320,6 +375,50 @@ async def test_a_driver_that_ignores_stop_is_killed_after_the_grace_period(
         kube, node, "UnloadFailed", "did not finish within the grace period of 1s; the host was killed"
     )
     assert [e["event"] for e in journal(trail)] == ["start", "stop"]
+
+
+async def test_nothing_a_driver_started_outlives_a_crash_or_an_unload(
+    clean_cluster: KubeClient, agent: Agent, node: str
+) -> None:
+    """The driver starts a child and a double-forked setsid() daemon in start(): a crash restart
+    and an unload each end them with their host (the host's cgroup)."""
+    kube = clean_cluster
+    write_probe(agent.driver_dir)
+    trail = agent.root / "spawner.journal"
+    agent.start()
+    assert "driver host process trees are held in cgroup" in agent.log(200)
+    config = {"journal": str(trail), "spawnChildren": True}
+    await set_drivers(kube, node, [desired_driver("spawner", config={**config, "crashAfter": 0.5})])
+
+    async def restarted() -> dict[str, Any] | None:
+        entry = await driver(kube, node, "spawner")
+        return entry if entry and entry["restarts"] >= 1 else None
+
+    await until(restarted, timeout=60, what="a restart after the crash")
+    first = next(e for e in journal(trail) if e["event"] == "spawned")
+    await eventually(
+        lambda: _all_dead([first["child"], first["daemon"]]), what="the crashed host's processes to end"
+    )
+
+    await set_drivers(kube, node, [desired_driver("spawner", config=config)])
+    await wait_phase(kube, node, "spawner", "Loaded")
+
+    async def steady() -> dict[str, Any] | None:
+        spawned = [e for e in journal(trail) if e["event"] == "spawned"]
+        last = spawned[-1]
+        return last if pid_alive(last["pid"]) and pid_alive(last["daemon"]) else None
+
+    last = await until(steady, what="the reloaded driver's processes")
+    await set_drivers(kube, node, [])
+    await wait_gone(kube, node, "spawner")
+    await eventually(
+        lambda: _all_dead([last["pid"], last["child"], last["daemon"]]),
+        what="every process of the driver to end",
+    )
+
+
+async def _all_dead(pids: list[int]) -> bool:
+    return not any(pid_alive(p) for p in pids)
 
 
 async def test_a_crashing_driver_is_reported_and_restarted_with_backoff(
@@ -569,6 +668,32 @@ async def test_sigkilled_agent_leaves_drivers_running_and_the_next_adopts_them(
         assert [e["event"] for e in journal(trail)] == ["start", "attach"]  # loaded and bound once
     assert [e for e in await events(kube, node) if e[0] == "Loaded"] == loaded_events
     assert (await kube.get(NODE_DEVICES, device_name))["status"]["boundDrivers"] == ["one", "two"]
+
+
+async def test_after_a_reboot_the_agent_reloads_what_the_spec_says_once(
+    clean_cluster: KubeClient, agent: Agent, node: str
+) -> None:
+    """A new boot id (simulated: the old host still runs) means nothing from before runs any
+    more: the agent adopts nothing, loads the spec again, and no driver runs twice."""
+    kube = clean_cluster
+    write_probe(agent.driver_dir)
+    agent.start()
+    await set_drivers(kube, node, [desired_driver("probe")])
+    before = await wait_phase(kube, node, "probe", "Loaded")
+    agent.stop()
+    agent.env["STORAGE_AGENT_BOOT_ID"] = "simulated-reboot"
+    agent.start()
+
+    async def reloaded() -> dict[str, Any] | None:
+        full = await status(kube, node)
+        entry = await driver(kube, node, "probe")
+        if entry is None or full.get("bootId") != "simulated-reboot" or entry["phase"] != "Loaded":
+            return None
+        return entry if entry["pid"] != before["pid"] else None
+
+    after = await until(reloaded, timeout=60, what="the driver loaded again after the reboot")
+    assert not pid_alive(before["pid"])
+    assert list(agent.hosts()) == [after["pid"]]
 
 
 async def test_an_agent_that_stays_away_leaves_no_driver_host_behind(

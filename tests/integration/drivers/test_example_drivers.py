@@ -150,7 +150,7 @@ async def test_queue_settings_refuses_bad_config_and_rolls_back_partial_settings
     root: Path, launcher: DirectLauncher, loop_devices: Callable[..., LoopDevice]
 ) -> None:
     device = loop_devices()
-    _, conn = await start_example(
+    refused, conn = await start_example(
         launcher,
         root,
         "queue_settings.py",
@@ -160,6 +160,9 @@ async def test_queue_settings_refuses_bad_config_and_rolls_back_partial_settings
     )
     with pytest.raises(HostCallError, match=r"unknown queue setting.*format_disk"):
         await conn.call(Op.LOAD, {"config": {"format_disk": True}})
+    # The next host serves the same socket path: let this one go first, or the next connect may
+    # reach this host's closing listener.
+    assert await launcher.wait_exited(refused, 10)
 
     original = read_ahead(device)
     _, conn = await start_example(

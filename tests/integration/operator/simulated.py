@@ -137,6 +137,7 @@ async def report(
     available: list[dict[str, Any]] | None = None,
     max_loaded: int | None = None,
     observe: bool = True,
+    boot_id: str | None = None,
 ) -> dict[str, Any]:
     """Write the agent's part of a node's NodeDriverConfig (creating it with an empty spec if the
     operator has not yet). `observe` sets observedGeneration to the current generation."""
@@ -169,6 +170,8 @@ async def report(
         status["capacity"] = {"maxLoadedDrivers": max_loaded}
     if observe:
         status["observedGeneration"] = config["metadata"]["generation"]
+    if boot_id is not None:
+        status["bootId"] = boot_id
     return await kube.replace(
         NODE_DRIVER_CONFIGS,
         node,

@@ -5,11 +5,18 @@ and Events are right after each step. The tests write what agents would (simulat
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-from storage_driver_api.constants import NODE_DEVICES, STORAGE_DRIVERS, opt_in_label
+from storage_driver_api.constants import (
+    NODE_DEVICES,
+    NODE_DRIVER_CONFIGS,
+    STORAGE_DRIVERS,
+    UNLOAD_AFTER_ANNOTATION,
+    opt_in_label,
+)
 from storage_driver_api.kube import EVENTS, NODES, KubeClient
 
 from tests.conftest import kubectl
@@ -177,6 +184,70 @@ async def test_a_device_deleted_before_the_delay_ends_still_waits_out_the_delay(
     await consistently(kept, duration=4, what="the driver to stay for the rest of the delay")
     await wait_devices(kube, "dd-a", "loop-info", None, timeout=30)
     assert time.monotonic() - removed >= 7  # not before the delay (minus clock granularity)
+
+
+async def test_an_operator_restart_during_the_delay_unloads_nothing_early(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    """The device is absent and then deleted (the agent's retention), and the operator restarts:
+    nothing in its memory remembers the device, yet the delay holds, from what the
+    NodeDriverConfig records."""
+    kube = clean_cluster
+    delay = 20
+    uid = await live_node(make_node, kube, "rs-a")
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info", unloadDelaySeconds=delay))
+    await sim.add_device(kube, "rs-a", "rs-a-loop0", node_uid=uid)
+    await wait_devices(kube, "rs-a", "loop-info", ["rs-a-loop0"])
+    await sim.set_present(kube, "rs-a-loop0", False)
+    await wait_devices(kube, "rs-a", "loop-info", [])
+    removed = time.monotonic()
+    annotations = (await kube.get(NODE_DRIVER_CONFIGS, "rs-a"))["metadata"].get("annotations") or {}
+    assert set(json.loads(annotations[UNLOAD_AFTER_ANNOTATION])) == {"loop-info"}
+    await kube.delete(NODE_DEVICES, "rs-a-loop0")
+    await operator.restart()
+
+    async def kept() -> bool:
+        return await devices_of(kube, "rs-a", "loop-info") == []
+
+    # Without the record, the new operator unloads at its first plan, right after it is ready.
+    left = delay - (time.monotonic() - removed) - 2
+    assert left > 1, f"the restart took too long to tell ({delay - left - 2:.0f}s)"
+    await consistently(kept, duration=min(4.0, left), what="the driver to stay through the restart")
+    await wait_devices(kube, "rs-a", "loop-info", None, timeout=40)
+    assert time.monotonic() - removed >= delay - 1  # not before the delay (minus clock granularity)
+    annotations = (await kube.get(NODE_DRIVER_CONFIGS, "rs-a"))["metadata"].get("annotations") or {}
+    assert UNLOAD_AFTER_ANNOTATION not in annotations  # the record went with the driver
+
+
+async def set_boot_id(kube: KubeClient, node: str, boot_id: str) -> None:
+    """What the kubelet does when the node has rebooted."""
+    await kube.patch(NODES, node, {"status": {"nodeInfo": {"bootID": boot_id}}}, subresource="status")
+
+
+async def test_a_loaded_report_from_before_a_reboot_does_not_count(
+    operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory
+) -> None:
+    kube = clean_cluster
+    uid = await live_node(make_node, kube, "rb-a")
+    await set_boot_id(kube, "rb-a", "boot-1")
+    await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info"))
+    await sim.add_device(kube, "rb-a", "rb-a-loop0", node_uid=uid)
+    await wait_devices(kube, "rb-a", "loop-info", ["rb-a-loop0"])
+    await sim.report_loaded(kube, "rb-a", boot_id="boot-1")
+    await wait_status(kube, "loop-info", lambda s: s.get("loadedNodes") == 1, "loadedNodes=1")
+
+    await set_boot_id(kube, "rb-a", "boot-2")  # rebooted; the agent has not reported since
+    status = await wait_status(
+        kube,
+        "loop-info",
+        lambda s: s.get("loadedNodes") == 0,
+        "the report from before the reboot to stop counting",
+    )
+    assert sim.condition(status, "Ready")["status"] == "False"
+    assert await devices_of(kube, "rb-a", "loop-info") == ["rb-a-loop0"]  # the spec stays, to reload
+
+    await sim.report_loaded(kube, "rb-a", boot_id="boot-2")
+    await wait_status(kube, "loop-info", lambda s: s.get("loadedNodes") == 1, "the new report to count")
 
 
 async def test_a_silent_agent_holds_the_unload_until_it_reports_again(

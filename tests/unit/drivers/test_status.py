@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from storage_driver_agent.drivers.reconcile import HostSlot, describe_exit, error_reason
+from storage_driver_agent.drivers.hosts import describe_exit, error_reason
 from storage_driver_agent.drivers.service import device_present, parse_size
+from storage_driver_agent.drivers.slots import HostSlot
 from storage_driver_agent.drivers.sources import SourceError, check_relative_path
 from storage_driver_agent.drivers.statemachine import (
     Artifact,

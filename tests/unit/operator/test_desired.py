@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from storage_driver_operator.desired import (
     Action,
     Hold,
@@ -14,7 +16,14 @@ from storage_driver_operator.desired import (
     plan_rollout,
 )
 from storage_driver_operator.matching import Reason
-from storage_driver_operator.views import ConfigView, DeviceView, LeaseView, NodeView
+from storage_driver_operator.views import (
+    ConfigView,
+    DeviceView,
+    LeaseView,
+    NodeView,
+    format_unload_after,
+    parse_unload_after,
+)
 
 from tests.unit.operator.builders import NOW, config, device, driver, entry, lease, node, run
 
@@ -368,3 +377,46 @@ def test_a_version_bump_waits_until_the_nodes_file_declares_it() -> None:
     plan = plan_node(state(device("d1"), cfg=cfg), [new], NOW, {"drv": plan_rollout(new, [cfg])})
     assert plan.decisions["drv"].action == Action.UPDATE
     assert [d.version for d in plan.drivers] == ["2.0.0"]
+
+
+# --- the unload delay survives an operator restart -------------------------------------------
+
+
+def test_the_start_of_an_unload_delay_is_recorded_on_the_node() -> None:
+    drv = driver(unloadDelaySeconds=30)
+    cfg = config(drivers=[entry(drv, ["d1"])])
+    gone = device("d1", present=False, since=NOW - 10)
+    plan = plan_node(state(gone, cfg=cfg), [drv], NOW)
+    assert plan.changed and plan.unload_after == {"drv": NOW + 20}
+    # Once written, planning again writes nothing.
+    written = replace(cfg, spec_drivers=plan.drivers, unload_after=dict(plan.unload_after))
+    assert not plan_node(state(gone, cfg=written), [drv], NOW + 1).changed
+
+
+def test_a_recorded_delay_holds_after_the_devices_are_deleted_and_the_operator_restarted() -> None:
+    """Nothing in memory: the NodeDevice is gone (agent retention) and the operator is new; the
+    time on the NodeDriverConfig still holds the unload back."""
+    drv = driver(unloadDelaySeconds=30)
+    cfg = replace(config(drivers=[entry(drv, [])]), unload_after={"drv": NOW + 20})
+    plan = plan_node(state(cfg=cfg), [drv], NOW)
+    assert names(plan) == ["drv"]
+    assert plan.decisions["drv"].reason == Hold.UNLOAD_DELAY
+    assert plan.recheck_at == NOW + 20 and not plan.changed
+    later = plan_node(state(cfg=cfg), [drv], NOW + 21)
+    assert later.drivers == () and later.decisions["drv"].action == Action.UNLOAD
+    assert later.unload_after == {} and later.changed  # the record goes with the driver
+
+
+def test_a_device_that_returns_clears_the_record() -> None:
+    drv = driver(unloadDelaySeconds=30)
+    cfg = replace(config(drivers=[entry(drv, [])]), unload_after={"drv": NOW + 20})
+    plan = plan_node(state(device("d1"), cfg=cfg), [drv], NOW)
+    assert names(plan) == ["drv"] and plan.unload_after == {} and plan.changed
+
+
+def test_the_unload_after_annotation_round_trips_and_bad_values_are_ignored() -> None:
+    value = format_unload_after({"a": NOW + 0.2, "b": NOW})
+    assert value is not None and parse_unload_after(value) == {"a": NOW + 1, "b": NOW}
+    assert format_unload_after({}) is None
+    assert parse_unload_after('{"a": "not a time", "b": 3}') == {}
+    assert parse_unload_after("[1]") == parse_unload_after("{") == parse_unload_after(None) == {}

@@ -121,6 +121,7 @@ def applied(world: Snapshot, plans: dict[str, NodePlan]) -> Snapshot:
                     "spec_drivers": plan.drivers,
                     "rollout_keys": config(name, plan.drivers).rollout_keys,
                     "generation": before.generation + 1,
+                    "unload_after": dict(plan.unload_after),
                 }
             )
     return Snapshot(world.nodes, world.devices, configs, world.leases, world.drivers)

@@ -195,3 +195,18 @@ def test_rollout_key_ignores_devices_priority_and_grace() -> None:
     assert rollout_key(changed) == base.rollout_key
     assert driver(config={"a": 1}).rollout_key != base.rollout_key
     assert driver(version="1.0.1").rollout_key != base.rollout_key
+
+
+def test_a_report_from_before_the_nodes_last_boot_counts_for_nothing() -> None:
+    from storage_driver_operator.views import config_view, node_view, reported_runs
+
+    node = node_view({"metadata": {"name": "n"}, "status": {"nodeInfo": {"bootID": "boot-2"}}})
+    status = {"bootId": "boot-1", "drivers": [{"name": "d", "phase": "Loaded", "pid": 7}]}
+    stale = config_view({"metadata": {"name": "n"}, "spec": {}, "status": status})
+    assert reported_runs(stale, node) == {}
+    fresh = config_view({"metadata": {"name": "n"}, "spec": {}, "status": {**status, "bootId": "boot-2"}})
+    assert reported_runs(fresh, node)["d"].loaded
+    # A Node without a boot id (no kubelet), or a report without one, is taken as it is.
+    unknown = node_view({"metadata": {"name": "n"}})
+    assert reported_runs(stale, unknown)["d"].loaded
+    assert reported_runs(None, node) == {}

@@ -1,0 +1,101 @@
+"""What a driver's failure does to its record: the last error, the backoff, the Event, the log.
+
+Refusals (a source that cannot be used, capacity) are announced once per distinct cause; failed
+loads and crashes each back off exponentially (statemachine.next_failure) before the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from storage_driver_api.logs import fields
+
+from storage_driver_agent.drivers.hosts import describe_exit
+from storage_driver_agent.drivers.runtime import EventSink, Record
+from storage_driver_agent.drivers.statemachine import BackoffPolicy, forget_host, next_failure
+
+log = logging.getLogger(__name__)
+
+CRASHED_MESSAGE = "the driver host exited unexpectedly"
+
+
+def refused(record: Record, events: EventSink, reason: str, message: str) -> None:
+    """The driver cannot be loaded for a reason that retrying alone does not fix."""
+    record.error(reason, message)
+    if record.announced != (reason, message):
+        record.announced = (reason, message)
+        events.emit("LoadFailed", f"{record.state.name}: {reason}: {message}", warning=True)
+        log.warning("driver not loaded", extra=fields(driver=record.state.name, reason=reason, error=message))
+
+
+def load_failed(
+    record: Record,
+    events: EventSink,
+    reason: str,
+    message: str,
+    *,
+    now: float,
+    policy: BackoffPolicy,
+    pid: int | None = None,
+) -> None:
+    """A start that failed: report it and back off before the next attempt."""
+    failure = next_failure(record.state.failure, reason, message, now=now, policy=policy)
+    record.state = replace(record.state, failure=failure)
+    record.error(reason, message)
+    events.emit("LoadFailed", f"{record.state.name}: {reason}: {message}", warning=True)
+    log.warning(
+        "driver failed to load",
+        extra=fields(driver=record.state.name, reason=reason, error=message, pid=pid),
+    )
+
+
+def crashed(record: Record, *, now: float, policy: BackoffPolicy) -> None:
+    """The host is gone without being asked to (or killed because it hung): forget it and back
+    off before restarting."""
+    reason, message = record.killed_for or ("Crashed", CRASHED_MESSAGE)
+    record.crashed = True
+    record.state = replace(
+        forget_host(record.state),
+        failure=next_failure(
+            record.state.failure,
+            reason,
+            message,
+            now=now,
+            policy=policy,
+            running_since=record.started_mono,
+        ),
+    )
+    record.facts = {}
+    record.error(reason, message)
+
+
+def report_crash(record: Record, events: EventSink, pid: int, code: int | None, *, now: float) -> None:
+    """Say how the host ended (once its exit status is known) and when it restarts."""
+    failure = record.state.failure
+    reason, message = "Crashed", describe_exit(code)
+    if record.killed_for is not None:
+        reason, message = record.killed_for[0], f"{record.killed_for[1]}; the agent killed the driver host"
+    if failure is not None:
+        wait = max(0.0, failure.retry_at - now)
+        message += f"; restarting in {wait:.0f}s (restart {record.restarts + 1})"
+    record.error(reason, message)
+    events.emit(reason, f"{record.state.name}: {message}", warning=True)
+    log.warning(
+        "driver host crashed" if record.killed_for is None else "hung driver host killed",
+        extra=fields(driver=record.state.name, pid=pid, code=code, restarts=record.restarts, reason=reason),
+    )
+    record.killed_for = None
+
+
+def health_changed(record: Record, unhealthy: str | None) -> bool:
+    """Record the outcome of a health check; True if it changed."""
+    if unhealthy == record.unhealthy:
+        return False
+    record.unhealthy = unhealthy
+    if unhealthy:
+        record.error("Unhealthy", unhealthy)
+        log.warning("driver unhealthy", extra=fields(driver=record.state.name, error=unhealthy))
+    else:
+        log.info("driver healthy again", extra=fields(driver=record.state.name))
+    return True
