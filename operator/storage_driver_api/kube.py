@@ -68,6 +68,7 @@ SECRETS: Final = Resource("", "v1", "secrets", "Secret", namespaced=True)
 SERVICEACCOUNTS: Final = Resource("", "v1", "serviceaccounts", "ServiceAccount", namespaced=True)
 LEASES: Final = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
 PODS: Final = Resource("", "v1", "pods", "Pod", namespaced=True)
+CLUSTER_ROLES: Final = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole")
 VALIDATING_WEBHOOKS: Final = Resource(
     "admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", "ValidatingWebhookConfiguration"
 )

@@ -42,6 +42,7 @@ class Options:
     webhook_key: str = ""
     webhook_ca: str = ""
     webhook_configuration: str = "storage-driver-operator"
+    webhook_owner: str = ""
     agent_service_accounts: tuple[str, ...] = ()
     config_map_namespaces: tuple[str, ...] = ()
     require_sha256: bool = False
@@ -203,6 +204,13 @@ class Options:
             help="name of the ValidatingWebhookConfiguration the operator keeps (default: %(default)s)",
         )
         add(
+            "--webhook-owner",
+            default=_env("WEBHOOK_OWNER", ""),
+            help="a ClusterRole the webhook configuration belongs to: deleting it (helm uninstall does) "
+            "lets the garbage collector delete the configuration, which would otherwise refuse every "
+            "agent's writes once the operator is gone (default: $WEBHOOK_OWNER, else none)",
+        )
+        add(
             "--agent-service-account",
             dest="agent_service_accounts",
             action="append",
@@ -283,6 +291,7 @@ class Options:
             webhook_key=args.webhook_key,
             webhook_ca=args.webhook_ca,
             webhook_configuration=args.webhook_configuration,
+            webhook_owner=args.webhook_owner,
             agent_service_accounts=tuple(args.agent_service_accounts),
             config_map_namespaces=tuple(n for n in args.config_map_namespaces.split(",") if n),
             require_sha256=args.require_sha256,

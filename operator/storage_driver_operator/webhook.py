@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 from storage_driver_api.constants import GROUP, STORAGE_DRIVERS, VERSION
-from storage_driver_api.kube import PODS, VALIDATING_WEBHOOKS, ApiError, KubeClient
+from storage_driver_api.kube import CLUSTER_ROLES, PODS, VALIDATING_WEBHOOKS, ApiError, KubeClient
 from storage_driver_api.logs import fields
 
 from storage_driver_operator import webhookconfig
@@ -193,12 +193,19 @@ class ConfigurationKeeper:
     async def apply(self, served: Mapping[str, Any]) -> None:
         name = self.options.webhook_configuration
         wanted = webhookconfig.configuration(name, served, service=self.service)
+        if self.options.webhook_owner:
+            # Cluster-scoped, so only a cluster-scoped owner can take it along when it goes.
+            owner = await self.kube.get(CLUSTER_ROLES, self.options.webhook_owner)
+            wanted["metadata"]["ownerReferences"] = [webhookconfig.owner_reference(owner)]
         try:
             await self.kube.create(VALIDATING_WEBHOOKS, wanted)
         except ApiError as exc:
             if not exc.conflict:
                 raise
-            await self.kube.patch(VALIDATING_WEBHOOKS, name, {"webhooks": wanted["webhooks"]})
+            patch = {"webhooks": wanted["webhooks"]}
+            if "ownerReferences" in wanted["metadata"]:
+                patch["metadata"] = {"ownerReferences": wanted["metadata"]["ownerReferences"]}
+            await self.kube.patch(VALIDATING_WEBHOOKS, name, patch)
         self.written.set()
         log.info("webhook configuration written", extra=fields(configuration=name, url=served.get("url")))
 

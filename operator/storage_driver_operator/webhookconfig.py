@@ -163,6 +163,16 @@ def webhooks(
     ]
 
 
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """An ownerReference to a ClusterRole (as read from the API server)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+    }
+
+
 def configuration(name: str, served: Mapping[str, Any], **options: Any) -> dict[str, Any]:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",

@@ -119,7 +119,7 @@ async def apply(kube: KubeClient, installed: Installed) -> AsyncIterator[Apply]:
 # --- 1. install ------------------------------------------------------------------------------
 
 
-def test_install_runs_every_pod_ready_with_probes(installed: Installed) -> None:
+async def test_install_runs_every_pod_ready_with_probes(installed: Installed) -> None:
     for component in COMPONENTS:
         pod = installed.pod(component)
         assert pod_ready(pod), component
@@ -129,11 +129,18 @@ def test_install_runs_every_pod_ready_with_probes(installed: Installed) -> None:
         statuses = pod["status"]["containerStatuses"]
         assert [s["restartCount"] for s in statuses] == [0], f"{component} restarted"
         assert statuses[0]["image"].startswith("localhost/storage-driver-operator/"), statuses[0]["image"]
-    # The operator and the agent reach the API server through the kubernetes Service.
-    lease = installed.kubectl(
-        "-n", NAMESPACE, "get", "lease", f"storage-agent-{localcluster.local_node_name()}"
-    )
-    assert "storage-agent-" in lease
+    # The agent reached the API server through the kubernetes Service: it holds its Lease.
+    lease = f"storage-agent-{localcluster.local_node_name()}"
+
+    async def lease_held() -> bool:
+        return installed.release.get("lease", lease, NAMESPACE) is not None
+
+    await eventually(lease_held, timeout=60, what=f"the agent's Lease {lease}")
+    # kubectl logs and exec reach the kubelet (the API server's client certificate).
+    agent = installed.pod("agent")["metadata"]["name"]
+    assert "agent starting" in installed.kubectl("-n", NAMESPACE, "logs", agent)
+    version = installed.kubectl("-n", NAMESPACE, "exec", agent, "--", "storage-agent", "--version")
+    assert version.startswith("storage-agent "), version
     print(f"helm install -> every pod Ready: {installed.ready_seconds:.1f}s")
 
 
@@ -226,7 +233,13 @@ async def test_agent_upgrade_keeps_the_driver_running_and_supervisor_updates_on_
 
     # As docs/driver-runtime.md says: deleting the supervisor pod takes the update, and the
     # agent loads the drivers again through the new supervisor (the one planned bounce).
-    installed.kubectl("-n", NAMESPACE, "delete", "pod", supervisor["metadata"]["name"], "--wait=true")
+    installed.kubectl("-n", NAMESPACE, "delete", "pod", supervisor["metadata"]["name"], "--wait=false")
+
+    async def supervisor_replaced() -> bool:
+        pods = installed.pods("supervisor")
+        return bool(pods) and pods[0]["metadata"]["uid"] != supervisor_uid
+
+    await eventually(supervisor_replaced, timeout=150, interval=0.5, what="a new supervisor pod")
     await wait_all_ready(installed)
     new_supervisor = installed.pod("supervisor")
     assert new_supervisor["metadata"]["annotations"]["upgraded"] == "1"
@@ -264,7 +277,13 @@ async def test_agent_killed_or_deleted_leaves_the_driver_running_and_is_adopted(
     assert adopted["pid"] == before["pid"]
 
     # The agent pod deleted: the DaemonSet makes a new one, which adopts the same host.
-    installed.kubectl("-n", NAMESPACE, "delete", "pod", agent_pod["metadata"]["name"], "--wait=true")
+    installed.kubectl("-n", NAMESPACE, "delete", "pod", agent_pod["metadata"]["name"], "--wait=false")
+
+    async def agent_replaced() -> bool:
+        pods = installed.pods("agent")
+        return bool(pods) and pods[0]["metadata"]["uid"] != agent_pod["metadata"]["uid"]
+
+    await eventually(agent_replaced, timeout=150, interval=0.5, what="a new agent pod")
     await wait_all_ready(installed)
     assert installed.pod("agent")["metadata"]["uid"] != agent_pod["metadata"]["uid"]
     assert host.alive() and driver_hosts(installed) == [host]
@@ -316,6 +335,14 @@ async def test_uninstall_leaves_no_pod_no_driver_host_and_nothing_in_the_host_di
 
     installed.release.uninstall()
     assert not any(installed.release.pods(c) for c in COMPONENTS)
+    # The operator wrote the webhook configuration, not helm: it belongs to a ClusterRole of the
+    # release, so it goes with it; left behind, it would refuse every later agent's writes.
+    webhook = installed.release.fullname
+
+    async def configuration_gone() -> bool:
+        return installed.release.get("validatingwebhookconfiguration", webhook) is None
+
+    await eventually(configuration_gone, timeout=60, what=f"webhook configuration {webhook} collected")
     assert not host.alive() and not podprocesses.driver_hosts(), "a driver host outlived the release"
     # What the administrator put there stays; nothing the chart's pods wrote does.
     assert sorted(p.name for p in installed.driver_dir.iterdir()) == [DRIVER_FILE.name]

@@ -32,6 +32,8 @@
   value: /etc/storage-operator/webhook/ca.crt
 - name: WEBHOOK_CONFIGURATION
   value: {{ include "sdo.fullname" . | quote }}
+- name: WEBHOOK_OWNER
+  value: {{ printf "%s-operator-admission" (include "sdo.fullname" .) | quote }}
 - name: AGENT_SERVICE_ACCOUNT
   value: "{{ .Release.Namespace }}:{{ include "sdo.agentServiceAccountName" . }}"
 {{- end }}

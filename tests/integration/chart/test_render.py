@@ -437,8 +437,9 @@ def test_rbac_has_no_wildcard_and_no_secrets(tmp_values: Path, name: str) -> Non
         assert "secrets" not in rule["resources"], rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
         assert "nonResourceURLs" not in rule, rule
-        # Names only narrow a right: the operator's own webhook configuration and leader Lease.
-        named = (["validatingwebhookconfigurations"], ["leases"])
+        # Names only narrow a right: the operator's own webhook configuration, the ClusterRole
+        # that owns it, and its leader Lease.
+        named = (["validatingwebhookconfigurations"], ["clusterroles"], ["leases"])
         assert "resourceNames" not in rule or rule["resources"] in named, rule
 
 
