@@ -1,0 +1,356 @@
+"""`make mutation`: mutation testing of the pure decision modules with cosmic-ray.
+
+    python -m tests.mutation [--full] [--jobs N] [--sample N] [MODULE ...]
+
+For every module in tests/mutation/config.toml: `cosmic-ray init` lists its mutants; those
+inside type annotations and those listed as equivalent are skipped; a seeded sample of the rest
+(every one with --full) runs through `cosmic-ray exec` against the module's unit tests. The
+modules run in parallel, each job in its own copy of the tree (cosmic-ray mutates files in
+place, and the checkout stays untouched). Prints the score per module and every survivor;
+exits 1 when a module scores below the threshold, 2 when the tests fail without any mutant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Queue
+
+from cosmic_ray.work_db import WorkDB, use_db
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkItem, WorkResult
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = Path(__file__).with_name("config.toml")
+COPIED = ("operator", "node-agent", "tests", "pyproject.toml")
+NOT_SAMPLED = "not sampled"
+
+
+@dataclass(frozen=True)
+class Equivalent:
+    file: str
+    line: str
+    operator: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    seed: int
+    sample: int
+    threshold: float
+    timeout: float
+    property_examples: int
+    modules: dict[str, list[str]]
+    equivalents: tuple[Equivalent, ...]
+
+
+def load_settings(path: Path = CONFIG) -> Settings:
+    data = tomllib.loads(path.read_text())
+    equivalents = tuple(
+        Equivalent(e["file"], e["line"].strip(), e["operator"], e["reason"])
+        for e in data.get("equivalent", [])
+    )
+    return Settings(
+        seed=int(data["seed"]),
+        sample=int(data["sample"]),
+        threshold=float(data["threshold"]),
+        timeout=float(data["timeout"]),
+        property_examples=int(data["property_examples"]),
+        modules={str(k): [str(t) for t in v] for k, v in data["modules"].items()},
+        equivalents=equivalents,
+    )
+
+
+# --- which mutants run -------------------------------------------------------------------------
+
+
+def annotation_lines(source: str) -> set[tuple[int, int, int, int]]:
+    """(start line, start col, end line, end col) of every annotation in the module."""
+    spans: set[tuple[int, int, int, int]] = set()
+    for node in ast.walk(ast.parse(source)):
+        annotations: list[ast.expr | None] = []
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            annotations.append(node.returns)
+        elif isinstance(node, ast.arg):
+            annotations.append(node.annotation)
+        elif isinstance(node, ast.AnnAssign):
+            annotations.append(node.annotation)
+        for ann in annotations:
+            if ann is not None and ann.end_lineno is not None and ann.end_col_offset is not None:
+                spans.add((ann.lineno, ann.col_offset, ann.end_lineno, ann.end_col_offset))
+    return spans
+
+
+def in_annotation(spans: set[tuple[int, int, int, int]], line: int, col: int) -> bool:
+    return any((sl, sc) <= (line, col) < (el, ec) for sl, sc, el, ec in spans)
+
+
+@dataclass
+class Module:
+    path: str
+    tests: list[str]
+    db: Path
+    tried: int = 0
+    killed: int = 0
+    survivors: list[tuple[WorkItem, WorkResult]] = field(default_factory=list)
+    equivalent: int = 0
+    annotations: int = 0
+    total: int = 0
+    seconds: float = 0.0
+    matched_equivalents: set[Equivalent] = field(default_factory=set)
+
+    @property
+    def score(self) -> float:
+        return 100.0 * self.killed / self.tried if self.tried else 100.0
+
+
+def select(module: Module, settings: Settings, sample: int | None) -> None:
+    """Mark the mutants that do not run as skipped in the session, with the reason."""
+    source = (ROOT / module.path).read_text()
+    lines = source.splitlines()
+    spans = annotation_lines(source)
+    equivalents = {(e.line, e.operator): e for e in settings.equivalents if e.file == module.path}
+    candidates: list[str] = []
+    with use_db(str(module.db), WorkDB.Mode.open) as db:
+        items = list(db.pending_work_items)
+        module.total = len(items)
+        for item in items:
+            mutation = item.mutations[0]
+            row, col = mutation.start_pos
+            text = lines[row - 1].strip()
+            if in_annotation(spans, row, col):
+                module.annotations += 1
+                db.set_result(item.job_id, WorkResult(WorkerOutcome.SKIPPED, output="in an annotation"))
+            elif (eq := equivalents.get((text, mutation.operator_name))) is not None:
+                module.equivalent += 1
+                module.matched_equivalents.add(eq)
+                db.set_result(
+                    item.job_id, WorkResult(WorkerOutcome.SKIPPED, output=f"equivalent: {eq.reason}")
+                )
+            else:
+                candidates.append(item.job_id)
+        if sample is not None:
+            # Sorted first, so that the sample depends on the mutants, not on the database order.
+            keep = set(
+                random.Random(f"{settings.seed}:{module.path}").sample(
+                    sorted(candidates), min(sample, len(candidates))
+                )
+            )
+            for job_id in candidates:
+                if job_id not in keep:
+                    db.set_result(job_id, WorkResult(WorkerOutcome.SKIPPED, output=NOT_SAMPLED))
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def make_copy(into: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.egg-info")
+    for name in COPIED:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, into / name, symlinks=True, ignore=ignore)
+        else:
+            shutil.copy2(source, into / name)
+    return into
+
+
+def test_command(tests: Sequence[str], timeout: float) -> str:
+    return " ".join(
+        [
+            f"'{sys.executable}' -m pytest -x -q -p no:cacheprovider --no-header -o addopts=",
+            f"--timeout={int(timeout)} --hypothesis-seed=0",
+            *tests,
+        ]
+    )
+
+
+def cosmic_ray_config(module: Module, timeout: float) -> str:
+    return (
+        "[cosmic-ray]\n"
+        f'module-path = "{module.path}"\n'
+        f"timeout = {timeout}\n"
+        "excluded-modules = []\n"
+        f'test-command = "{test_command(module.tests, timeout).replace(chr(34), chr(92) + chr(34))}"\n'
+        '[cosmic-ray.distributor]\nname = "local"\n'
+    )
+
+
+def environment(tree: Path, settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = f"{tree / 'operator'}{os.pathsep}{tree / 'node-agent'}"
+    env["SDO_PROPERTY_EXAMPLES"] = str(settings.property_examples)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def run_module(module: Module, tree: Path, settings: Settings) -> None:
+    started = time.monotonic()
+    config = module.db.with_suffix(".toml")
+    env = environment(tree, settings)
+    subprocess.run(
+        [sys.executable, "-m", "cosmic_ray.cli", "exec", str(config), str(module.db)],
+        cwd=tree,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    module.seconds = time.monotonic() - started
+
+
+def baseline(tests: Sequence[str], tree: Path, settings: Settings) -> None:
+    """The unmutated tests must pass, or every mutant would count as killed."""
+    done = subprocess.run(
+        test_command(tests, settings.timeout),
+        shell=True,
+        cwd=tree,
+        env=environment(tree, settings),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the tests fail without any mutant:\n{done.stdout[-3000:]}")
+
+
+def collect(module: Module) -> None:
+    with use_db(str(module.db), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                continue
+            module.tried += 1
+            if result.test_outcome == TestOutcome.SURVIVED and result.worker_outcome == WorkerOutcome.NORMAL:
+                module.survivors.append((item, result))
+            else:
+                module.killed += 1  # failed tests, a timeout, or a mutant that cannot even import
+
+
+@contextmanager
+def trees(count: int) -> Iterator[Queue[Path]]:
+    with tempfile.TemporaryDirectory(prefix="sdo-mutation-") as scratch:
+        queue: Queue[Path] = Queue()
+        for index in range(count):
+            tree = Path(scratch) / f"tree{index}"
+            tree.mkdir()
+            queue.put(make_copy(tree))
+        yield queue
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def mutation_text(item: WorkItem, result: WorkResult) -> str:
+    """`- old` / `+ new` lines of the mutant's diff, on one line."""
+    changed = [
+        line
+        for line in (result.diff or "").splitlines()
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    op = item.mutations[0].operator_name.removeprefix("core/")
+    return f"{op}: " + " => ".join(line[1:].strip() for line in changed)
+
+
+def report(modules: Sequence[Module], settings: Settings, sample: int | None, seconds: float) -> bool:
+    print()
+    print(f"| module | killed / tried | score | equivalent | annotations | mutants | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    ok = True
+    for m in modules:
+        mark = "" if m.score >= settings.threshold else " (below threshold)"
+        print(
+            f"| {m.path} | {m.killed} / {m.tried} | {m.score:.1f}%{mark} | {m.equivalent} | {m.annotations}"
+            f" | {m.total} | {m.seconds:.0f} |"
+        )
+        ok = ok and m.score >= settings.threshold
+    full = sample is None
+    kind = "all mutants" if full else f"sample of {sample} per module, seed {settings.seed}"
+    print(f"\n{kind}; threshold {settings.threshold:.0f}%; wall time {seconds:.0f}s")
+    survivors = [(m, item, result) for m in modules for item, result in m.survivors]
+    if survivors:
+        print("\nSurviving mutants (no test fails):")
+        for m, item, result in sorted(survivors, key=lambda s: (s[0].path, s[1].mutations[0].start_pos)):
+            row = item.mutations[0].start_pos[0]
+            print(f"  {m.path}:{row}  {mutation_text(item, result)}")
+    if full:
+        matched = set().union(*(m.matched_equivalents for m in modules))
+        for eq in settings.equivalents:
+            if eq.file in {m.path for m in modules} and eq not in matched:
+                print(
+                    f"\nStale equivalent (matches no mutant; remove it): {eq.file}: {eq.line} [{eq.operator}]"
+                )
+                ok = False
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make mutation", description=__doc__)
+    parser.add_argument("modules", nargs="*", help="module paths (default: every module in the config)")
+    parser.add_argument("--full", action="store_true", help="every mutant, not a sample")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel copies")
+    parser.add_argument("--sample", type=int, help="mutants per module (default from the config)")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    unknown = [m for m in args.modules if m not in settings.modules]
+    if unknown:
+        parser.error(f"not in {CONFIG.relative_to(ROOT)}: {', '.join(unknown)}")
+    sample = None if args.full else (args.sample if args.sample is not None else settings.sample)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="sdo-mutation-db-") as scratch:
+        modules = [
+            Module(path, tests, Path(scratch) / f"{index}.sqlite")
+            for index, (path, tests) in enumerate(settings.modules.items())
+            if not args.modules or path in args.modules
+        ]
+        for module in modules:
+            config = module.db.with_suffix(".toml")
+            config.write_text(cosmic_ray_config(module, settings.timeout))
+            subprocess.run(
+                [sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(module.db)],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+            select(module, settings, sample)
+        with trees(max(1, min(args.jobs, len(modules)))) as free:
+
+            def work(job: Module | list[str]) -> None:
+                tree = free.get()
+                try:
+                    if isinstance(job, Module):
+                        run_module(job, tree, settings)
+                    else:
+                        baseline(job, tree, settings)
+                finally:
+                    free.put(tree)
+
+            # One baseline per test directory (one pytest start each), then the modules.
+            groups: dict[str, list[str]] = {}
+            for test in sorted({t for m in modules for t in m.tests}):
+                groups.setdefault(str(Path(test).parent), []).append(test)
+            try:
+                with ThreadPoolExecutor(max_workers=free.qsize()) as pool:
+                    list(pool.map(work, groups.values()))
+                    list(pool.map(work, modules))
+            except RuntimeError as exc:
+                print(exc, file=sys.stderr)
+                return 2
+        for module in modules:
+            collect(module)
+        ok = report(modules, settings, sample, time.monotonic() - started)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
