@@ -17,6 +17,7 @@ import ast
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,7 @@ class Settings:
     threshold: float
     timeout: float
     property_examples: int
-    modules: dict[str, list[str]]
+    modules: dict[str, list[list[str]]]
     equivalents: tuple[Equivalent, ...]
 
 
@@ -69,7 +70,7 @@ def load_settings(path: Path = CONFIG) -> Settings:
         threshold=float(data["threshold"]),
         timeout=float(data["timeout"]),
         property_examples=int(data["property_examples"]),
-        modules={str(k): [str(t) for t in v] for k, v in data["modules"].items()},
+        modules={str(k): [[str(t) for t in stage] for stage in v] for k, v in data["modules"].items()},
         equivalents=equivalents,
     )
 
@@ -101,7 +102,7 @@ def in_annotation(spans: set[tuple[int, int, int, int]], line: int, col: int) ->
 @dataclass
 class Module:
     path: str
-    tests: list[str]
+    stages: list[list[str]]
     db: Path
     tried: int = 0
     killed: int = 0
@@ -123,9 +124,9 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
     lines = source.splitlines()
     spans = annotation_lines(source)
     equivalents = {(e.line, e.operator): e for e in settings.equivalents if e.file == module.path}
-    candidates: list[str] = []
+    candidates: dict[tuple[str, str, int], str] = {}  # (operator, line, nth on that line) -> job
     with use_db(str(module.db), WorkDB.Mode.open) as db:
-        items = list(db.pending_work_items)
+        items = sorted(db.pending_work_items, key=lambda i: i.mutations[0].start_pos)
         module.total = len(items)
         for item in items:
             mutation = item.mutations[0]
@@ -141,16 +142,15 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
                     item.job_id, WorkResult(WorkerOutcome.SKIPPED, output=f"equivalent: {eq.reason}")
                 )
             else:
-                candidates.append(item.job_id)
+                same = [k for k in candidates if k[:2] == (mutation.operator_name, text)]
+                candidates[(mutation.operator_name, text, len(same))] = item.job_id
         if sample is not None:
-            # Sorted first, so that the sample depends on the mutants, not on the database order.
-            keep = set(
-                random.Random(f"{settings.seed}:{module.path}").sample(
-                    sorted(candidates), min(sample, len(candidates))
-                )
-            )
-            for job_id in candidates:
-                if job_id not in keep:
+            # Keyed by what the mutant changes (job ids are random), so that the sample stays
+            # the same while the module does.
+            chooser = random.Random(f"{settings.seed}:{module.path}")
+            keep = set(chooser.sample(sorted(candidates), min(sample, len(candidates))))
+            for key, job_id in candidates.items():
+                if key not in keep:
                     db.set_result(job_id, WorkResult(WorkerOutcome.SKIPPED, output=NOT_SAMPLED))
 
 
@@ -168,14 +168,23 @@ def make_copy(into: Path) -> Path:
     return into
 
 
-def test_command(tests: Sequence[str], timeout: float) -> str:
-    return " ".join(
-        [
-            f"'{sys.executable}' -m pytest -x -q -p no:cacheprovider --no-header -o addopts=",
-            f"--timeout={int(timeout)} --hypothesis-seed=0",
-            *tests,
-        ]
-    )
+def test_command(stages: Sequence[Sequence[str]], timeout: float) -> str:
+    """pytest per stage, each stage only when the one before passed. A stage whose files do not
+    use hypothesis runs without its plugin, whose import is the largest part of a pytest start."""
+    commands = []
+    for stage in stages:
+        plain = not any("hypothesis" in (ROOT / test).read_text() for test in stage)
+        commands.append(
+            " ".join(
+                [
+                    f"'{sys.executable}' -m pytest -x -q -p no:cacheprovider --no-header -o addopts=",
+                    "-p no:hypothesispytest" if plain else "--hypothesis-seed=0",
+                    f"--timeout={int(timeout)}",
+                    *stage,
+                ]
+            )
+        )
+    return " && ".join(commands)
 
 
 def cosmic_ray_config(module: Module, timeout: float) -> str:
@@ -184,7 +193,7 @@ def cosmic_ray_config(module: Module, timeout: float) -> str:
         f'module-path = "{module.path}"\n'
         f"timeout = {timeout}\n"
         "excluded-modules = []\n"
-        f'test-command = "{test_command(module.tests, timeout).replace(chr(34), chr(92) + chr(34))}"\n'
+        f'test-command = "{test_command(module.stages, timeout).replace(chr(34), chr(92) + chr(34))}"\n'
         '[cosmic-ray.distributor]\nname = "local"\n'
     )
 
@@ -214,7 +223,7 @@ def run_module(module: Module, tree: Path, settings: Settings) -> None:
 def baseline(tests: Sequence[str], tree: Path, settings: Settings) -> None:
     """The unmutated tests must pass, or every mutant would count as killed."""
     done = subprocess.run(
-        test_command(tests, settings.timeout),
+        test_command([tests], settings.timeout),
         shell=True,
         cwd=tree,
         env=environment(tree, settings),
@@ -301,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel copies")
     parser.add_argument("--sample", type=int, help="mutants per module (default from the config)")
     args = parser.parse_args(argv)
+    # Stopped from outside: unwind, so that the scratch copies are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = load_settings()
     unknown = [m for m in args.modules if m not in settings.modules]
     if unknown:
@@ -309,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sdo-mutation-db-") as scratch:
         modules = [
-            Module(path, tests, Path(scratch) / f"{index}.sqlite")
-            for index, (path, tests) in enumerate(settings.modules.items())
+            Module(path, stages, Path(scratch) / f"{index}.sqlite")
+            for index, (path, stages) in enumerate(settings.modules.items())
             if not args.modules or path in args.modules
         ]
         for module in modules:
@@ -337,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
             # One baseline per test directory (one pytest start each), then the modules.
             groups: dict[str, list[str]] = {}
-            for test in sorted({t for m in modules for t in m.tests}):
+            for test in sorted({t for m in modules for stage in m.stages for t in stage}):
                 groups.setdefault(str(Path(test).parent), []).append(test)
             try:
                 with ThreadPoolExecutor(max_workers=free.qsize()) as pool:

@@ -368,3 +368,20 @@ def test_a_version_bump_waits_until_the_nodes_file_declares_it() -> None:
     plan = plan_node(state(device("d1"), cfg=cfg), [new], NOW, {"drv": plan_rollout(new, [cfg])})
     assert plan.decisions["drv"].action == Action.UPDATE
     assert [d.version for d in plan.drivers] == ["2.0.0"]
+
+
+def test_a_node_unlabelled_from_a_driver_unloads_at_once_even_when_its_lease_is_stale() -> None:
+    # A user's change (the node's labels) is not a device going away: no delay, and no need
+    # for the agent to be alive to tell a restart from a real removal.
+    drv = driver(nodeSelector={"matchLabels": {"storage": "yes"}}, unloadDelaySeconds=300)
+    cfg = config(drivers=[entry(drv, ["d1"])], runs=[run("drv")])
+    for silent in (lease(renewed=NOW - 500, duration=40), None):
+        unlabelled = NodeState(node=node(labels={}), devices=(device("d1"),), config=cfg, lease=silent)
+        plan = plan_node(unlabelled, [drv], NOW)
+        assert plan.drivers == ()
+        assert plan.changed
+        assert (plan.decisions["drv"].action, plan.decisions["drv"].reason) == (
+            Action.UNLOAD,
+            Reason.NODE_NOT_SELECTED,
+        )
+        assert plan.recheck_at is None

@@ -186,6 +186,13 @@ def test_host_path_file_must_declare_the_specs_driver_name_and_version() -> None
     assert "declares version 1.1.0" in other_version and "asks for 1.2.0" in other_version
     other_name = source_unavailable(spec, declaring("queue-settings", "1.2.0")) or ""
     assert "declares driver 'queue-settings'" in other_name and "'loop-info'" in other_name
+    # Any other name is refused, however it compares or is spelled.
+    for name in ("aaa-driver", "zzz-driver", "Loop-Info", "loop-info "):
+        assert f"declares driver {name!r}" in (source_unavailable(spec, declaring(name, "1.2.0")) or "")
+    for version in ("1.0.0", "1.10.0", "2.0.0"):
+        assert f"declares version {version}" in (
+            source_unavailable(spec, declaring("loop-info", version)) or ""
+        )
     # A decorator without a literal version is not refused (the agent loads it too).
     assert source_unavailable(spec, declaring("loop-info", None)) is None
 

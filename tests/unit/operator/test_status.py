@@ -223,3 +223,51 @@ def test_a_node_that_is_gone_makes_no_events() -> None:
     before = {"a": observe(load("a")), "b": observe(load("b"))}
     after = {"a": observe(load("a"))}
     assert transitions(before, after, [], []) == []
+
+
+def test_events_for_an_upgrade() -> None:
+    # 1.0.0 Loaded -> the node switches (UPDATE) -> 2.0.0 Loaded: one Loaded event naming the
+    # new version; the switch itself is no new load request.
+    old = {"a": observe(load("a", version="1.0.0")), "b": observe(load("b", version="1.0.0"))}
+    switching = {
+        "a": observe(load("a", phase="Loading", version="1.0.0", action=Action.UPDATE)),
+        "b": observe(load("b", version="1.0.0")),
+    }
+    assert transitions(old, switching, [], []) == []
+    upgraded = {"a": observe(load("a", version="2.0.0")), "b": observe(load("b", version="1.0.0"))}
+    events = transitions(switching, upgraded, [], [])
+    assert [(e.type, e.reason, e.message) for e in events] == [("Normal", "Loaded", "node a: version 2.0.0")]
+    # Loaded at a new version without a Loading phase seen in between is still an upgrade.
+    assert [e.message for e in transitions(old, upgraded, [], [])] == ["node a: version 2.0.0"]
+    failed = {"a": observe(load("a", phase="Failed", version="2.0.0", error_message="ImportError"))}
+    events = transitions(switching, failed, [], [])
+    assert [(e.type, e.reason, e.message) for e in events] == [
+        ("Warning", "LoadFailed", "node a: ImportError")
+    ]
+
+
+def test_ready_events_name_the_new_state() -> None:
+    rolling = aggregate(
+        driver(version="2.0.0"), [load("a", version="2.0.0"), load("b", action=Action.UPDATE)], AT
+    )
+    assert (cond(rolling, "Ready").status, cond(rolling, "Ready").reason) == ("False", "Loading")
+    done = aggregate(
+        driver(version="2.0.0", status=rolling.to_api()),
+        [load("a", version="2.0.0"), load("b", version="2.0.0")],
+        LATER,
+    )
+    events = transitions({}, {}, rolling.conditions, done.conditions)
+    assert [(e.type, e.reason, e.message) for e in events] == [
+        ("Normal", "Ready", "version 2.0.0 loaded on 2 nodes")
+    ]
+    failing = aggregate(
+        driver(version="2.0.0", status=done.to_api()),
+        [load("a", version="2.0.0"), load("b", phase="Failed", version="2.0.0", error_reason="Crashed")],
+        LATER,
+    )
+    events = transitions({}, {}, done.conditions, failing.conditions)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "LoadFailed")]
+    assert events[0].message == "1 node failing: b: Crashed"
+    # Loading again after a failure is calm: a Normal event.
+    events = transitions({}, {}, failing.conditions, rolling.conditions)
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Loading")]
