@@ -82,6 +82,7 @@ DOCUMENTS: dict[str, Setting] = {
     "docs/installing.md": Setting(chart="fresh"),
     "docs/operator.md": Setting(components=True),
     "docs/security.md": Setting(chart="installed"),
+    "docs/testing.md": Setting(cluster="none"),
     "docs/troubleshooting.md": Setting(chart="installed", components=True),
     "docs/writing-drivers.md": Setting(components=True),
 }

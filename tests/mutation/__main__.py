@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -85,9 +87,7 @@ def annotation_lines(source: str) -> set[tuple[int, int, int, int]]:
         annotations: list[ast.expr | None] = []
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             annotations.append(node.returns)
-        elif isinstance(node, ast.arg):
-            annotations.append(node.annotation)
-        elif isinstance(node, ast.AnnAssign):
+        elif isinstance(node, ast.arg | ast.AnnAssign):
             annotations.append(node.annotation)
         for ann in annotations:
             if ann is not None and ann.end_lineno is not None and ann.end_col_offset is not None:
@@ -169,31 +169,34 @@ def make_copy(into: Path) -> Path:
 
 
 def test_command(stages: Sequence[Sequence[str]], timeout: float) -> str:
-    """pytest per stage, each stage only when the one before passed. A stage whose files do not
+    """pytest per stage, each stage only when the one before passed, as one command line
+    (cosmic-ray splits it with shlex and runs it without a shell). A stage whose files do not
     use hypothesis runs without its plugin, whose import is the largest part of a pytest start."""
     commands = []
     for stage in stages:
         plain = not any("hypothesis" in (ROOT / test).read_text() for test in stage)
         commands.append(
-            " ".join(
+            shlex.join(
                 [
-                    f"'{sys.executable}' -m pytest -x -q -p no:cacheprovider --no-header -o addopts=",
-                    "-p no:hypothesispytest" if plain else "--hypothesis-seed=0",
+                    sys.executable,
+                    *("-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", "-o", "addopts="),
+                    *(("-p", "no:hypothesispytest") if plain else ("--hypothesis-seed=0",)),
                     f"--timeout={int(timeout)}",
                     *stage,
                 ]
             )
         )
-    return " && ".join(commands)
+    return shlex.join(["bash", "-c", " && ".join(commands)])
 
 
 def cosmic_ray_config(module: Module, timeout: float) -> str:
+    # JSON strings are valid TOML basic strings.
     return (
         "[cosmic-ray]\n"
-        f'module-path = "{module.path}"\n'
+        f"module-path = {json.dumps(module.path)}\n"
         f"timeout = {timeout}\n"
         "excluded-modules = []\n"
-        f'test-command = "{test_command(module.stages, timeout).replace(chr(34), chr(92) + chr(34))}"\n'
+        f"test-command = {json.dumps(test_command(module.stages, timeout))}\n"
         '[cosmic-ray.distributor]\nname = "local"\n'
     )
 
@@ -206,32 +209,46 @@ def environment(tree: Path, settings: Settings) -> dict[str, str]:
     return env
 
 
+RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+def run(command: Sequence[str], cwd: Path, env: dict[str, str]) -> None:
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as proc:
+        RUNNING.add(proc)
+        _, err = proc.communicate()
+        RUNNING.discard(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} failed:\n{err.decode(errors='replace')[-3000:]}")
+
+
+def stop_all(*_: object) -> None:
+    """Stopped from outside: stop the cosmic-ray processes and unwind, so that the scratch
+    copies are removed."""
+    for proc in list(RUNNING):
+        proc.terminate()
+    sys.exit(143)
+
+
 def run_module(module: Module, tree: Path, settings: Settings) -> None:
     started = time.monotonic()
     config = module.db.with_suffix(".toml")
-    env = environment(tree, settings)
-    subprocess.run(
+    run(
         [sys.executable, "-m", "cosmic_ray.cli", "exec", str(config), str(module.db)],
-        cwd=tree,
-        env=env,
-        check=True,
-        capture_output=True,
+        tree,
+        environment(tree, settings),
     )
     module.seconds = time.monotonic() - started
 
 
 def baseline(tests: Sequence[str], tree: Path, settings: Settings) -> None:
-    """The unmutated tests must pass, or every mutant would count as killed."""
-    done = subprocess.run(
-        test_command([tests], settings.timeout),
-        shell=True,
-        cwd=tree,
-        env=environment(tree, settings),
-        capture_output=True,
-        text=True,
-    )
+    """The unmutated tests must pass, started as cosmic-ray starts them (shlex-split, no
+    shell), or every mutant would count as killed."""
+    command = shlex.split(test_command([tests], settings.timeout))
+    done = subprocess.run(command, cwd=tree, env=environment(tree, settings), capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"the tests fail without any mutant:\n{done.stdout[-3000:]}")
+        raise RuntimeError(f"the tests fail without any mutant:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
 
 
 def collect(module: Module) -> None:
@@ -273,7 +290,7 @@ def mutation_text(item: WorkItem, result: WorkResult) -> str:
 
 def report(modules: Sequence[Module], settings: Settings, sample: int | None, seconds: float) -> bool:
     print()
-    print(f"| module | killed / tried | score | equivalent | annotations | mutants | seconds |")
+    print("| module | killed / tried | score | equivalent | annotations | mutants | seconds |")
     print("|---|---|---|---|---|---|---|")
     ok = True
     for m in modules:
@@ -304,21 +321,25 @@ def report(modules: Sequence[Module], settings: Settings, sample: int | None, se
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make mutation", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="make mutation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("modules", nargs="*", help="module paths (default: every module in the config)")
     parser.add_argument("--full", action="store_true", help="every mutant, not a sample")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel copies")
     parser.add_argument("--sample", type=int, help="mutants per module (default from the config)")
+    parser.add_argument("--sessions", type=Path, help="keep the cosmic-ray sessions here (for cr-report)")
     args = parser.parse_args(argv)
-    # Stopped from outside: unwind, so that the scratch copies are removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, stop_all)
     settings = load_settings()
     unknown = [m for m in args.modules if m not in settings.modules]
     if unknown:
         parser.error(f"not in {CONFIG.relative_to(ROOT)}: {', '.join(unknown)}")
     sample = None if args.full else (args.sample if args.sample is not None else settings.sample)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="sdo-mutation-db-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="sdo-mutation-db-") as temporary:
+        scratch = args.sessions or Path(temporary)
+        scratch.mkdir(parents=True, exist_ok=True)
         modules = [
             Module(path, stages, Path(scratch) / f"{index}.sqlite")
             for index, (path, stages) in enumerate(settings.modules.items())
@@ -327,11 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         for module in modules:
             config = module.db.with_suffix(".toml")
             config.write_text(cosmic_ray_config(module, settings.timeout))
-            subprocess.run(
+            run(
                 [sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(module.db)],
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
+                ROOT,
+                dict(os.environ),
             )
             select(module, settings, sample)
         with trees(max(1, min(args.jobs, len(modules)))) as free:

@@ -212,10 +212,9 @@ def test_rollouts_over_a_fleet_keep_to_max_unavailable_and_finish(
         if isinstance(max_unavailable, str)
         else max_unavailable
     )
-    schedule = versions + [versions[-1]]
     rounds = len(versions) * changes_every + len(failures) + 4 * math.ceil(size / budget) + 4
     for round_ in range(rounds):
-        version = schedule[min(round_ // changes_every, len(versions) - 1)]
+        version = versions[min(round_ // changes_every, len(versions) - 1)]
         target = driver(version=version, maxUnavailable=max_unavailable, generation=2 + round_)
         world = Snapshot(
             nodes={n: node(n) for n in names},
@@ -258,5 +257,5 @@ def test_rollouts_over_a_fleet_keep_to_max_unavailable_and_finish(
             plan = plans[n]
             a.step(plan.drivers[0] if plan.changed and plan.drivers else None, int(n[1:]) in failing)
 
-    final = schedule[-1]
+    final = versions[-1]
     assert {(a.spec.version, a.version, a.phase) for a in agents.values()} == {(final, final, "Loaded")}
