@@ -148,7 +148,9 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
             # Keyed by what the mutant changes (job ids are random), so that the sample stays
             # the same while the module does.
             chooser = random.Random(f"{settings.seed}:{module.path}")
-            keep = set(chooser.sample(sorted(candidates), min(sample, len(candidates))))
+            order = sorted(candidates)
+            chooser.shuffle(order)  # a larger sample holds every mutant of a smaller one
+            keep = set(order[:sample])
             for key, job_id in candidates.items():
                 if key not in keep:
                     db.set_result(job_id, WorkResult(WorkerOutcome.SKIPPED, output=NOT_SAMPLED))

@@ -227,6 +227,24 @@ def test_absent_devices_do_not_match_but_record_when_they_went_away() -> None:
     assert "2 matching device(s) marked absent" in result.message
 
 
+def test_the_latest_removal_counts_in_any_order() -> None:
+    # The moment the node last had a matching device, whatever order the devices are listed in.
+    spec = spec_of()
+    times = [300.0, 100.0, 200.0, 250.0]
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 3, 2], [2, 3, 0, 1]):
+        devices = [device(f"d{i}", present=False, since=times[i]) for i in order]
+        assert match_node("drv", spec, node(), devices, AVAILABLE).absent_since == 300.0
+
+
+def test_the_message_lists_up_to_five_devices_then_counts_the_rest() -> None:
+    spec = spec_of()
+    five = match_node("drv", spec, node(), [device(f"d{i}") for i in range(5)], AVAILABLE)
+    assert five.message == "5 matching device(s): d0, d1, d2, d3, d4"
+    seven = match_node("drv", spec, node(), [device(f"d{i}") for i in range(7)], AVAILABLE)
+    assert seven.message == "7 matching device(s): d0, d1, d2, d3, d4 and 2 more"
+    assert seven.devices == tuple(f"d{i}" for i in range(7))
+
+
 def test_a_device_without_a_present_condition_counts_as_present() -> None:
     result = match_node("drv", spec_of(), node(), [device("a", present=None)], AVAILABLE)
     assert result.matched
