@@ -347,15 +347,16 @@ def main(argv: list[str] | None = None) -> int:
             for index, (path, stages) in enumerate(settings.modules.items())
             if not args.modules or path in args.modules
         ]
-        for module in modules:
+
+        def init(module: Module) -> None:
             config = module.db.with_suffix(".toml")
             config.write_text(cosmic_ray_config(module, settings.timeout))
-            run(
-                [sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(module.db)],
-                ROOT,
-                dict(os.environ),
-            )
+            command = [sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(module.db)]
+            run(command, ROOT, dict(os.environ))
             select(module, settings, sample)
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            list(pool.map(init, modules))
         with trees(max(1, min(args.jobs, len(modules)))) as free:
 
             def work(job: Module | list[str]) -> None:

@@ -248,6 +248,8 @@ def test_max_unavailable_count() -> None:
     assert max_unavailable_count("10%", 1) == 1
     assert max_unavailable_count("0%", 10) == 1
     assert max_unavailable_count("100%", 7) == 7
+    assert max_unavailable_count("100%", 101) == 101
+    assert max_unavailable_count("50%", 201) == 101
 
 
 def rolling_world(nodes: int, max_unavailable: int | str = 1, phase: str = "Loaded") -> Snapshot:

@@ -186,6 +186,8 @@ def test_host_path_file_must_declare_the_specs_driver_name_and_version() -> None
     assert "declares version 1.1.0" in other_version and "asks for 1.2.0" in other_version
     other_name = source_unavailable(spec, declaring("queue-settings", "1.2.0")) or ""
     assert "declares driver 'queue-settings'" in other_name and "'loop-info'" in other_name
+    # Equal is equal, however the strings were made (the API's are parsed from JSON).
+    assert source_unavailable(spec, declaring("-".join(["loop", "info"]), ".".join(["1", "2", "0"]))) is None
     # Any other name is refused, however it compares or is spelled.
     for name in ("aaa-driver", "zzz-driver", "Loop-Info", "loop-info "):
         assert f"declares driver {name!r}" in (source_unavailable(spec, declaring(name, "1.2.0")) or "")
@@ -238,6 +240,8 @@ def test_the_latest_removal_counts_in_any_order() -> None:
 
 def test_the_message_lists_up_to_five_devices_then_counts_the_rest() -> None:
     spec = spec_of()
+    two = match_node("drv", spec, node(), [device("b"), device("a")], AVAILABLE)
+    assert two.message == "2 matching device(s): a, b"
     five = match_node("drv", spec, node(), [device(f"d{i}") for i in range(5)], AVAILABLE)
     assert five.message == "5 matching device(s): d0, d1, d2, d3, d4"
     seven = match_node("drv", spec, node(), [device(f"d{i}") for i in range(7)], AVAILABLE)

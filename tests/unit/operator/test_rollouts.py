@@ -104,6 +104,14 @@ def test_a_node_that_cannot_obtain_the_new_file_is_skipped_and_the_rollout_goes_
         assert [d.version for d in plans[n].drivers] == ["1.0.0"]
 
 
+def test_a_budget_larger_than_the_fleet_switches_every_node_and_none_waits() -> None:
+    new = driver(version="2.0.0", maxUnavailable=5, generation=3)
+    world = fleet({"n0": ("1.0.0", "Loaded"), "n1": ("1.0.0", "Loaded")}, new)
+    rollout = plan_rollout(new, world.configs.values())
+    assert rollout.allowed == frozenset({"n0", "n1"})
+    assert (rollout.total, rollout.updated, rollout.unavailable, rollout.waiting) == (2, 0, 0, 0)
+
+
 def test_nodes_without_the_driver_and_nodes_already_updated_do_not_end_the_scan() -> None:
     new = driver(version="2.0.0", maxUnavailable=1, generation=3)
     world = fleet({"n0": ("2.0.0", "Loaded"), "n1": ("1.0.0", "Loaded"), "n2": ("1.0.0", "Loaded")}, new)
