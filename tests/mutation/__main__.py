@@ -3,8 +3,9 @@
     python -m tests.mutation [--full] [--jobs N] [--sample N] [MODULE ...]
 
 For every module in tests/mutation/config.toml: `cosmic-ray init` lists its mutants; those
-inside type annotations and those listed as equivalent are skipped; a seeded sample of the rest
-(every one with --full) runs through `cosmic-ray exec` against the module's unit tests. The
+that cannot matter (in type annotations, `slots=`) and those listed as equivalent are skipped;
+a seeded sample of the rest (every one with --full) runs through `cosmic-ray exec` against the
+module's unit tests. The
 modules run in parallel, each job in its own copy of the tree (cosmic-ray mutates files in
 place, and the checkout stays untouched). Prints the score per module and every survivor;
 exits 1 when a module scores below the threshold, 2 when the tests fail without any mutant.
@@ -32,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
 
+from cosmic_ray.mutating import mutate_code
+from cosmic_ray.plugins import get_operator
 from cosmic_ray.work_db import WorkDB, use_db
-from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkItem, WorkResult
+from cosmic_ray.work_item import MutationSpec, TestOutcome, WorkerOutcome, WorkItem, WorkResult
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("config.toml")
@@ -44,8 +47,8 @@ NOT_SAMPLED = "not sampled"
 @dataclass(frozen=True)
 class Equivalent:
     file: str
-    line: str
-    operator: str
+    line: str  # the source line, stripped
+    mutant: str  # the same line after the mutation, stripped
     reason: str
 
 
@@ -63,7 +66,7 @@ class Settings:
 def load_settings(path: Path = CONFIG) -> Settings:
     data = tomllib.loads(path.read_text())
     equivalents = tuple(
-        Equivalent(e["file"], e["line"].strip(), e["operator"], e["reason"])
+        Equivalent(e["file"], e["line"].strip(), e["mutant"].strip(), e["reason"])
         for e in data.get("equivalent", [])
     )
     return Settings(
@@ -80,23 +83,39 @@ def load_settings(path: Path = CONFIG) -> Settings:
 # --- which mutants run -------------------------------------------------------------------------
 
 
-def annotation_lines(source: str) -> set[tuple[int, int, int, int]]:
-    """(start line, start col, end line, end col) of every annotation in the module."""
+def never_matter(source: str) -> set[tuple[int, int, int, int]]:
+    """Spans (start line, start col, end line, end col) where no mutant can change behaviour:
+
+    - type annotations: every module has `from __future__ import annotations`, so they are
+      never evaluated;
+    - the `slots=` argument of a `@dataclass(...)`: the classes behave the same with or without
+      `__slots__` (frozen ones refuse assignment either way; nothing adds attributes)."""
     spans: set[tuple[int, int, int, int]] = set()
     for node in ast.walk(ast.parse(source)):
-        annotations: list[ast.expr | None] = []
+        found: list[ast.expr | None] = []
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            annotations.append(node.returns)
+            found.append(node.returns)
         elif isinstance(node, ast.arg | ast.AnnAssign):
-            annotations.append(node.annotation)
-        for ann in annotations:
-            if ann is not None and ann.end_lineno is not None and ann.end_col_offset is not None:
-                spans.add((ann.lineno, ann.col_offset, ann.end_lineno, ann.end_col_offset))
+            found.append(node.annotation)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            for decorator in node.decorator_list:
+                if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "dataclass":
+                    found.extend(k.value for k in decorator.keywords if k.arg == "slots")
+        for expr in found:
+            if expr is not None and expr.end_lineno is not None and expr.end_col_offset is not None:
+                spans.add((expr.lineno, expr.col_offset, expr.end_lineno, expr.end_col_offset))
     return spans
 
 
-def in_annotation(spans: set[tuple[int, int, int, int]], line: int, col: int) -> bool:
+def inside(spans: set[tuple[int, int, int, int]], line: int, col: int) -> bool:
     return any((sl, sc) <= (line, col) < (el, ec) for sl, sc, el, ec in spans)
+
+
+def mutated_line(source: str, mutation: MutationSpec) -> str:
+    operator = get_operator(mutation.operator_name)(**mutation.operator_args)
+    mutated = str(mutate_code(source, operator, mutation.occurrence) or source)
+    line: str = mutated.splitlines()[mutation.start_pos[0] - 1]
+    return line.strip()
 
 
 @dataclass
@@ -108,7 +127,7 @@ class Module:
     killed: int = 0
     survivors: list[tuple[WorkItem, WorkResult]] = field(default_factory=list)
     equivalent: int = 0
-    annotations: int = 0
+    by_rule: int = 0
     total: int = 0
     seconds: float = 0.0
     matched_equivalents: set[Equivalent] = field(default_factory=set)
@@ -122,8 +141,9 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
     """Mark the mutants that do not run as skipped in the session, with the reason."""
     source = (ROOT / module.path).read_text()
     lines = source.splitlines()
-    spans = annotation_lines(source)
-    equivalents = {(e.line, e.operator): e for e in settings.equivalents if e.file == module.path}
+    spans = never_matter(source)
+    equivalents = {(e.line, e.mutant): e for e in settings.equivalents if e.file == module.path}
+    listed_lines = {line for line, _ in equivalents}
     candidates: dict[tuple[str, str, int], str] = {}  # (operator, line, nth on that line) -> job
     with use_db(str(module.db), WorkDB.Mode.open) as db:
         items = sorted(db.pending_work_items, key=lambda i: i.mutations[0].start_pos)
@@ -132,10 +152,11 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
             mutation = item.mutations[0]
             row, col = mutation.start_pos
             text = lines[row - 1].strip()
-            if in_annotation(spans, row, col):
-                module.annotations += 1
-                db.set_result(item.job_id, WorkResult(WorkerOutcome.SKIPPED, output="in an annotation"))
-            elif (eq := equivalents.get((text, mutation.operator_name))) is not None:
+            listed = text in listed_lines
+            if inside(spans, row, col):
+                module.by_rule += 1
+                db.set_result(item.job_id, WorkResult(WorkerOutcome.SKIPPED, output="cannot matter (rule)"))
+            elif listed and (eq := equivalents.get((text, mutated_line(source, mutation)))) is not None:
                 module.equivalent += 1
                 module.matched_equivalents.add(eq)
                 db.set_result(
@@ -292,13 +313,13 @@ def mutation_text(item: WorkItem, result: WorkResult) -> str:
 
 def report(modules: Sequence[Module], settings: Settings, sample: int | None, seconds: float) -> bool:
     print()
-    print("| module | killed / tried | score | equivalent | annotations | mutants | seconds |")
+    print("| module | killed / tried | score | equivalent | by rule | mutants | seconds |")
     print("|---|---|---|---|---|---|---|")
     ok = True
     for m in modules:
         mark = "" if m.score >= settings.threshold else " (below threshold)"
         print(
-            f"| {m.path} | {m.killed} / {m.tried} | {m.score:.1f}%{mark} | {m.equivalent} | {m.annotations}"
+            f"| {m.path} | {m.killed} / {m.tried} | {m.score:.1f}%{mark} | {m.equivalent} | {m.by_rule}"
             f" | {m.total} | {m.seconds:.0f} |"
         )
         ok = ok and m.score >= settings.threshold
@@ -316,7 +337,7 @@ def report(modules: Sequence[Module], settings: Settings, sample: int | None, se
         for eq in settings.equivalents:
             if eq.file in {m.path for m in modules} and eq not in matched:
                 print(
-                    f"\nStale equivalent (matches no mutant; remove it): {eq.file}: {eq.line} [{eq.operator}]"
+                    f"\nStale equivalent (matches no mutant; remove it): {eq.file}: {eq.line} => {eq.mutant}"
                 )
                 ok = False
     return ok

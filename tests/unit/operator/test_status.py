@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from storage_driver_api.meta import Condition
@@ -10,9 +11,9 @@ from storage_driver_api.storagedriver import FAILING_NODES_MAX, StorageDriverSta
 from storage_driver_operator.desired import Action, Decision, Hold
 from storage_driver_operator.matching import Reason
 from storage_driver_operator.status import NodeDriverState, aggregate, observe, transitions
-from storage_driver_operator.views import DriverRun
+from storage_driver_operator.views import DriverRun, config_view
 
-from tests.unit.operator.builders import driver
+from tests.unit.operator.builders import driver, run
 
 AT = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
 LATER = AT + dt.timedelta(minutes=5)
@@ -271,3 +272,24 @@ def test_ready_events_name_the_new_state() -> None:
     # Loading again after a failure is calm: a Normal event.
     events = transitions({}, {}, failing.conditions, rolling.conditions)
     assert [(e.type, e.reason) for e in events] == [("Normal", "Loading")]
+
+
+def test_events_compare_what_the_agents_report_as_parsed_from_the_api() -> None:
+    # Reports arrive as JSON: phases and versions are equal strings, never the same objects.
+    def reported(phase: str, version: str) -> NodeDriverState:
+        view = config_view(
+            json.loads(
+                json.dumps({"metadata": {"name": "a"}, "status": {"drivers": [run("drv", phase, version)]}})
+            )
+        )
+        return NodeDriverState("a", Decision("drv", Action.KEEP, Reason.MATCHED, "m", True), view.runs["drv"])
+
+    first, again = observe(reported("Loaded", "1.0.0")), observe(reported("Loaded", "1.0.0"))
+    assert transitions({"a": first}, {"a": again}, [], []) == []
+    upgraded = observe(reported("Loaded", "2.0.0"))
+    assert [e.message for e in transitions({"a": first}, {"a": upgraded}, [], [])] == [
+        "node a: version 2.0.0"
+    ]
+    failed, failed_again = observe(reported("Failed", "2.0.0")), observe(reported("Failed", "2.0.0"))
+    assert [e.reason for e in transitions({"a": upgraded}, {"a": failed}, [], [])] == ["LoadFailed"]
+    assert transitions({"a": failed}, {"a": failed_again}, [], []) == []

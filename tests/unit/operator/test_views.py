@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -187,3 +188,44 @@ def test_rollout_key_ignores_devices_priority_and_grace() -> None:
     assert rollout_key(changed) == base.rollout_key
     assert driver(config={"a": 1}).rollout_key != base.rollout_key
     assert driver(version="1.0.1").rollout_key != base.rollout_key
+
+
+def from_the_api(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` as the API server sends it: parsed from JSON, so no string is a source literal."""
+    parsed: dict[str, Any] = json.loads(json.dumps(obj))
+    return parsed
+
+
+def test_views_of_parsed_objects_read_like_views_of_literals() -> None:
+    present = {"type": "Present", "status": "False", "lastTransitionTime": "1970-01-01T00:00:10Z"}
+    device = device_view(
+        from_the_api(
+            {
+                "metadata": {"name": "d"},
+                "spec": {"nodeName": "n1", "type": "loop"},
+                "status": {"conditions": [present]},
+            }
+        )
+    )
+    assert device is not None
+    assert (device.present, device.since) == (False, 10.0)
+    config = config_view(
+        from_the_api(
+            {
+                "metadata": {"name": "n1", "generation": 2},
+                "spec": {},
+                "status": {
+                    "observedGeneration": 2,
+                    "drivers": [{"name": "drv", "phase": "Loaded", "pid": 7}],
+                },
+            }
+        )
+    )
+    assert config.settled
+    assert config.runs["drv"].loaded and not config.runs["drv"].failed and not config.runs["drv"].stopped
+
+
+def test_an_object_the_api_server_has_not_numbered_yet_is_settled_by_any_report() -> None:
+    view = config_view({"metadata": {"name": "n1"}, "spec": {}, "status": {"observedGeneration": 0}})
+    assert view.generation == 0
+    assert view.settled
