@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import signal
 from pathlib import Path
@@ -16,6 +17,7 @@ from storage_driver_agent.drivers.service import device_present, parse_size
 from storage_driver_agent.drivers.sources import SourceError, check_relative_path
 from storage_driver_agent.drivers.statemachine import (
     Artifact,
+    Bind,
     Desired,
     DriverState,
     Failure,
@@ -34,6 +36,7 @@ from storage_driver_agent.drivers.status import (
     build_status,
     config_json,
     desired_from_api,
+    driver_status,
     merge_patch,
 )
 from storage_driver_agent.drivers.watch import debounce_deadline
@@ -320,3 +323,28 @@ def test_merge_patch_sends_only_what_changed() -> None:
     new = {"observedGeneration": 2, "drivers": [{"name": "a"}], "capacity": {"maxLoadedDrivers": 100}}
     assert merge_patch(old, new) == {"observedGeneration": 2, "bootId": None}
     assert merge_patch(new, new) == {}
+
+
+def test_an_unhealthy_host_says_so_before_its_phase_message() -> None:
+    report = loaded("loop-info")
+    sick = DriverReport(report.state, unhealthy="health() raised TimeoutError")
+    status = driver_status(sick, frozenset({"d1"}), 0.0)
+    assert status is not None
+    assert (status.phase, status.message) == ("Loaded", "unhealthy: health() raised TimeoutError")
+    binding = DriverReport(report.state, unhealthy="slow", in_flight=Bind(frozenset({"d2"}), frozenset()))
+    status = driver_status(binding, frozenset({"d1", "d2"}), 0.0)
+    assert status is not None
+    assert status.message == "unhealthy: slow; binding devices"
+    # Without a host there is nothing to be unhealthy.
+    stopped = DriverReport(DriverState("loop-info", desired=desired("loop-info")), unhealthy="stale")
+    status = driver_status(stopped, frozenset({"d1"}), 0.0)
+    assert status is not None and not status.message.startswith("unhealthy")
+
+
+def test_reports_are_values_that_cannot_change_under_the_status_writer() -> None:
+    # The status writer gets snapshots of the reports while the reconcile loop goes on, and the
+    # loop records a new error by replacing the old one, never by changing it.
+    error = LastError("Crashed", "exit 1", AT)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        error.reason = "Other"  # type: ignore[misc]
+    assert len({error, LastError("Crashed", "exit 1", AT)}) == 1
