@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from storage_driver_agent.devices.classify import device_type, transport
+from storage_driver_agent.devices.classify import device_type, kernel_driver, transport
 from storage_driver_agent.devices.describe import describe
 from storage_driver_agent.devices.facts import BackingFile, DeviceClass, RawDevice, SysNode
 from storage_driver_agent.devices.identity import MMC_AREA
@@ -164,3 +164,23 @@ def test_whatever_the_kernel_reports_the_spec_is_valid(device: RawDevice) -> Non
     result = describe(device, NODE)
     if result is not None:
         assert NodeDeviceSpec.model_validate(result.spec.to_api()) == result.spec
+
+
+def test_the_kernel_driver_is_the_nearest_driver_on_any_bus() -> None:
+    # An SD card on an ARM board: the card's own node has no driver here, the AMBA controller
+    # it hangs off does; a partition's disk (also a block node) is passed over.
+    controller = SysNode("/sys/devices/platform/amba/1c0f000.mmc", "amba", "mmci-pl18x", {}, {})
+    card = block_device(
+        "mmcblk0", "/sys/devices/platform/amba/1c0f000.mmc/mmc_host/mmc0/mmc0:0001/block/mmcblk0", controller
+    )
+    assert kernel_driver(card, DeviceType.MMC) == "mmci-pl18x"
+    disk = SysNode("/sys/devices/platform/amba/1c0f000.mmc/block/mmcblk0", "block", "ignored", {}, {})
+    part = block_device(
+        "mmcblk0p1",
+        "/sys/devices/platform/amba/1c0f000.mmc/block/mmcblk0/mmcblk0p1",
+        disk,
+        controller,
+        devtype="partition",
+    )
+    assert kernel_driver(part, DeviceType.PARTITION) == "mmci-pl18x"
+    assert kernel_driver(block_device("loop0", "/sys/devices/virtual/block/loop0"), DeviceType.LOOP) == "loop"

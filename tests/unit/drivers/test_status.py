@@ -348,3 +348,26 @@ def test_reports_are_values_that_cannot_change_under_the_status_writer() -> None
     with pytest.raises(dataclasses.FrozenInstanceError):
         error.reason = "Other"  # type: ignore[misc]
     assert len({error, LastError("Crashed", "exit 1", AT)}) == 1
+
+
+def test_a_long_scan_error_is_cut_to_what_the_api_accepts() -> None:
+    huge = ScannedDriver("huge.py", "c" * 64, error="SyntaxError: " + "x" * 5000)
+    status = build_status(node([], [huge]), frozenset(), 0.0, AT)
+    (entry,) = status.available
+    assert entry.error is not None and len(entry.error) == 1024 and entry.error.startswith("SyntaxError: x")
+    NodeDriverConfig.model_validate({"status": status.to_api()})
+
+
+def test_ready_names_five_drivers_then_counts_the_rest() -> None:
+    def refused(name: str) -> DriverReport:
+        d = desired(name)
+        return DriverReport(
+            DriverState(
+                name, desired=d, artifact=Refusal(d.fetch_key, "ChecksumMismatch", "m", SHA), file_sha=SHA
+            )
+        )
+
+    six = build_status(node([refused(f"d{i}") for i in range(6)]), frozenset({"d1"}), 0.0, AT)
+    assert six.conditions[0].message == "failed: d0, d1, d2, d3, d4 and 1 more"
+    five = build_status(node([refused(f"d{i}") for i in range(5)]), frozenset({"d1"}), 0.0, AT)
+    assert five.conditions[0].message == "failed: d0, d1, d2, d3, d4"
