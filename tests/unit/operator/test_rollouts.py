@@ -77,6 +77,22 @@ def test_a_rollback_halfway_through_a_rollout_switches_only_the_updated_nodes_ba
     assert switching(world) == ["n0"]
 
 
+def test_a_switched_node_counts_as_unavailable_until_it_reports_the_new_version_loaded() -> None:
+    # Rolled back to 1.0.0: n0 has the 1.0.0 entry but its agent still reports 2.0.0 Loaded.
+    back = driver(version="1.0.0", maxUnavailable=1, generation=3)
+    world = fleet({"n0": ("2.0.0", "Loaded"), "n1": ("2.0.0", "Loaded")}, back)
+    switched = config(
+        "n0", [entry(back, ["n0-d"])], runs=[run("drv", "Loaded", "2.0.0")], generation=3, observed=3
+    )
+    configs = [switched, world.configs["n1"]]
+    rollout = plan_rollout(back, configs)
+    assert (rollout.updated, rollout.unavailable, rollout.allowed) == (1, 1, frozenset())
+    done = config(
+        "n0", [entry(back, ["n0-d"])], runs=[run("drv", "Loaded", "1.0.0")], generation=3, observed=3
+    )
+    assert plan_rollout(back, [done, world.configs["n1"]]).allowed == frozenset({"n1"})
+
+
 def test_more_switched_nodes_unavailable_than_max_unavailable_switch_no_old_node() -> None:
     # maxUnavailable was 3 and is now 1, with three switched nodes still loading: nothing more
     # may go down until fewer than one is unavailable.

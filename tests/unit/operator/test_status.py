@@ -293,3 +293,17 @@ def test_events_compare_what_the_agents_report_as_parsed_from_the_api() -> None:
     failed, failed_again = observe(reported("Failed", "2.0.0")), observe(reported("Failed", "2.0.0"))
     assert [e.reason for e in transitions({"a": upgraded}, {"a": failed}, [], [])] == ["LoadFailed"]
     assert transitions({"a": failed}, {"a": failed_again}, [], []) == []
+
+
+def test_a_placement_problem_that_stays_is_reported_once() -> None:
+    # Each round observes afresh: the same reason in a new round is no news.
+    stuck = skip("c", Reason.CAPACITY_EXCEEDED, has_hardware=True)
+    first = transitions({}, {"c": observe(stuck)}, [], [])
+    assert [(e.type, e.reason) for e in first] == [("Warning", "CapacityExceeded")]
+    assert transitions({"c": observe(stuck)}, {"c": observe(stuck)}, [], []) == []
+    missing = NodeDriverState("c", Decision("drv", Action.NONE, Reason.DRIVER_NOT_AVAILABLE, "no file", True))
+    moved = transitions({"c": observe(stuck)}, {"c": observe(missing)}, [], [])
+    assert [(e.type, e.reason, e.message) for e in moved] == [
+        ("Warning", "DriverNotAvailable", "node c: no file")
+    ]
+    assert transitions({"c": observe(missing)}, {"c": observe(missing)}, [], []) == []
