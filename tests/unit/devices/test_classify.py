@@ -184,3 +184,16 @@ def test_the_kernel_driver_is_the_nearest_driver_on_any_bus() -> None:
     )
     assert kernel_driver(part, DeviceType.PARTITION) == "mmci-pl18x"
     assert kernel_driver(block_device("loop0", "/sys/devices/virtual/block/loop0"), DeviceType.LOOP) == "loop"
+
+
+def test_nvme_namespaces_by_name_or_by_their_controller_or_subsystem() -> None:
+    controller = SysNode("/sys/devices/pci0000:00/0000:00:1d.0/0000:3d:00.0/nvme/nvme0", "nvme", None, {}, {})
+    subsystem = SysNode("/sys/devices/virtual/nvme-subsystem/nvme-subsys0", "nvme-subsystem", None, {}, {})
+    # Native multipath: the per-path device has no nvmeXnY name, but hangs off its controller.
+    path = block_device("nvme0c0n1", f"{controller.path}/nvme0c0n1", controller)
+    assert device_type(path) == DeviceType.NVME_NAMESPACE
+    head = block_device("nvme0n1", f"{subsystem.path}/nvme0n1", subsystem)
+    assert device_type(head) == DeviceType.NVME_NAMESPACE
+    alone = block_device("nvme1n1", "/sys/devices/virtual/block/nvme1n1")
+    assert device_type(alone) == DeviceType.NVME_NAMESPACE
+    assert device_type(block_device("nvmefoo", "/sys/devices/virtual/block/nvmefoo")) is None
