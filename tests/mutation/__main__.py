@@ -83,14 +83,25 @@ def load_settings(path: Path = CONFIG) -> Settings:
 # --- which mutants run -------------------------------------------------------------------------
 
 
-def never_matter(source: str) -> set[tuple[int, int, int, int]]:
-    """Spans (start line, start col, end line, end col) where no mutant can change behaviour:
+# Enums of the agent's device decisions: every value the code compares is a member (typed, and
+# made by the classifier), so `is` and `==` on them agree.
+MEMBER_ONLY_ENUMS = frozenset({"DeviceType", "DeviceClass"})
+IDENTITY_TO_EQUALITY = frozenset(
+    {"core/ReplaceComparisonOperator_Is_Eq", "core/ReplaceComparisonOperator_IsNot_NotEq"}
+)
+Span = tuple[int, int, int, int]  # start line, start col, end line, end col
+
+
+def never_matter(source: str) -> dict[Span, frozenset[str] | None]:
+    """Spans where no mutant (None) or no mutant of the given operators can change behaviour:
 
     - type annotations: every module has `from __future__ import annotations`, so they are
       never evaluated;
     - the `slots=` argument of a `@dataclass(...)`: the classes behave the same with or without
-      `__slots__` (frozen ones refuse assignment either way; nothing adds attributes)."""
-    spans: set[tuple[int, int, int, int]] = set()
+      `__slots__` (frozen ones refuse assignment either way; nothing adds attributes);
+    - `x is DeviceType.LOOP` to `x == DeviceType.LOOP` (and `is not` to `!=`): see
+      MEMBER_ONLY_ENUMS."""
+    spans: dict[Span, frozenset[str] | None] = {}
     for node in ast.walk(ast.parse(source)):
         found: list[ast.expr | None] = []
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -103,12 +114,25 @@ def never_matter(source: str) -> set[tuple[int, int, int, int]]:
                     found.extend(k.value for k in decorator.keywords if k.arg == "slots")
         for expr in found:
             if expr is not None and expr.end_lineno is not None and expr.end_col_offset is not None:
-                spans.add((expr.lineno, expr.col_offset, expr.end_lineno, expr.end_col_offset))
+                spans[(expr.lineno, expr.col_offset, expr.end_lineno, expr.end_col_offset)] = None
+        if isinstance(node, ast.Compare) and node.end_lineno is not None and node.end_col_offset is not None:
+            members = [
+                c
+                for c in node.comparators
+                if isinstance(c, ast.Attribute) and getattr(c.value, "id", None) in MEMBER_ONLY_ENUMS
+            ]
+            if members and all(isinstance(op, ast.Is | ast.IsNot) for op in node.ops):
+                spans[(node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)] = (
+                    IDENTITY_TO_EQUALITY
+                )
     return spans
 
 
-def inside(spans: set[tuple[int, int, int, int]], line: int, col: int) -> bool:
-    return any((sl, sc) <= (line, col) < (el, ec) for sl, sc, el, ec in spans)
+def inside(spans: dict[Span, frozenset[str] | None], line: int, col: int, operator: str) -> bool:
+    return any(
+        (sl, sc) <= (line, col) < (el, ec) and (operators is None or operator in operators)
+        for (sl, sc, el, ec), operators in spans.items()
+    )
 
 
 def mutated_line(source: str, mutation: MutationSpec) -> str:
@@ -153,10 +177,13 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
             row, col = mutation.start_pos
             text = lines[row - 1].strip()
             listed = text in listed_lines
-            if inside(spans, row, col):
+            if inside(spans, row, col, mutation.operator_name):
                 module.by_rule += 1
                 db.set_result(item.job_id, WorkResult(WorkerOutcome.SKIPPED, output="cannot matter (rule)"))
-            elif listed and (eq := equivalents.get((text, mutated_line(source, mutation)))) is not None:
+            elif listed and (
+                (eq := equivalents.get((text, "*")))
+                or (eq := equivalents.get((text, mutated_line(source, mutation))))
+            ):
                 module.equivalent += 1
                 module.matched_equivalents.add(eq)
                 db.set_result(

@@ -186,6 +186,10 @@ def test_long_identities_are_bounded_and_still_distinct() -> None:
     b = bounded("x" * 5000 + "b")
     assert len(a) <= MAX_IDENTITY and len(b) <= MAX_IDENTITY and a != b
     assert bounded("short") == "short"
+    # A reader still sees what the identity is: its head is kept, as much as fits.
+    assert len(a) == MAX_IDENTITY and a.startswith("x" * 900)
+    exact = "y" * MAX_IDENTITY
+    assert bounded(exact) == exact
     deep = loop("loop1", "/" + "d/" * 2000 + "f.img", BackingFile(1, 2))
     assert len(identity_of(deep).value) <= MAX_IDENTITY
 

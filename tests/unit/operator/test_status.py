@@ -307,3 +307,19 @@ def test_a_placement_problem_that_stays_is_reported_once() -> None:
         ("Warning", "DriverNotAvailable", "node c: no file")
     ]
     assert transitions({"c": observe(missing)}, {"c": observe(missing)}, [], []) == []
+
+
+def test_a_failure_without_an_error_record_shows_the_agents_message() -> None:
+    view = config_view(
+        {
+            "metadata": {"name": "a"},
+            "status": {
+                "drivers": [run("drv", "Failed", "1.0.0", message="not loaded: maxLoadedDrivers reached")]
+            },
+        }
+    )
+    state = NodeDriverState("a", Decision("drv", Action.KEEP, Reason.MATCHED, "m", True), view.runs["drv"])
+    status = aggregate(driver(), [state], AT)
+    assert [(f.node, f.reason, f.message) for f in status.failing_nodes] == [
+        ("a", "LoadFailed", "not loaded: maxLoadedDrivers reached")
+    ]
