@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from storage_driver_agent.devices.classify import device_type, kernel_driver, transport
+from storage_driver_agent.devices.classify import device_type, kernel_driver, pci_address, transport
 from storage_driver_agent.devices.describe import describe
 from storage_driver_agent.devices.facts import BackingFile, DeviceClass, RawDevice, SysNode
 from storage_driver_agent.devices.identity import MMC_AREA
@@ -197,3 +197,24 @@ def test_nvme_namespaces_by_name_or_by_their_controller_or_subsystem() -> None:
     alone = block_device("nvme1n1", "/sys/devices/virtual/block/nvme1n1")
     assert device_type(alone) == DeviceType.NVME_NAMESPACE
     assert device_type(block_device("nvmefoo", "/sys/devices/virtual/block/nvmefoo")) is None
+
+
+def test_only_an_nvme_controller_reports_its_own_pci_address() -> None:
+    # A controller (in /sys/class/nvme) has an `address` attribute; anything else gets the
+    # address of the nearest PCI ancestor, or none.
+    controller = RawDevice(
+        "nvme0",
+        DeviceClass.NVME,
+        (
+            SysNode(
+                "/sys/devices/virtual/nvme-fabrics/ctl/nvme0", "nvme", None, {}, {"address": "0000:3d:00.0"}
+            ),
+        ),
+    )
+    assert pci_address(controller) == "0000:3d:00.0"
+    mmio = SysNode("/sys/devices/platform/a003e00.virtio_mmio/virtio0", "virtio", "virtio_blk", {}, {})
+    disk = block_device("vda", f"{mmio.path}/block/vda", mmio, attrs={"address": "0000:00:01.0"})
+    assert pci_address(disk) is None
+    pci = SysNode("/sys/devices/pci0000:00/0000:00:04.0", "pci", "virtio-pci", {}, {})
+    on_pci = block_device("vdb", f"{pci.path}/virtio1/block/vdb", pci)
+    assert pci_address(on_pci) == "0000:00:04.0"

@@ -5,6 +5,7 @@ test drives a simulated fleet (agents that load, crash and recover) through vers
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from storage_driver_api.meta import ConditionStatus, find_condition
 from storage_driver_api.nodedriverconfig import DesiredDriver
 from storage_driver_operator.desired import Action, Hold, Snapshot, plan_cluster, plan_rollout
 from storage_driver_operator.status import READY, NodeDriverState, aggregate
-from storage_driver_operator.views import ConfigView, StorageDriverView
+from storage_driver_operator.views import ConfigView, StorageDriverView, config_view
 
 from tests.unit.operator.builders import NOW, config, device, driver, entry, lease, node, run
 
@@ -91,6 +92,33 @@ def test_a_switched_node_counts_as_unavailable_until_it_reports_the_new_version_
         "n0", [entry(back, ["n0-d"])], runs=[run("drv", "Loaded", "1.0.0")], generation=3, observed=3
     )
     assert plan_rollout(back, [done, world.configs["n1"]]).allowed == frozenset({"n1"})
+
+
+def test_reports_parsed_from_the_api_move_the_rollout_on() -> None:
+    # Versions in the agents' reports are parsed from JSON: equal strings, not the same objects.
+    new = driver(version="2.0.0", maxUnavailable=1, generation=3)
+    world = fleet({"n0": ("1.0.0", "Loaded"), "n1": ("1.0.0", "Loaded")}, new)
+    body = {
+        "metadata": {"name": "n0", "generation": 3},
+        "spec": {"drivers": [entry(new, ["n0-d"]).to_api()]},
+        "status": {"observedGeneration": 3, "drivers": [run("drv", "Loaded", "2.0.0")]},
+    }
+    switched = config_view(json.loads(json.dumps(body)))
+    rollout = plan_rollout(new, [switched, world.configs["n1"]])
+    assert (rollout.updated, rollout.unavailable, rollout.allowed) == (1, 0, frozenset({"n1"}))
+
+
+def test_a_driver_being_deleted_or_invalid_rolls_nothing() -> None:
+    world = fleet({"n0": ("1.0.0", "Loaded")}, driver(version="2.0.0"))
+    for view in (driver(version="2.0.0", deleting=True), driver(version="2.0.0", maxUnavailable="x")):
+        rollout = plan_rollout(view, world.configs.values())
+        assert (rollout.allowed, rollout.total, rollout.updated, rollout.unavailable, rollout.waiting) == (
+            frozenset(),
+            0,
+            0,
+            0,
+            0,
+        )
 
 
 def test_more_switched_nodes_unavailable_than_max_unavailable_switch_no_old_node() -> None:

@@ -213,7 +213,7 @@ def test_views_of_parsed_objects_read_like_views_of_literals() -> None:
         from_the_api(
             {
                 "metadata": {"name": "n1", "generation": 2},
-                "spec": {},
+                "spec": {"drivers": [entry(driver(), ["d1"]).to_api()]},
                 "status": {
                     "observedGeneration": 2,
                     "drivers": [{"name": "drv", "phase": "Loaded", "pid": 7}],
@@ -222,6 +222,7 @@ def test_views_of_parsed_objects_read_like_views_of_literals() -> None:
         )
     )
     assert config.settled
+    assert config.entry("".join(["d", "rv"])) == entry(driver(), ["d1"])
     assert config.runs["drv"].loaded and not config.runs["drv"].failed and not config.runs["drv"].stopped
 
 
