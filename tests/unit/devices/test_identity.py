@@ -89,6 +89,8 @@ def test_nvme_eui64_then_nguid_then_serial_model_and_namespace_id() -> None:
     two = identity_of(namespace("nvme0n2", nsid="2"))
     assert one == DeviceIdentity(kind=IdentityKind.SERIAL_MODEL, value="S5GX/Samsung SSD 980 PRO 1TB/ns1")
     assert two.value == "S5GX/Samsung SSD 980 PRO 1TB/ns2"
+    # An older kernel without the nsid attribute: the id comes from the name.
+    assert identity_of(namespace("nvme0n3")).value == "S5GX/Samsung SSD 980 PRO 1TB/ns3"
 
 
 def test_hex_ids_are_normalised() -> None:
