@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from storage_driver_operator.desired import (
     Action,
     Hold,
@@ -14,9 +16,12 @@ from storage_driver_operator.desired import (
     plan_rollout,
 )
 from storage_driver_operator.matching import Reason
+from storage_driver_operator.status import NodeDriverState, aggregate
 from storage_driver_operator.views import ConfigView, DeviceView, LeaseView, NodeView
 
 from tests.unit.operator.builders import NOW, config, device, driver, entry, lease, node, run
+
+AT = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
 
 
 def state(
@@ -184,6 +189,12 @@ def test_a_deleted_or_unknown_driver_is_unloaded_at_once() -> None:
     plan = plan_node(state(device("d1"), cfg=cfg), [driver(deleting=True)], NOW)
     assert plan.drivers == ()
     assert plan.decisions["drv"].reason == Reason.DELETING
+    assert plan.decisions["drv"].action == Action.UNLOAD  # as `sdctl plan` shows it
+    elsewhere = plan_node(state(device("d1"), cfg=config()), [driver(deleting=True)], NOW)
+    assert (elsewhere.decisions["drv"].action, elsewhere.decisions["drv"].reason) == (
+        Action.NONE,
+        Reason.DELETING,
+    )
     plan = plan_node(state(device("d1"), cfg=cfg), [], NOW)
     assert plan.drivers == ()
     assert plan.decisions["drv"].reason == Reason.DELETED
@@ -387,3 +398,13 @@ def test_a_node_unlabelled_from_a_driver_unloads_at_once_even_when_its_lease_is_
             Reason.NODE_NOT_SELECTED,
         )
         assert plan.recheck_at is None
+
+
+def test_a_node_keeping_its_driver_still_counts_as_matching() -> None:
+    drv = driver()
+    loaded = config(drivers=[entry(drv, ["d1"])], runs=[run("drv")])
+    plan = plan_node(state(device("d1"), cfg=loaded), [drv], NOW)
+    assert plan.decisions["drv"].action == Action.KEEP
+    assert plan.decisions["drv"].has_hardware
+    status = aggregate(drv, [NodeDriverState("n1", plan.decisions["drv"], loaded.runs["drv"])], AT)
+    assert (status.matching_nodes, status.desired_nodes, status.loaded_nodes) == (1, 1, 1)
