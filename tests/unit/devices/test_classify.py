@@ -79,6 +79,17 @@ def test_nvme_over_fabrics_names_the_fabric() -> None:
     )
     assert device_type(controller) == DeviceType.NVME_CONTROLLER
     assert transport(controller, DeviceType.NVME_CONTROLLER) == "nvme-tcp"
+    for fabric in ("fc", "loop", "rdma"):
+        other = RawDevice(
+            "nvme3",
+            DeviceClass.NVME,
+            (
+                SysNode(
+                    "/sys/devices/virtual/nvme-fabrics/ctl/nvme3", "nvme", None, {}, {"transport": fabric}
+                ),
+            ),
+        )
+        assert transport(other, DeviceType.NVME_CONTROLLER) == f"nvme-{fabric}"
 
 
 def test_mmc_cards_and_their_boot_areas() -> None:
@@ -174,7 +185,10 @@ def test_the_kernel_driver_is_the_nearest_driver_on_any_bus() -> None:
         "mmcblk0", "/sys/devices/platform/amba/1c0f000.mmc/mmc_host/mmc0/mmc0:0001/block/mmcblk0", controller
     )
     assert kernel_driver(card, DeviceType.MMC) == "mmci-pl18x"
-    disk = SysNode("/sys/devices/platform/amba/1c0f000.mmc/block/mmcblk0", "block", "ignored", {}, {})
+    # (The subsystem is read from sysfs: an equal string, not the literal's object.)
+    disk = SysNode(
+        "/sys/devices/platform/amba/1c0f000.mmc/block/mmcblk0", "".join(["bl", "ock"]), "ignored", {}, {}
+    )
     part = block_device(
         "mmcblk0p1",
         "/sys/devices/platform/amba/1c0f000.mmc/block/mmcblk0/mmcblk0p1",
@@ -218,3 +232,7 @@ def test_only_an_nvme_controller_reports_its_own_pci_address() -> None:
     pci = SysNode("/sys/devices/pci0000:00/0000:00:04.0", "pci", "virtio-pci", {}, {})
     on_pci = block_device("vdb", f"{pci.path}/virtio1/block/vdb", pci)
     assert pci_address(on_pci) == "0000:00:04.0"
+
+
+def test_a_vd_disk_outside_virtio_is_not_a_virtio_block_device() -> None:
+    assert device_type(block_device("vda", "/sys/devices/virtual/block/vda")) is None

@@ -119,6 +119,12 @@ def test_an_absent_device_keeps_the_driver_until_the_delay_passes() -> None:
     assert later.drivers == ()
     assert later.decisions["drv"].action == Action.UNLOAD
     assert later.decisions["drv"].reason == Reason.NO_MATCHING_DEVICES
+    # At the moment the delay ends (the recheck time), the driver goes.
+    due = plan_node(state(gone, cfg=cfg, lease_=lease(renewed=NOW + 15)), [drv], NOW + 20)
+    assert (due.drivers, due.decisions["drv"].action) == ((), Action.UNLOAD)
+    # While it waits, the node is not counted as matching: no matching device is present.
+    status = aggregate(drv, [NodeDriverState("n1", plan.decisions["drv"], None)], AT)
+    assert (status.matching_nodes, status.desired_nodes) == (0, 1)
 
 
 def test_a_flap_shorter_than_the_delay_unloads_nothing() -> None:
