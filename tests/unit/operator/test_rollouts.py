@@ -92,6 +92,14 @@ def test_a_switched_node_counts_as_unavailable_until_it_reports_the_new_version_
         "n0", [entry(back, ["n0-d"])], runs=[run("drv", "Loaded", "1.0.0")], generation=3, observed=3
     )
     assert plan_rollout(back, [done, world.configs["n1"]]).allowed == frozenset({"n1"})
+    # Forwards the same: the 2.0.0 entry with 1.0.0 still reported Loaded is not yet serving it.
+    new = driver(version="2.0.0", maxUnavailable=1, generation=3)
+    ahead = fleet({"n0": ("1.0.0", "Loaded"), "n1": ("1.0.0", "Loaded")}, new)
+    behind = config(
+        "n0", [entry(new, ["n0-d"])], runs=[run("drv", "Loaded", "1.0.0")], generation=3, observed=3
+    )
+    rollout = plan_rollout(new, [behind, ahead.configs["n1"]])
+    assert (rollout.updated, rollout.unavailable, rollout.allowed) == (1, 1, frozenset())
 
 
 def test_reports_parsed_from_the_api_move_the_rollout_on() -> None:
