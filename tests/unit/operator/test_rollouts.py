@@ -164,6 +164,30 @@ def test_a_budget_larger_than_the_fleet_switches_every_node_and_none_waits() -> 
     assert (rollout.total, rollout.updated, rollout.unavailable, rollout.waiting) == (2, 0, 0, 0)
 
 
+def test_the_budget_left_is_max_unavailable_minus_the_unavailable() -> None:
+    new = driver(version="2.0.0", maxUnavailable=3, generation=3)
+    running = {"n0": ("2.0.0", "Loading")} | {f"n{i}": ("1.0.0", "Loaded") for i in range(1, 5)}
+    rollout = plan_rollout(new, fleet(running, new).configs.values())
+    assert (rollout.unavailable, rollout.allowed, rollout.waiting) == (1, frozenset({"n1", "n2"}), 2)
+
+
+def test_every_node_running_the_driver_counts_as_matching_during_a_rollout() -> None:
+    new = driver(version="2.0.0", source={"hostPath": {"path": "v2.py"}}, maxUnavailable=1, generation=3)
+    running = {f"n{i}": ("1.0.0", "Loaded") for i in range(4)}
+    files = {"n0": ["loop_info.py"]} | {n: ["loop_info.py", "v2.py"] for n in ("n1", "n2", "n3")}
+    world = fleet(running, new, available=files)
+    plans = plan_cluster(world, NOW)
+    # n0 cannot get the file, n1 switches, n2 and n3 wait: all four match.
+    assert [plans[n].decisions["drv"].action for n in sorted(plans)] == [
+        Action.HOLD,
+        Action.UPDATE,
+        Action.HOLD,
+        Action.HOLD,
+    ]
+    status = aggregate(new, states(world), AT)
+    assert (status.matching_nodes, status.desired_nodes) == (4, 4)
+
+
 def test_nodes_without_the_driver_and_nodes_already_updated_do_not_end_the_scan() -> None:
     new = driver(version="2.0.0", maxUnavailable=1, generation=3)
     world = fleet({"n0": ("2.0.0", "Loaded"), "n1": ("1.0.0", "Loaded"), "n2": ("1.0.0", "Loaded")}, new)
