@@ -14,6 +14,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help deps venv kube-binaries helm tools lint test test-unit test-integration test-e2e \
         cluster-up cluster-down cluster-status crds bench demo demo-down images node-images test-images test-pods clean
+.PHONY: mutation
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -48,8 +49,13 @@ lint: venv  ## ruff, mypy and the layer contracts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: tools lint  ## the whole suite: set-up, lint, unit, integration, end-to-end
+test: tools lint mutation  ## the whole suite: set-up, lint, mutation sample, unit, integration, end-to-end
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# A seeded sample of mutants of the pure decision modules against their unit tests (docs/testing.md);
+# fails below 95% killed per module. Before pytest: it needs no control plane and takes minutes.
+mutation: venv  ## mutation testing of the pure decision modules (FULL=1: every mutant)
+	$(PY) -m tests.mutation $(if $(filter 1 yes true,$(FULL)),--full)
 
 test-unit: venv  ## unit tests only (no I/O)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)

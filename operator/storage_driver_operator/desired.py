@@ -104,10 +104,6 @@ class Rollout:
     unavailable: int = 0  # updated but not yet Loaded at it
     waiting: int = 0  # old nodes that must wait for the budget
 
-    @property
-    def in_progress(self) -> bool:
-        return self.updated < self.total
-
 
 NO_ROLLOUT = Rollout(driver="")
 

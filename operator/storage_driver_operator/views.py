@@ -335,11 +335,6 @@ class LeaseView:
             return False
         return now < self.renew_time + self.duration_seconds
 
-    def expires_at(self) -> float | None:
-        if self.renew_time is None or not self.duration_seconds:
-            return None
-        return self.renew_time + self.duration_seconds
-
 
 def lease_node(lease_name: str) -> str | None:
     return lease_name[len(LEASE_PREFIX) :] if lease_name.startswith(LEASE_PREFIX) else None

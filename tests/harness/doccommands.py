@@ -85,6 +85,7 @@ DOCUMENTS: dict[str, Setting] = {
     "docs/operator.md": Setting(components=True),
     "docs/reliability.md": Setting(cluster="none"),
     "docs/security.md": Setting(chart="installed"),
+    "docs/testing.md": Setting(cluster="none"),
     "docs/troubleshooting.md": Setting(chart="installed", components=True),
     "docs/writing-drivers.md": Setting(components=True),
 }

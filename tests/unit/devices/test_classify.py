@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from storage_driver_agent.devices.classify import device_type, transport
+from storage_driver_agent.devices.classify import device_type, kernel_driver, pci_address, transport
 from storage_driver_agent.devices.describe import describe
 from storage_driver_agent.devices.facts import BackingFile, DeviceClass, RawDevice, SysNode
 from storage_driver_agent.devices.identity import MMC_AREA
@@ -79,6 +79,17 @@ def test_nvme_over_fabrics_names_the_fabric() -> None:
     )
     assert device_type(controller) == DeviceType.NVME_CONTROLLER
     assert transport(controller, DeviceType.NVME_CONTROLLER) == "nvme-tcp"
+    for fabric in ("fc", "loop", "rdma"):
+        other = RawDevice(
+            "nvme3",
+            DeviceClass.NVME,
+            (
+                SysNode(
+                    "/sys/devices/virtual/nvme-fabrics/ctl/nvme3", "nvme", None, {}, {"transport": fabric}
+                ),
+            ),
+        )
+        assert transport(other, DeviceType.NVME_CONTROLLER) == f"nvme-{fabric}"
 
 
 def test_mmc_cards_and_their_boot_areas() -> None:
@@ -164,3 +175,64 @@ def test_whatever_the_kernel_reports_the_spec_is_valid(device: RawDevice) -> Non
     result = describe(device, NODE)
     if result is not None:
         assert NodeDeviceSpec.model_validate(result.spec.to_api()) == result.spec
+
+
+def test_the_kernel_driver_is_the_nearest_driver_on_any_bus() -> None:
+    # An SD card on an ARM board: the card's own node has no driver here, the AMBA controller
+    # it hangs off does; a partition's disk (also a block node) is passed over.
+    controller = SysNode("/sys/devices/platform/amba/1c0f000.mmc", "amba", "mmci-pl18x", {}, {})
+    card = block_device(
+        "mmcblk0", "/sys/devices/platform/amba/1c0f000.mmc/mmc_host/mmc0/mmc0:0001/block/mmcblk0", controller
+    )
+    assert kernel_driver(card, DeviceType.MMC) == "mmci-pl18x"
+    # (The subsystem is read from sysfs: an equal string, not the literal's object.)
+    disk = SysNode(
+        "/sys/devices/platform/amba/1c0f000.mmc/block/mmcblk0", "".join(["bl", "ock"]), "ignored", {}, {}
+    )
+    part = block_device(
+        "mmcblk0p1",
+        "/sys/devices/platform/amba/1c0f000.mmc/block/mmcblk0/mmcblk0p1",
+        disk,
+        controller,
+        devtype="partition",
+    )
+    assert kernel_driver(part, DeviceType.PARTITION) == "mmci-pl18x"
+    assert kernel_driver(block_device("loop0", "/sys/devices/virtual/block/loop0"), DeviceType.LOOP) == "loop"
+
+
+def test_nvme_namespaces_by_name_or_by_their_controller_or_subsystem() -> None:
+    controller = SysNode("/sys/devices/pci0000:00/0000:00:1d.0/0000:3d:00.0/nvme/nvme0", "nvme", None, {}, {})
+    subsystem = SysNode("/sys/devices/virtual/nvme-subsystem/nvme-subsys0", "nvme-subsystem", None, {}, {})
+    # Native multipath: the per-path device has no nvmeXnY name, but hangs off its controller.
+    path = block_device("nvme0c0n1", f"{controller.path}/nvme0c0n1", controller)
+    assert device_type(path) == DeviceType.NVME_NAMESPACE
+    head = block_device("nvme0n1", f"{subsystem.path}/nvme0n1", subsystem)
+    assert device_type(head) == DeviceType.NVME_NAMESPACE
+    alone = block_device("nvme1n1", "/sys/devices/virtual/block/nvme1n1")
+    assert device_type(alone) == DeviceType.NVME_NAMESPACE
+    assert device_type(block_device("nvmefoo", "/sys/devices/virtual/block/nvmefoo")) is None
+
+
+def test_only_an_nvme_controller_reports_its_own_pci_address() -> None:
+    # A controller (in /sys/class/nvme) has an `address` attribute; anything else gets the
+    # address of the nearest PCI ancestor, or none.
+    controller = RawDevice(
+        "nvme0",
+        DeviceClass.NVME,
+        (
+            SysNode(
+                "/sys/devices/virtual/nvme-fabrics/ctl/nvme0", "nvme", None, {}, {"address": "0000:3d:00.0"}
+            ),
+        ),
+    )
+    assert pci_address(controller) == "0000:3d:00.0"
+    mmio = SysNode("/sys/devices/platform/a003e00.virtio_mmio/virtio0", "virtio", "virtio_blk", {}, {})
+    disk = block_device("vda", f"{mmio.path}/block/vda", mmio, attrs={"address": "0000:00:01.0"})
+    assert pci_address(disk) is None
+    pci = SysNode("/sys/devices/pci0000:00/0000:00:04.0", "pci", "virtio-pci", {}, {})
+    on_pci = block_device("vdb", f"{pci.path}/virtio1/block/vdb", pci)
+    assert pci_address(on_pci) == "0000:00:04.0"
+
+
+def test_a_vd_disk_outside_virtio_is_not_a_virtio_block_device() -> None:
+    assert device_type(block_device("vda", "/sys/devices/virtual/block/vda")) is None

@@ -14,6 +14,7 @@ from storage_driver_agent.devices.identity import (
     Claim,
     base_identity,
     bounded,
+    claims_from,
     hex_id,
     location,
     qualified,
@@ -88,6 +89,8 @@ def test_nvme_eui64_then_nguid_then_serial_model_and_namespace_id() -> None:
     two = identity_of(namespace("nvme0n2", nsid="2"))
     assert one == DeviceIdentity(kind=IdentityKind.SERIAL_MODEL, value="S5GX/Samsung SSD 980 PRO 1TB/ns1")
     assert two.value == "S5GX/Samsung SSD 980 PRO 1TB/ns2"
+    # An older kernel without the nsid attribute: the id comes from the name.
+    assert identity_of(namespace("nvme0n3")).value == "S5GX/Samsung SSD 980 PRO 1TB/ns3"
 
 
 def test_hex_ids_are_normalised() -> None:
@@ -185,6 +188,10 @@ def test_long_identities_are_bounded_and_still_distinct() -> None:
     b = bounded("x" * 5000 + "b")
     assert len(a) <= MAX_IDENTITY and len(b) <= MAX_IDENTITY and a != b
     assert bounded("short") == "short"
+    # A reader still sees what the identity is: its head is kept, as much as fits.
+    assert len(a) == MAX_IDENTITY and a.startswith("x" * 900)
+    exact = "y" * MAX_IDENTITY
+    assert bounded(exact) == exact
     deep = loop("loop1", "/" + "d/" * 2000 + "f.img", BackingFile(1, 2))
     assert len(identity_of(deep).value) <= MAX_IDENTITY
 
@@ -290,3 +297,32 @@ def test_resolution_is_stable_once_published(population: tuple[list[Candidate], 
     by_key = {c.key: c for c in candidates}
     published = [Claim(identity, by_key[key].location, present=True) for key, identity in first.items()]
     assert resolve_duplicates(candidates, published) == first
+
+
+def test_claims_are_read_from_the_nodedevices_the_api_holds_and_keep_the_first_sticks_name() -> None:
+    sys_path = "/sys/devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdc"
+    present = {"type": "Present", "status": "True", "reason": "Detected", "message": "m"}
+    objects: dict[str, dict[str, object]] = {
+        "first": {
+            "spec": {"identity": SERIAL.to_api(), "sysPath": sys_path},
+            "status": {"conditions": [present]},
+        },
+        "gone": {
+            "spec": {"identity": {"kind": "by-path", "value": "x"}, "sysPath": "/sys/devices/virtual/x"},
+            "status": {"conditions": [{**present, "status": "False"}]},
+        },
+        "no-spec": {"status": {}},
+        "bad-spec": {"spec": "text"},
+        "no-path": {"spec": {"identity": SERIAL.to_api()}},
+        "bad-identity": {"spec": {"identity": {"kind": "unheard-of", "value": ""}, "sysPath": sys_path}},
+    }
+    claims = claims_from(objects)
+    assert claims == [
+        Claim(SERIAL, location(sys_path), present=True),
+        Claim(DeviceIdentity(kind=IdentityKind.BY_PATH, value="x"), "virtual/x", present=False),
+    ]
+    # A second stick with the same serial appears in another port: the first keeps its name.
+    second = resolve_duplicates(
+        [Candidate("sdc", SERIAL, location(sys_path)), Candidate("sdd", SERIAL, PORT_3)], claims
+    )
+    assert second["sdc"] == SERIAL

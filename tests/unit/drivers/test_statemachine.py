@@ -413,3 +413,130 @@ def test_bursts_of_events_never_double_a_load_and_always_converge(script: list[t
 
 def test_never_sentinel_is_infinite() -> None:
     assert NEVER > 10**12
+
+
+# --- what the node reports: phase and message --------------------------------------------------
+
+
+def _phase_cases() -> list[tuple[str, DriverState, Any, float, tuple[Phase, str]]]:
+    d = desired()
+    attached = host_for(d, attached=frozenset({"d1"}))
+    unattached = host_for(d)
+    failure = next_failure(None, "Crashed", "exit 1", now=100.0, policy=POLICY)
+    kept = Refusal(d.fetch_key, "ChecksumMismatch", "wrong sha", file_sha="b" * 64)
+    gone = Refusal(d.fetch_key, "SourceNotFound", "gone", file_sha=None)
+    return [
+        (
+            "a reload stops the old host first",
+            ready(d, host=attached),
+            Stop(StopReason.RELOAD),
+            0,
+            (Phase.LOADING, "reloading: stopping the previous host"),
+        ),
+        (
+            "an unload names its cause",
+            ready(d, host=attached),
+            Stop(StopReason.SOURCE_REMOVED),
+            0,
+            (Phase.UNLOADING, "unloading (SourceRemoved)"),
+        ),
+        (
+            "removed from the spec, still running",
+            DriverState("loop-info", host=attached),
+            None,
+            0,
+            (Phase.UNLOADING, "no longer in the spec"),
+        ),
+        ("removed from the spec and stopped", DriverState("loop-info"), None, 0, (Phase.PENDING, "")),
+        (
+            "over capacity, still running",
+            replace(ready(d, host=attached), admitted=False),
+            None,
+            0,
+            (Phase.UNLOADING, "over maxLoadedDrivers; unloading"),
+        ),
+        (
+            "over capacity, not running",
+            replace(ready(d), admitted=False),
+            None,
+            0,
+            (Phase.FAILED, "not loaded: the node runs maxLoadedDrivers drivers of higher priority"),
+        ),
+        (
+            "fetching",
+            DriverState("loop-info", desired=d),
+            Fetch(),
+            0,
+            (Phase.LOADING, "fetching the driver file"),
+        ),
+        ("starting", ready(d), Start(frozenset({"d1"})), 0, (Phase.LOADING, "starting")),
+        (
+            "a refused new file keeps the verified host",
+            DriverState("loop-info", desired=d, artifact=kept, file_sha="b" * 64, host=attached),
+            None,
+            0,
+            (Phase.FAILED, "ChecksumMismatch; the previously verified version 1.0.0 keeps running"),
+        ),
+        (
+            "a removed file is no version to keep",
+            DriverState("loop-info", desired=d, artifact=gone, host=attached),
+            None,
+            0,
+            (Phase.FAILED, "SourceNotFound"),
+        ),
+        ("a device to attach", ready(d, host=unattached), None, 0, (Phase.LOADED, "binding devices")),
+        (
+            "a device attaching now",
+            ready(d, host=attached),
+            Bind(frozenset({"d1"}), frozenset()),
+            0,
+            (Phase.LOADED, "binding devices"),
+        ),
+        (
+            "a device that failed to attach waits for its retry",
+            ready(d, host=unattached, attach_retry={"d1": 50.0}),
+            None,
+            10,
+            (Phase.LOADED, "1 device(s) failed to attach; retrying"),
+        ),
+        (
+            "its retry time has come",
+            ready(d, host=unattached, attach_retry={"d1": 50.0}),
+            None,
+            50,
+            (Phase.LOADED, "binding devices"),
+        ),
+        ("converged", ready(d, host=attached), None, 0, (Phase.LOADED, "")),
+        (
+            "a new version waits for the reload",
+            ready(desired("2.0.0"), host=attached),
+            None,
+            0,
+            (Phase.LOADING, "reload pending"),
+        ),
+        (
+            "a crash waits out its backoff",
+            ready(d, failure=failure),
+            None,
+            100.5,
+            (Phase.FAILED, "Crashed; retrying after backoff (attempt 1)"),
+        ),
+        (
+            "the backoff is over",
+            ready(d, failure=failure),
+            None,
+            failure.retry_at,
+            (Phase.PENDING, "waiting to load"),
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("case", "state", "in_flight", "now", "expected"),
+    _phase_cases(),
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_the_reported_phase_and_message(
+    case: str, state: DriverState, in_flight: Any, now: float, expected: tuple[Phase, str]
+) -> None:
+    assert phase_of(state, PRESENT, now, in_flight) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import signal
 from pathlib import Path
@@ -16,6 +17,7 @@ from storage_driver_agent.drivers.slots import HostSlot
 from storage_driver_agent.drivers.sources import SourceError, check_relative_path
 from storage_driver_agent.drivers.statemachine import (
     Artifact,
+    Bind,
     Desired,
     DriverState,
     Failure,
@@ -34,6 +36,7 @@ from storage_driver_agent.drivers.status import (
     build_status,
     config_json,
     desired_from_api,
+    driver_status,
     merge_patch,
 )
 from storage_driver_agent.drivers.watch import debounce_deadline
@@ -339,3 +342,51 @@ def test_an_unhealthy_driver_says_why_in_a_field_of_its_own() -> None:
     )
     (stopped,) = build_status(node([gone]), frozenset({"d1"}), 0.0, AT).drivers
     assert stopped.unhealthy is None
+
+
+def test_an_unhealthy_host_says_so_before_its_phase_message() -> None:
+    report = loaded("loop-info")
+    sick = DriverReport(report.state, unhealthy="health() raised TimeoutError")
+    status = driver_status(sick, frozenset({"d1"}), 0.0)
+    assert status is not None
+    assert (status.phase, status.message) == ("Loaded", "unhealthy: health() raised TimeoutError")
+    binding = DriverReport(report.state, unhealthy="slow", in_flight=Bind(frozenset({"d2"}), frozenset()))
+    status = driver_status(binding, frozenset({"d1", "d2"}), 0.0)
+    assert status is not None
+    assert status.message == "unhealthy: slow; binding devices"
+    # Without a host there is nothing to be unhealthy.
+    stopped = DriverReport(DriverState("loop-info", desired=desired("loop-info")), unhealthy="stale")
+    status = driver_status(stopped, frozenset({"d1"}), 0.0)
+    assert status is not None and not status.message.startswith("unhealthy")
+
+
+def test_reports_are_values_that_cannot_change_under_the_status_writer() -> None:
+    # The status writer gets snapshots of the reports while the reconcile loop goes on, and the
+    # loop records a new error by replacing the old one, never by changing it.
+    error = LastError("Crashed", "exit 1", AT)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        error.reason = "Other"  # type: ignore[misc]
+    assert len({error, LastError("Crashed", "exit 1", AT)}) == 1
+
+
+def test_a_long_scan_error_is_cut_to_what_the_api_accepts() -> None:
+    huge = ScannedDriver("huge.py", "c" * 64, error="SyntaxError: " + "x" * 5000)
+    status = build_status(node([], [huge]), frozenset(), 0.0, AT)
+    (entry,) = status.available
+    assert entry.error is not None and len(entry.error) == 1024 and entry.error.startswith("SyntaxError: x")
+    NodeDriverConfig.model_validate({"status": status.to_api()})
+
+
+def test_ready_names_five_drivers_then_counts_the_rest() -> None:
+    def refused(name: str) -> DriverReport:
+        d = desired(name)
+        return DriverReport(
+            DriverState(
+                name, desired=d, artifact=Refusal(d.fetch_key, "ChecksumMismatch", "m", SHA), file_sha=SHA
+            )
+        )
+
+    six = build_status(node([refused(f"d{i}") for i in range(6)]), frozenset({"d1"}), 0.0, AT)
+    assert six.conditions[0].message == "failed: d0, d1, d2, d3, d4 and 1 more"
+    five = build_status(node([refused(f"d{i}") for i in range(5)]), frozenset({"d1"}), 0.0, AT)
+    assert five.conditions[0].message == "failed: d0, d1, d2, d3, d4"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import replace
 
 from storage_driver_operator.desired import (
@@ -16,6 +17,7 @@ from storage_driver_operator.desired import (
     plan_rollout,
 )
 from storage_driver_operator.matching import Reason
+from storage_driver_operator.status import NodeDriverState, aggregate
 from storage_driver_operator.views import (
     ConfigView,
     DeviceView,
@@ -26,6 +28,8 @@ from storage_driver_operator.views import (
 )
 
 from tests.unit.operator.builders import NOW, config, device, driver, entry, lease, node, run
+
+AT = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
 
 
 def state(
@@ -123,6 +127,12 @@ def test_an_absent_device_keeps_the_driver_until_the_delay_passes() -> None:
     assert later.drivers == ()
     assert later.decisions["drv"].action == Action.UNLOAD
     assert later.decisions["drv"].reason == Reason.NO_MATCHING_DEVICES
+    # At the moment the delay ends (the recheck time), the driver goes.
+    due = plan_node(state(gone, cfg=cfg, lease_=lease(renewed=NOW + 15)), [drv], NOW + 20)
+    assert (due.drivers, due.decisions["drv"].action) == ((), Action.UNLOAD)
+    # While it waits, the node is not counted as matching: no matching device is present.
+    status = aggregate(drv, [NodeDriverState("n1", plan.decisions["drv"], None)], AT)
+    assert (status.matching_nodes, status.desired_nodes) == (0, 1)
 
 
 def test_a_flap_shorter_than_the_delay_unloads_nothing() -> None:
@@ -193,6 +203,12 @@ def test_a_deleted_or_unknown_driver_is_unloaded_at_once() -> None:
     plan = plan_node(state(device("d1"), cfg=cfg), [driver(deleting=True)], NOW)
     assert plan.drivers == ()
     assert plan.decisions["drv"].reason == Reason.DELETING
+    assert plan.decisions["drv"].action == Action.UNLOAD  # as `sdctl plan` shows it
+    elsewhere = plan_node(state(device("d1"), cfg=config()), [driver(deleting=True)], NOW)
+    assert (elsewhere.decisions["drv"].action, elsewhere.decisions["drv"].reason) == (
+        Action.NONE,
+        Reason.DELETING,
+    )
     plan = plan_node(state(device("d1"), cfg=cfg), [], NOW)
     assert plan.drivers == ()
     assert plan.decisions["drv"].reason == Reason.DELETED
@@ -257,6 +273,8 @@ def test_max_unavailable_count() -> None:
     assert max_unavailable_count("10%", 1) == 1
     assert max_unavailable_count("0%", 10) == 1
     assert max_unavailable_count("100%", 7) == 7
+    assert max_unavailable_count("100%", 101) == 101
+    assert max_unavailable_count("50%", 201) == 101
 
 
 def rolling_world(nodes: int, max_unavailable: int | str = 1, phase: str = "Loaded") -> Snapshot:
@@ -420,3 +438,30 @@ def test_the_unload_after_annotation_round_trips_and_bad_values_are_ignored() ->
     assert format_unload_after({}) is None
     assert parse_unload_after('{"a": "not a time", "b": 3}') == {}
     assert parse_unload_after("[1]") == parse_unload_after("{") == parse_unload_after(None) == {}
+
+
+def test_a_node_unlabelled_from_a_driver_unloads_at_once_even_when_its_lease_is_stale() -> None:
+    # A user's change (the node's labels) is not a device going away: no delay, and no need
+    # for the agent to be alive to tell a restart from a real removal.
+    drv = driver(nodeSelector={"matchLabels": {"storage": "yes"}}, unloadDelaySeconds=300)
+    cfg = config(drivers=[entry(drv, ["d1"])], runs=[run("drv")])
+    for silent in (lease(renewed=NOW - 500, duration=40), None):
+        unlabelled = NodeState(node=node(labels={}), devices=(device("d1"),), config=cfg, lease=silent)
+        plan = plan_node(unlabelled, [drv], NOW)
+        assert plan.drivers == ()
+        assert plan.changed
+        assert (plan.decisions["drv"].action, plan.decisions["drv"].reason) == (
+            Action.UNLOAD,
+            Reason.NODE_NOT_SELECTED,
+        )
+        assert plan.recheck_at is None
+
+
+def test_a_node_keeping_its_driver_still_counts_as_matching() -> None:
+    drv = driver()
+    loaded = config(drivers=[entry(drv, ["d1"])], runs=[run("drv")])
+    plan = plan_node(state(device("d1"), cfg=loaded), [drv], NOW)
+    assert plan.decisions["drv"].action == Action.KEEP
+    assert plan.decisions["drv"].has_hardware
+    status = aggregate(drv, [NodeDriverState("n1", plan.decisions["drv"], loaded.runs["drv"])], AT)
+    assert (status.matching_nodes, status.desired_nodes, status.loaded_nodes) == (1, 1, 1)

@@ -186,6 +186,15 @@ def test_host_path_file_must_declare_the_specs_driver_name_and_version() -> None
     assert "declares version 1.1.0" in other_version and "asks for 1.2.0" in other_version
     other_name = source_unavailable(spec, declaring("queue-settings", "1.2.0")) or ""
     assert "declares driver 'queue-settings'" in other_name and "'loop-info'" in other_name
+    # Equal is equal, however the strings were made (the API's are parsed from JSON).
+    assert source_unavailable(spec, declaring("-".join(["loop", "info"]), ".".join(["1", "2", "0"]))) is None
+    # Any other name is refused, however it compares or is spelled.
+    for name in ("aaa-driver", "zzz-driver", "Loop-Info", "loop-info "):
+        assert f"declares driver {name!r}" in (source_unavailable(spec, declaring(name, "1.2.0")) or "")
+    for version in ("1.0.0", "1.10.0", "2.0.0"):
+        assert f"declares version {version}" in (
+            source_unavailable(spec, declaring("loop-info", version)) or ""
+        )
     # A decorator without a literal version is not refused (the agent loads it too).
     assert source_unavailable(spec, declaring("loop-info", None)) is None
 
@@ -218,6 +227,26 @@ def test_absent_devices_do_not_match_but_record_when_they_went_away() -> None:
     assert result.reason == Reason.NO_MATCHING_DEVICES
     assert result.absent_since == 200.0
     assert "2 matching device(s) marked absent" in result.message
+
+
+def test_the_latest_removal_counts_in_any_order() -> None:
+    # The moment the node last had a matching device, whatever order the devices are listed in.
+    spec = spec_of()
+    times = [300.0, 100.0, 200.0, 250.0]
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 3, 2], [2, 3, 0, 1]):
+        devices = [device(f"d{i}", present=False, since=times[i]) for i in order]
+        assert match_node("drv", spec, node(), devices, AVAILABLE).absent_since == 300.0
+
+
+def test_the_message_lists_up_to_five_devices_then_counts_the_rest() -> None:
+    spec = spec_of()
+    two = match_node("drv", spec, node(), [device("b"), device("a")], AVAILABLE)
+    assert two.message == "2 matching device(s): a, b"
+    five = match_node("drv", spec, node(), [device(f"d{i}") for i in range(5)], AVAILABLE)
+    assert five.message == "5 matching device(s): d0, d1, d2, d3, d4"
+    seven = match_node("drv", spec, node(), [device(f"d{i}") for i in range(7)], AVAILABLE)
+    assert seven.message == "7 matching device(s): d0, d1, d2, d3, d4 and 2 more"
+    assert seven.devices == tuple(f"d{i}" for i in range(7))
 
 
 def test_a_device_without_a_present_condition_counts_as_present() -> None:

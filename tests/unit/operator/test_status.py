@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from storage_driver_api.meta import Condition
@@ -10,9 +11,9 @@ from storage_driver_api.storagedriver import FAILING_NODES_MAX, StorageDriverSta
 from storage_driver_operator.desired import Action, Decision, Hold
 from storage_driver_operator.matching import Reason
 from storage_driver_operator.status import NodeDriverState, aggregate, observe, transitions
-from storage_driver_operator.views import DriverRun
+from storage_driver_operator.views import DriverRun, config_view
 
-from tests.unit.operator.builders import driver
+from tests.unit.operator.builders import driver, run
 
 AT = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
 LATER = AT + dt.timedelta(minutes=5)
@@ -229,3 +230,102 @@ def test_a_node_that_is_gone_makes_no_events() -> None:
     before = {"a": observe(load("a")), "b": observe(load("b"))}
     after = {"a": observe(load("a"))}
     assert transitions(before, after, [], []) == []
+
+
+def test_events_for_an_upgrade() -> None:
+    # 1.0.0 Loaded -> the node switches (UPDATE) -> 2.0.0 Loaded: one Loaded event naming the
+    # new version; the switch itself is no new load request.
+    old = {"a": observe(load("a", version="1.0.0")), "b": observe(load("b", version="1.0.0"))}
+    switching = {
+        "a": observe(load("a", phase="Loading", version="1.0.0", action=Action.UPDATE)),
+        "b": observe(load("b", version="1.0.0")),
+    }
+    assert transitions(old, switching, [], []) == []
+    upgraded = {"a": observe(load("a", version="2.0.0")), "b": observe(load("b", version="1.0.0"))}
+    events = transitions(switching, upgraded, [], [])
+    assert [(e.type, e.reason, e.message) for e in events] == [("Normal", "Loaded", "node a: version 2.0.0")]
+    # Loaded at a new version without a Loading phase seen in between is still an upgrade.
+    assert [e.message for e in transitions(old, upgraded, [], [])] == ["node a: version 2.0.0"]
+    failed = {"a": observe(load("a", phase="Failed", version="2.0.0", error_message="ImportError"))}
+    events = transitions(switching, failed, [], [])
+    assert [(e.type, e.reason, e.message) for e in events] == [
+        ("Warning", "LoadFailed", "node a: ImportError")
+    ]
+
+
+def test_ready_events_name_the_new_state() -> None:
+    rolling = aggregate(
+        driver(version="2.0.0"), [load("a", version="2.0.0"), load("b", action=Action.UPDATE)], AT
+    )
+    assert (cond(rolling, "Ready").status, cond(rolling, "Ready").reason) == ("False", "Loading")
+    done = aggregate(
+        driver(version="2.0.0", status=rolling.to_api()),
+        [load("a", version="2.0.0"), load("b", version="2.0.0")],
+        LATER,
+    )
+    events = transitions({}, {}, rolling.conditions, done.conditions)
+    assert [(e.type, e.reason, e.message) for e in events] == [
+        ("Normal", "Ready", "version 2.0.0 loaded on 2 nodes")
+    ]
+    failing = aggregate(
+        driver(version="2.0.0", status=done.to_api()),
+        [load("a", version="2.0.0"), load("b", phase="Failed", version="2.0.0", error_reason="Crashed")],
+        LATER,
+    )
+    events = transitions({}, {}, done.conditions, failing.conditions)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "LoadFailed")]
+    assert events[0].message == "1 node failing: b: Crashed"
+    # Loading again after a failure is calm: a Normal event.
+    events = transitions({}, {}, failing.conditions, rolling.conditions)
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Loading")]
+
+
+def test_events_compare_what_the_agents_report_as_parsed_from_the_api() -> None:
+    # Reports arrive as JSON: phases and versions are equal strings, never the same objects.
+    def reported(phase: str, version: str) -> NodeDriverState:
+        view = config_view(
+            json.loads(
+                json.dumps({"metadata": {"name": "a"}, "status": {"drivers": [run("drv", phase, version)]}})
+            )
+        )
+        return NodeDriverState("a", Decision("drv", Action.KEEP, Reason.MATCHED, "m", True), view.runs["drv"])
+
+    first, again = observe(reported("Loaded", "1.0.0")), observe(reported("Loaded", "1.0.0"))
+    assert transitions({"a": first}, {"a": again}, [], []) == []
+    upgraded = observe(reported("Loaded", "2.0.0"))
+    assert [e.message for e in transitions({"a": first}, {"a": upgraded}, [], [])] == [
+        "node a: version 2.0.0"
+    ]
+    failed, failed_again = observe(reported("Failed", "2.0.0")), observe(reported("Failed", "2.0.0"))
+    assert [e.reason for e in transitions({"a": upgraded}, {"a": failed}, [], [])] == ["LoadFailed"]
+    assert transitions({"a": failed}, {"a": failed_again}, [], []) == []
+
+
+def test_a_placement_problem_that_stays_is_reported_once() -> None:
+    # Each round observes afresh: the same reason in a new round is no news.
+    stuck = skip("c", Reason.CAPACITY_EXCEEDED, has_hardware=True)
+    first = transitions({}, {"c": observe(stuck)}, [], [])
+    assert [(e.type, e.reason) for e in first] == [("Warning", "CapacityExceeded")]
+    assert transitions({"c": observe(stuck)}, {"c": observe(stuck)}, [], []) == []
+    missing = NodeDriverState("c", Decision("drv", Action.NONE, Reason.DRIVER_NOT_AVAILABLE, "no file", True))
+    moved = transitions({"c": observe(stuck)}, {"c": observe(missing)}, [], [])
+    assert [(e.type, e.reason, e.message) for e in moved] == [
+        ("Warning", "DriverNotAvailable", "node c: no file")
+    ]
+    assert transitions({"c": observe(missing)}, {"c": observe(missing)}, [], []) == []
+
+
+def test_a_failure_without_an_error_record_shows_the_agents_message() -> None:
+    view = config_view(
+        {
+            "metadata": {"name": "a"},
+            "status": {
+                "drivers": [run("drv", "Failed", "1.0.0", message="not loaded: maxLoadedDrivers reached")]
+            },
+        }
+    )
+    state = NodeDriverState("a", Decision("drv", Action.KEEP, Reason.MATCHED, "m", True), view.runs["drv"])
+    status = aggregate(driver(), [state], AT)
+    assert [(f.node, f.reason, f.message) for f in status.failing_nodes] == [
+        ("a", "LoadFailed", "not loaded: maxLoadedDrivers reached")
+    ]

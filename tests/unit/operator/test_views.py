@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -210,3 +211,45 @@ def test_a_report_from_before_the_nodes_last_boot_counts_for_nothing() -> None:
     unknown = node_view({"metadata": {"name": "n"}})
     assert reported_runs(stale, unknown)["d"].loaded
     assert reported_runs(None, node) == {}
+
+
+def from_the_api(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` as the API server sends it: parsed from JSON, so no string is a source literal."""
+    parsed: dict[str, Any] = json.loads(json.dumps(obj))
+    return parsed
+
+
+def test_views_of_parsed_objects_read_like_views_of_literals() -> None:
+    present = {"type": "Present", "status": "False", "lastTransitionTime": "1970-01-01T00:00:10Z"}
+    device = device_view(
+        from_the_api(
+            {
+                "metadata": {"name": "d"},
+                "spec": {"nodeName": "n1", "type": "loop"},
+                "status": {"conditions": [present]},
+            }
+        )
+    )
+    assert device is not None
+    assert (device.present, device.since) == (False, 10.0)
+    config = config_view(
+        from_the_api(
+            {
+                "metadata": {"name": "n1", "generation": 2},
+                "spec": {"drivers": [entry(driver(), ["d1"]).to_api()]},
+                "status": {
+                    "observedGeneration": 2,
+                    "drivers": [{"name": "drv", "phase": "Loaded", "pid": 7}],
+                },
+            }
+        )
+    )
+    assert config.settled
+    assert config.entry("".join(["d", "rv"])) == entry(driver(), ["d1"])
+    assert config.runs["drv"].loaded and not config.runs["drv"].failed and not config.runs["drv"].stopped
+
+
+def test_an_object_the_api_server_has_not_numbered_yet_is_settled_by_any_report() -> None:
+    view = config_view({"metadata": {"name": "n1"}, "spec": {}, "status": {"observedGeneration": 0}})
+    assert view.generation == 0
+    assert view.settled
