@@ -105,6 +105,18 @@ def test_os_and_architecture() -> None:
     assert platform_mismatch(None, node(os_name="plan9")) is None
 
 
+def test_an_os_mismatch_says_what_the_node_runs_or_that_it_reports_none() -> None:
+    minimum = MinimumPlatform.model_validate({"os": "linux"})
+    assert platform_mismatch(minimum, node(os_name="windows")) == (
+        Reason.UNSUPPORTED_OS,
+        "node runs windows; the driver needs linux",
+    )
+    assert platform_mismatch(minimum, node(os_name="")) == (
+        Reason.UNSUPPORTED_OS,
+        "node runs an unreported OS; the driver needs linux",
+    )
+
+
 # --- device selector -------------------------------------------------------------------------
 
 
@@ -244,6 +256,8 @@ def test_the_message_lists_up_to_five_devices_then_counts_the_rest() -> None:
     assert two.message == "2 matching device(s): a, b"
     five = match_node("drv", spec, node(), [device(f"d{i}") for i in range(5)], AVAILABLE)
     assert five.message == "5 matching device(s): d0, d1, d2, d3, d4"
+    six = match_node("drv", spec, node(), [device(f"d{i}") for i in range(6)], AVAILABLE)
+    assert six.message == "6 matching device(s): d0, d1, d2, d3, d4 and 1 more"
     seven = match_node("drv", spec, node(), [device(f"d{i}") for i in range(7)], AVAILABLE)
     assert seven.message == "7 matching device(s): d0, d1, d2, d3, d4 and 2 more"
     assert seven.devices == tuple(f"d{i}" for i in range(7))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
 
+import pytest
 from storage_driver_api.meta import Condition
 from storage_driver_api.storagedriver import FAILING_NODES_MAX, StorageDriverStatus
 from storage_driver_operator.desired import Action, Decision, Hold
 from storage_driver_operator.matching import Reason
-from storage_driver_operator.status import NodeDriverState, aggregate, observe, transitions
+from storage_driver_operator.status import Event, NodeDriverState, aggregate, observe, transitions
 from storage_driver_operator.views import DriverRun, config_view
 
 from tests.unit.operator.builders import driver, run
@@ -70,6 +72,16 @@ def test_no_matching_node_is_ready_with_nothing_to_do() -> None:
     assert status.failing_nodes == []
 
 
+def test_stalled_only_when_failing_with_nothing_in_flight() -> None:
+    healthy = cond(aggregate(driver(), [load("a")], AT), "Stalled")
+    assert (healthy.status, healthy.reason) == ("False", "AsExpected")
+    failed = load("b", phase="Failed", error_reason="Crashed")
+    in_flight = cond(aggregate(driver(), [failed, load("c", phase="Loading")], AT), "Stalled")
+    assert (in_flight.status, in_flight.reason) == ("False", "StillReconciling")
+    stuck = cond(aggregate(driver(), [load("a"), failed], AT), "Stalled")
+    assert stuck.status == "True"
+
+
 def test_loading_is_progressing() -> None:
     status = aggregate(
         driver(), [load("a"), load("b", phase="Loading"), load("c", phase=None, action=Action.LOAD)], AT
@@ -101,6 +113,24 @@ def test_failures_degrade_and_are_listed_with_reasons() -> None:
     assert (ready.status, ready.reason) == ("False", "LoadFailed")
     assert (degraded.status, degraded.reason) == ("True", "LoadFailed")
     assert "3 nodes failing" in degraded.message
+
+
+@pytest.mark.parametrize(("count", "more"), [(2, False), (3, False), (4, True)])
+def test_the_degraded_message_names_three_failing_nodes_then_says_there_are_more(
+    count: int, more: bool
+) -> None:
+    states = [load(f"n{i}", phase="Failed", error_reason="Crashed") for i in range(count)]
+    message = cond(aggregate(driver(), states, AT), "Degraded").message
+    named = "; ".join(f"n{i}: Crashed" for i in range(min(count, 3)))
+    assert message == f"{count} nodes failing: {named}" + ("; ..." if more else "")
+
+
+def test_events_are_values() -> None:
+    """Events are compared and collected in sets across rounds: they cannot change once made."""
+    event = Event("Normal", "Loaded", "loaded on 1 node")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.reason = "Unloaded"  # type: ignore[misc]
+    assert {event, Event("Normal", "Loaded", "loaded on 1 node")} == {event}
 
 
 def test_the_failing_list_is_bounded() -> None:
@@ -207,6 +237,15 @@ def test_many_nodes_changing_alike_make_one_event() -> None:
     loaded = [e for e in events if e.reason == "Loaded"]
     assert len(loaded) == 1
     assert loaded[0].message.startswith("50 nodes (n0, n1, n10 and 47 more)")
+
+
+@pytest.mark.parametrize(("count", "events"), [(3, 3), (4, 1)])
+def test_up_to_three_nodes_get_an_event_each_and_more_share_one(count: int, events: int) -> None:
+    after = {f"n{i}": observe(load(f"n{i}")) for i in range(count)}
+    loaded = [e for e in transitions({}, after, [], []) if e.reason == "Loaded"]
+    assert len(loaded) == events
+    if events > 1:
+        assert sorted(e.message.split(":")[0] for e in loaded) == [f"node n{i}" for i in range(count)]
 
 
 def test_repeating_a_round_makes_no_events() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import pytest
 from storage_driver_operator.views import (
+    DriverRun,
     config_view,
     device_view,
     lease_view,
@@ -16,7 +18,7 @@ from storage_driver_operator.views import (
     storage_driver_view,
 )
 
-from tests.unit.operator.builders import driver, entry
+from tests.unit.operator.builders import driver, entry, node
 
 
 def test_parse_time() -> None:
@@ -253,3 +255,11 @@ def test_an_object_the_api_server_has_not_numbered_yet_is_settled_by_any_report(
     view = config_view({"metadata": {"name": "n1"}, "spec": {}, "status": {"observedGeneration": 0}})
     assert view.generation == 0
     assert view.settled
+
+
+@pytest.mark.parametrize(("view", "field"), [(node(), "name"), (DriverRun(phase="Loaded", pid=7), "phase")])
+def test_views_are_values_the_planner_can_share(view: object, field: str) -> None:
+    """Views of API objects are shared by every plan of a round and kept between rounds: none
+    can change under another."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(view, field, "other")
