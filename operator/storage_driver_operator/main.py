@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -212,6 +213,13 @@ async def run(options: Options) -> int:
                     for task in background:
                         task.cancel()
                     return 0  # stopped (SIGTERM) while following
+            # Between the follower's kopf and the leader's, a SIGTERM would reach the finished
+            # kopf's handler and be lost; until the leader's kopf installs its own, it is kept here.
+            stopping: asyncio.Event | None = None
+            if elector is not None:
+                stopping = asyncio.Event()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
             loop = group.create_task(controller.run(), name="controller")
             sweeper = Sweeper(kube, options.lease_namespace, options.gc_interval)
             sweep = group.create_task(sweeper.run(), name="sweep") if options.gc_interval > 0 else None
@@ -232,6 +240,7 @@ async def run(options: Options) -> int:
                 standalone=True,
                 liveness_endpoint=options.liveness or None,
                 identity=operator_identity(),
+                stop_flag=stopping,
             )
             loop.cancel()
             if sweep is not None:
