@@ -214,12 +214,12 @@ async def run(options: Options) -> int:
                         task.cancel()
                     return 0  # stopped (SIGTERM) while following
             # Between the follower's kopf and the leader's, a SIGTERM would reach the finished
-            # kopf's handler and be lost; until the leader's kopf installs its own, it is kept here.
-            stopping: asyncio.Event | None = None
+            # kopf's handler and be lost: until the leader's kopf installs its own (replacing this
+            # one), the signal is sent again a moment later, so that it reaches that kopf.
             if elector is not None:
-                stopping = asyncio.Event()
+                running = asyncio.get_running_loop()
                 for sig in (signal.SIGTERM, signal.SIGINT):
-                    asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
+                    running.add_signal_handler(sig, running.call_later, 0.2, os.kill, os.getpid(), sig)
             loop = group.create_task(controller.run(), name="controller")
             sweeper = Sweeper(kube, options.lease_namespace, options.gc_interval)
             sweep = group.create_task(sweeper.run(), name="sweep") if options.gc_interval > 0 else None
@@ -240,7 +240,6 @@ async def run(options: Options) -> int:
                 standalone=True,
                 liveness_endpoint=options.liveness or None,
                 identity=operator_identity(),
-                stop_flag=stopping,
             )
             loop.cancel()
             if sweep is not None:
