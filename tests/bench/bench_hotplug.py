@@ -249,6 +249,12 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
             "agent; a driver host is a new Python process, most of the Loaded stage."
         ),
     )
+    add_stages(table, ins, outs)
+    return [table]
+
+
+def add_stages(table: Table, ins: dict[str, list[float]], outs: dict[str, list[float]]) -> None:
+    """One row per stage, in and out: p50, p95, max of the cumulative times and the count."""
     for stages, samples in ((STAGES_IN, ins), (STAGES_OUT, outs)):
         for stage in stages:
             values = samples[stage]
@@ -259,7 +265,6 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
                 ms(max(values)),
                 len(values),
             )
-    return [table]
 
 
 def run() -> list[Table]:

@@ -32,8 +32,18 @@ from storage_driver_api.constants import (
 )
 from storage_driver_api.kube import KubeClient, load_kubeconfig
 
-from tests.bench.bench_hotplug import ATTACHES, DRIVER, STAGES_IN, STAGES_OUT, Stream, cycle, follow, until
-from tests.bench.table import Table, ms, percentile
+from tests.bench.bench_hotplug import (
+    ATTACHES,
+    DRIVER,
+    STAGES_IN,
+    STAGES_OUT,
+    Stream,
+    add_stages,
+    cycle,
+    follow,
+    until,
+)
+from tests.bench.table import Table
 from tests.harness import localcluster
 from tests.harness.loopdev import loop_devices_available
 from tests.integration.chart.release import Release, delete_namespace
@@ -131,16 +141,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
             f"{ready_after:.1f} s in this run."
         ),
     )
-    for stages, samples in ((STAGES_IN, ins), (STAGES_OUT, outs)):
-        for stage in stages:
-            values = samples[stage]
-            table.add(
-                ("attach -> " if stages is STAGES_IN else "detach -> ") + stage,
-                ms(percentile(values, 50)),
-                ms(percentile(values, 95)),
-                ms(max(values)),
-                len(values),
-            )
+    add_stages(table, ins, outs)
     return [table]
 
 

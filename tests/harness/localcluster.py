@@ -31,8 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from storage_driver_api.kube import NODES, ApiError, KubeClient, load_kubeconfig
-from storage_driver_api.resource import Resource
+from storage_driver_api.kube import NODES, PODS, ApiError, KubeClient, load_kubeconfig
 
 from tests.harness import localnode
 from tests.harness.daemons import (
@@ -436,9 +435,6 @@ async def wait_local_node_ready(cfg: ClusterConfig, node: str, timeout: float = 
                 raise RuntimeError(f"the kubelet exited; see {cfg.log_file('kubelet')}")
             await asyncio.sleep(0.5)
     raise RuntimeError(f"Node {node} did not become Ready in {timeout:.0f}s; see {cfg.log_file('kubelet')}")
-
-
-PODS = Resource("", "v1", "pods", "Pod", namespaced=True)
 
 
 async def _delete_local_pods(cfg: ClusterConfig, node: str, timeout: float) -> None:
