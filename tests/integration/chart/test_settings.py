@@ -64,6 +64,7 @@ def test_the_charts_defaults_are_the_components_defaults(tmp_values: Path) -> No
             "uevent-source",
             "liveness",
             "metrics",
+            "health",
         }
         assert settings, f"no settings rendered for the {suffix[1:]}"
         for option in settings:
