@@ -194,7 +194,13 @@ async def serve(address: str, registry: CollectorRegistry, stop: asyncio.Event) 
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, port = parse_address(address)
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(
+            f"cannot serve metrics on {address}: {exc}; choose another --metrics address"
+        ) from exc
     log.info("metrics serving", extra=fields(address=f"{host}:{port}", path="/metrics"))
     try:
         await stop.wait()
