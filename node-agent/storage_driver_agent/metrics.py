@@ -1,13 +1,15 @@
 """Prometheus metrics of the agent (and the HTTP endpoint the supervisor's share), served on
-`--metrics HOST:PORT` at /metrics; the chart's PodMonitor scrapes them (docs/operator.md#metrics).
+`--metrics HOST:PORT` at /metrics; the chart's PodMonitor scrapes them (docs/metrics.md).
 
 Events (loads, unloads, crashes, health checks, watch lists) are counted where they happen, in
 the metric objects below. State (devices, drivers by phase, API answers) is read when scraped,
 from the objects that hold it (`AgentState`), so nothing is kept twice.
 
-Labels stay bounded: `driver` is a driver of this node's NodeDriverConfig, so at most
-MAX_DRIVERS_PER_NODE values (the operator's names, not device serials); device `type` and
-driver `phase` are enums; `verb`, `code`, `kind` and `result` are small fixed sets.
+Labels stay bounded: `driver` is the name of a driver the node's NodeDriverConfig asked for
+since the agent started (the StorageDrivers' names: as many as the cluster has, chosen by its
+administrators, never device serials or paths). Its series stay after the driver left the node,
+so that the unload that removed it is still counted. Device `type` and driver `phase` are enums;
+`verb`, `code`, `kind`, `result` and `reason` are small fixed sets.
 """
 
 from __future__ import annotations
@@ -113,6 +115,30 @@ WATCH_SYNCED = prometheus_client.Gauge(
     ["kind"],
     registry=REGISTRY,
 )
+
+
+_PER_DRIVER: Final = (
+    (LOADS, ("loaded", "failed")),
+    (UNLOADS, ("unloaded", "failed")),
+    (CRASHES, ("Crashed", "Hung", "Unhealthy")),
+    (HEALTH_CHECKS, ("healthy", "unhealthy", "hung")),
+)
+
+
+def driver_added(driver: str) -> None:
+    """Export a new driver's series at 0, so that its first load or crash is an increase that
+    rate() and alerts see, not the appearance of a series."""
+    for metric, values in _PER_DRIVER:
+        for value in values:
+            metric.labels(driver, value)
+    RESTARTS.labels(driver)
+
+
+def watch_started(kind: str) -> None:
+    """A watched kind's series at 0 (not synced yet, nothing counted)."""
+    for metric in (WATCH_LISTS, WATCH_EVENTS, WATCH_FAILURES):
+        metric.labels(kind)
+    WATCH_SYNCED.labels(kind).set(0)
 
 
 @dataclass

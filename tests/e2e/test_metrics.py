@@ -300,5 +300,8 @@ def _only(results: dict[str, promql.Value], fragment: str) -> promql.Vector:
 
 
 async def _ready(targets: list[Target]) -> bool:
-    samples = await scrape_all(targets)
+    try:
+        samples = await scrape_all(targets)
+    except aiohttp.ClientConnectionError:
+        return False  # not listening yet
     return value(samples, f"{AGENT}_ready") == 1 and value(samples, f"{OPERATOR}_ready") == 1

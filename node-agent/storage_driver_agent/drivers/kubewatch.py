@@ -38,6 +38,7 @@ async def list_watch(
 ) -> None:
     delay = 0.5
     what = f"{resource.plural} ({label_selector or field_selector or 'all'})"
+    metrics.watch_started(resource.kind)
     while not stop.is_set():
         try:
             items, version = await kube.list(

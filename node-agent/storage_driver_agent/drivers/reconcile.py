@@ -95,6 +95,7 @@ class NodeReconciler:
     def _record(self, name: str) -> Record:
         if name not in self.records:
             self.records[name] = Record(DriverState(name))
+            metrics.driver_added(name)
         return self.records[name]
 
     def set_spec(self, drivers: list[Desired], generation: int | None) -> None:
