@@ -250,9 +250,12 @@ async def test_metrics_follow_a_hot_plug_a_crashing_driver_and_the_dashboard_eva
         async def unloaded() -> promql.Vector | None:
             samples = await scrape_all(targets)
             counted = value(samples, f"{AGENT}_driver_unloads_total", driver="loop-info", result="unloaded")
-            return samples if counted == 1 and not await driver_status(kube, node, "loop-info") else None
+            # The supervisor counts the exit when it reaps the host, which may come a moment later.
+            reaped = value(samples, f"{SUPERVISOR}_host_exits_total", driver="loop-info", outcome="clean")
+            gone = not await driver_status(kube, node, "loop-info")
+            return samples if counted == 1 and reaped >= 1 and gone else None
 
-        after = await eventually(unloaded, timeout=90, what="loop-info unloaded, and counted once")
+        after = await eventually(unloaded, timeout=90, what="loop-info unloaded and reaped, and counted once")
         assert after is not None
         assert value(after, f"{AGENT}_driver_unload_duration_seconds_count", result="unloaded") >= 1
         assert value(after, f"{SUPERVISOR}_host_exits_total", driver="loop-info", outcome="clean") == 1
