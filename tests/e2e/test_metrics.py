@@ -32,7 +32,13 @@ from storage_driver_api.kube import KubeClient
 from storage_driver_api.nodedevice import is_present
 
 from tests.conftest import REPO_ROOT, require
-from tests.e2e.test_operator_with_agent import DRIVER_FILE, EXAMPLE, agent_missing, node_device_for
+from tests.e2e.test_operator_with_agent import (
+    DRIVER_FILE,
+    EXAMPLE,
+    agent_missing,
+    node_device_for,
+    start_operator,
+)
 from tests.harness import localcluster, promql
 from tests.harness.drivers import write_probe
 from tests.harness.loopdev import LoopDevice, detach
@@ -117,18 +123,7 @@ async def test_metrics_follow_a_hot_plug_a_crashing_driver_and_the_dashboard_eva
     size = 5 * 2**20 + random.randrange(1, 256) * 4096
     ports = {name: free_port() for name in ("operator", "supervisor", "agent")}
     env = {"KUBECONFIG": str(cluster.kubeconfig)}
-    operator = ComponentProcess(
-        "storage-operator",
-        [
-            console_script("storage-operator"),
-            "--liveness",
-            f"http://127.0.0.1:{free_port()}/healthz",
-            "--metrics",
-            f"http://127.0.0.1:{ports['operator']}/metrics",
-        ],
-        tmp_path / "operator.log",
-        env=env,
-    ).start()
+    operator = start_operator(env, tmp_path / "operator.log", ports["operator"])
     supervisor = ComponentProcess(
         "supervisor",
         [
@@ -229,6 +224,9 @@ async def test_metrics_follow_a_hot_plug_a_crashing_driver_and_the_dashboard_eva
         assert value(during, f"{AGENT}_drivers", phase="Loaded") >= 1
         assert value(during, f"{SUPERVISOR}_host_starts_total", driver="loop-info") == 1
         assert value(during, f"{SUPERVISOR}_hosts") >= 1
+        assert (
+            value(during, f"{SUPERVISOR}_requests_total", op="spawn", result="ok") >= 4
+        )  # 1 + 3 crasher starts
         assert (
             value(during, f"{OPERATOR}_storagedriver_nodes", storagedriver="loop-info", state="loaded") == 1
         )
