@@ -469,7 +469,7 @@ def test_a_node_keeping_its_driver_still_counts_as_matching() -> None:
 
 def test_the_unload_policy_reaches_the_spec_entry_and_entries_held_back() -> None:
     forced = driver(unloadDelaySeconds=30, unloadPolicy={"force": True})
-    plan = plan_node(state(device("d1")), [forced], NOW)
+    plan = plan_node(state(device("d1"), cfg=config()), [forced], NOW)
     assert [d.force_unload for d in plan.drivers] == [True]
     # Held by its unload delay, an entry written before the policy changed takes it on at once
     # (the agent needs it for the unload that follows), without restarting anything.
