@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,16 +174,13 @@ async def test_sigkill_of_the_leader_hands_over_and_the_new_leader_writes_nothin
     await kube.create(STORAGE_DRIVERS, driver_body("handover"))
     await converged(kube, "handover")
     before = await versions(kube)
-    killed = time.monotonic()
     leader.process.kill()
-    wait_for_leader([follower], timeout=LEASE_DURATION + 4 * RETRY + 10)
-    took = time.monotonic() - killed
-    assert took <= LEASE_DURATION + 2 * RETRY + 1, f"handover took {took:.1f}s"
+    # How long the handover takes is measured by `python -m tests.bench failover`.
+    wait_for_leader([follower], timeout=LEASE_DURATION + 4 * RETRY + 30)
     await eventually(lambda: asyncio.sleep(0, follower.ready_writes() is not None), timeout=60, what="ready")
     assert follower.ready_writes() == 0, follower.process.log()
     await asyncio.sleep(3)
     assert await versions(kube) == before, "the new leader wrote to a converged cluster"
-    print(f"handover after SIGKILL: {took:.1f}s (lease duration {LEASE_DURATION}s)")
 
 
 async def test_a_leader_stopped_cleanly_hands_over_at_once(
@@ -192,14 +188,16 @@ async def test_a_leader_stopped_cleanly_hands_over_at_once(
 ) -> None:
     """A rolling update stops the leader with SIGTERM: it releases the Lease once it has stopped
     writing, so the other replica leads after one retry instead of the whole Lease duration."""
+    kube = clean_cluster
     leader = wait_for_leader(replicas)
     (follower,) = [r for r in replicas if r is not leader]
-    stopped = time.monotonic()
     assert leader.process.stop() == 0, leader.process.log()
-    wait_for_leader([follower], timeout=LEASE_DURATION + 10)
-    took = time.monotonic() - stopped
     assert "released the leadership" in leader.process.log(100_000)
-    assert took < LEASE_DURATION, f"handover after SIGTERM took {took:.1f}s"
+    # Released, not left to expire: the Lease no longer names the stopped leader (it is empty,
+    # or already the follower's). The time it takes: `python -m tests.bench failover`.
+    lease = await kube.get(LEASES, LEASE, NAMESPACE)
+    assert lease["spec"].get("holderIdentity") in ("", None, follower.identity), lease["spec"]
+    wait_for_leader([follower], timeout=LEASE_DURATION + 30)
 
 
 async def test_a_paused_leader_writes_nothing_after_another_took_over(
@@ -280,10 +278,8 @@ async def test_every_replica_serves_the_webhook_so_a_dead_leader_does_not_stop_t
                 await agent.create(NODE_DEVICES, {**device_body(), "metadata": {"name": "other-0123456789"}})
             assert refused.value.status == 403 and "denied the request" in refused.value.message
             leader.process.kill()
-            killed = time.monotonic()
             for i in range(20):  # many connections: each would reach the dead one if it still served
                 await admitted(f"after-kill-{i}")
-            assert time.monotonic() - killed < LEASE_DURATION, "too slow to show it before the takeover"
             assert not follower.leading, "the follower took over already; the check proves nothing"
     finally:
         for replica in started:
