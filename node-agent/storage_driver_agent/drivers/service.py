@@ -40,7 +40,6 @@ from storage_driver_sdk.devices import ALL_DEVICE_TYPES
 from storage_driver_agent.config import AgentConfig
 from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.inventory import Inventory
-from storage_driver_agent.drivers.kubewatch import list_watch
 from storage_driver_agent.drivers.launcher import make_launcher
 from storage_driver_agent.drivers.liveness import LivenessPolicy
 from storage_driver_agent.drivers.reconcile import NodeReconciler, RuntimeSettings
@@ -55,6 +54,7 @@ from storage_driver_agent.drivers.status import (
 )
 from storage_driver_agent.drivers.usage import UsageReader
 from storage_driver_agent.drivers.watch import DirectoryWatcher
+from storage_driver_agent.kubewatch import list_watch
 from storage_driver_agent.stopping import wait_or_stop
 
 log = logging.getLogger(__name__)

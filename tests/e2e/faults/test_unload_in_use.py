@@ -10,82 +10,21 @@ Events), keep the deletion's finalizer, and unload once it is unmounted; with
 from __future__ import annotations
 
 import os
-import random
-import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from storage_driver_api.constants import NODE_DRIVER_CONFIGS, STORAGE_DRIVERS
-from storage_driver_api.kube import EVENTS, KubeClient
+from storage_driver_api.kube import KubeClient
 
-from tests.e2e.drivers.test_agent import driver, published_device
-from tests.harness.drivers import Agent, journal, pid_alive, short_tmpdir, write_probe
-from tests.harness.localcluster import ClusterConfig
+from tests.e2e.drivers.test_agent import driver
+from tests.e2e.faults.conftest import condition, event, events_about, load_driver, unique_size
+from tests.harness.drivers import Agent, journal, pid_alive
 from tests.harness.loopdev import LoopDevice, mount_filesystem, unmount
 from tests.harness.waiting import consistently, eventually
 from tests.integration.operator.conftest import Operator
 
-NODE = "in-use-node"
 NAME = "in-use"
-
-
-@pytest.fixture
-async def node(make_node: Callable[..., Any]) -> str:
-    await make_node(NODE)
-    return NODE
-
-
-@pytest.fixture
-def agent(cluster: ClusterConfig, node: str, test_namespace: str) -> Iterator[Agent]:
-    runner = Agent(node, cluster.kubeconfig, test_namespace, short_tmpdir("sdo-iu-"))
-    write_probe(runner.driver_dir)
-    yield runner
-    runner.cleanup()
-    print(f"--- agent log ---\n{runner.log(200)}")
-    shutil.rmtree(runner.root, ignore_errors=True)
-
-
-@pytest.fixture
-async def operator(cluster: ClusterConfig, test_namespace: str, tmp_path: Path) -> AsyncIterator[Operator]:
-    # The agent's Lease lives in the test namespace: the operator must read it there, or it
-    # takes the agent for gone and releases the finalizer at once.
-    handle = Operator(cluster, tmp_path, "--lease-namespace", test_namespace)
-    await handle.start()
-    try:
-        yield handle
-    finally:
-        handle.stop()
-        print(f"--- operator log ---\n{handle.log()}")
-
-
-@pytest.fixture
-def mounts(loop_devices: Callable[..., LoopDevice]) -> Iterator[list[Path]]:
-    """Mount points to unmount after the test (before the loop devices are detached)."""
-    points: list[Path] = []
-    yield points
-    for point in points:
-        unmount(point)
-
-
-def storage_driver(size: int, journal_path: Path, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "storage.datawarehouse.io/v1alpha1",
-        "kind": "StorageDriver",
-        "metadata": {"name": NAME},
-        "spec": {
-            "driverName": "Probe Driver",
-            "version": "1.0.0",
-            "supportedDevices": ["loop"],
-            # A size nobody else on this shared machine uses: only the test's device matches.
-            "deviceSelector": [{"key": "sizeBytes", "operator": "In", "values": [str(size)]}],
-            "source": {"hostPath": {"path": "probe.py"}},
-            "config": {"journal": str(journal_path)},
-            "unloadDelaySeconds": 0,
-            **spec,
-        },
-    }
 
 
 async def loaded_with_a_mounted_device(
@@ -98,36 +37,14 @@ async def loaded_with_a_mounted_device(
     """The StorageDriver loaded with its device bound, a filesystem of the device mounted (a
     directory name with a space, as mountinfo escapes it); the NodeDevice, the mount point, the
     driver's status entry and its journal."""
-    size = 6 * 2**20 + random.randrange(1, 256) * 4096
-    trail = agent.root / "probe.journal"
     agent.start("--in-use-recheck", "0.5")
-    device = loop_devices(size_bytes=size)
+    device = loop_devices(size_bytes=unique_size())
     point = agent.root / "data dir"
     mount_filesystem(device, point)
     mounts.append(point)
-    name = await published_device(kube, agent.node, device)
-    await kube.create(STORAGE_DRIVERS, storage_driver(size, trail, **spec))
-
-    async def bound() -> dict[str, Any] | None:
-        entry = await driver(kube, agent.node, NAME)
-        return entry if entry and entry["phase"] == "Loaded" and entry.get("boundDevices") == [name] else None
-
-    entry = await eventually(bound, timeout=60, what=f"{NAME} Loaded with {name} bound")
-    assert entry is not None
+    trail = agent.root / "probe.journal"
+    name, entry = await load_driver(kube, agent, device, trail, NAME, **spec)
     return name, point, entry, trail
-
-
-async def events_about(kube: KubeClient, kind: str, name: str) -> list[tuple[str, str]]:
-    items, _ = await kube.list(EVENTS, namespace="default")
-    return [
-        (e["reason"], e.get("message", ""))
-        for e in items
-        if (e.get("involvedObject") or {}).get("kind") == kind and e["involvedObject"].get("name") == name
-    ]
-
-
-async def event(kube: KubeClient, kind: str, name: str, reason: str, text: str) -> bool:
-    return any(r == reason and text in m for r, m in await events_about(kube, kind, name))
 
 
 def mounted(point: Path) -> bool:
@@ -136,14 +53,6 @@ def mounted(point: Path) -> bool:
 
 def detaches(trail: Path) -> list[dict[str, Any]]:
     return [e for e in journal(trail) if e["event"] in ("detach", "stop")]
-
-
-async def condition(kube: KubeClient, resource: Any, name: str, type_: str) -> dict[str, Any]:
-    obj = await kube.get_or_none(resource, name)
-    for item in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if item["type"] == type_:
-            return dict(item)
-    return {}
 
 
 async def test_a_mounted_device_blocks_the_unload_until_it_is_unmounted(
