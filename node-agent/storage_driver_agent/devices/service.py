@@ -108,7 +108,8 @@ class DeviceAgent:
                 self.backoff.reset()
                 self.wake.set()
             return
-        log.info("the Node changed; publishing its devices again", extra=fields(node=self.node_name, uid=uid))
+        what = "the Node was created again" if uid is not None else "the Node is gone"
+        log.info(f"{what}; publishing its devices again", extra=fields(node=self.node_name, uid=uid))
         self.publisher.stale = True
         self.dirty = True
         if uid is not None:
