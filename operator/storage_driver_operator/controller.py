@@ -33,6 +33,7 @@ from storage_driver_api.constants import (
 )
 from storage_driver_api.kube import LEASES, NODES, ApiError, KubeClient
 from storage_driver_api.logs import fields
+from storage_driver_api.pacing import burst_delay
 from storage_driver_api.storagedriver import MAX_UNLOAD_DELAY_SECONDS as MAX_UNLOAD_DELAY
 
 from storage_driver_operator import events
@@ -447,14 +448,18 @@ class Controller:
             self._dirty.add(node)
 
     async def _planner(self) -> None:
+        planned_at: float | None = None
         while True:
             await self._wait_for_work()
             self.last_tick = self.clock()
-            if self._dirty and self.options.coalesce_seconds > 0:
-                await asyncio.sleep(self.options.coalesce_seconds)  # let a burst finish
+            if self._dirty and (
+                delay := burst_delay(self.clock(), planned_at, self.options.coalesce_seconds)
+            ):
+                await asyncio.sleep(delay)  # a burst is on: gather the rest of it
             self._due_timers()
             if not self._dirty:
                 continue
+            planned_at = self.clock()
             batch, self._dirty = self._dirty, set()
             await self._plan_batch(batch)
 

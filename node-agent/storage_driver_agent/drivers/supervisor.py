@@ -36,6 +36,7 @@ from storage_driver_agent.drivers.launcher import (
     host_socket,
     is_driver_host,
     spawn_host,
+    wait_pidfd,
 )
 from storage_driver_agent.drivers.slots import HOSTS_DIR
 
@@ -53,6 +54,7 @@ class Supervisor:
         self.logs: dict[int, Path] = {}  # pid -> the host's log file
         self.sockets: dict[int, Path] = {}  # pid -> the host's socket (names its process tree)
         self.exit_codes: dict[int, int] = {}
+        self.reaped: dict[int, asyncio.Event] = {}  # pid -> set once reaped ("wait" requests)
 
     def end_tree(self, pid: int, socket: Path) -> list[int]:
         killed = self.trees.end(socket, pid, timeout=2.0)
@@ -73,6 +75,8 @@ class Supervisor:
             name = self.children.pop(pid, None)
             if name is not None:
                 self.exit_codes[pid] = code
+                if (reaped := self.reaped.pop(pid, None)) is not None:
+                    reaped.set()
                 log.info("driver host exited", extra=fields(driver=name, pid=pid, code=code))
                 # Nothing of a driver outlives its host: not after a crash, nor with no agent.
                 if (socket := self.sockets.pop(pid, None)) is not None:
@@ -111,6 +115,25 @@ class Supervisor:
             return {"killed": self.end_tree(int(args["pid"]), Path(str(args["socket"])))}
         raise LauncherError(f"unknown op {op!r}")
 
+    async def wait_exited(self, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Answer once the host has exited (True), or after `timeout` seconds (False)."""
+        pid, timeout = int(args["pid"]), float(args["timeout"])
+        if pid in self.children:  # reap() wakes us, on the SIGCHLD of its exit
+            reaped = self.reaped.setdefault(pid, asyncio.Event())
+            try:
+                await asyncio.wait_for(reaped.wait(), timeout)
+            except TimeoutError:
+                return {"exited": False}
+            return {"exited": True}
+        host = HostProcess(pid, Path(str(args["socket"])))
+        if pid in self.exit_codes or not is_driver_host(host):
+            return {"exited": True}
+        # A host of an earlier supervisor: not our child, but in our pid namespace.
+        done = await wait_pidfd(pid, timeout)
+        if done is None:  # no pidfds here: the agent asks "alive" until it is gone
+            raise LauncherError("cannot wait for a process that is not a child without pidfds")
+        return {"exited": done}
+
     async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
@@ -118,7 +141,8 @@ class Supervisor:
                 try:
                     request = json.loads(line)
                     self.reap()
-                    result = self.handle(str(request.get("op")), request.get("args") or {})
+                    op, args = str(request.get("op")), request.get("args") or {}
+                    result = await self.wait_exited(args) if op == "wait" else self.handle(op, args)
                     reply: dict[str, Any] = {"id": request.get("id"), "ok": True, "result": result}
                 except Exception as exc:
                     log.warning("request refused", extra=fields(op=request.get("op"), error=str(exc)))
