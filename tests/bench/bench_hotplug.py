@@ -39,7 +39,7 @@ from storage_driver_api.constants import (
 )
 from storage_driver_api.kube import NAMESPACES, KubeClient, Resource, load_kubeconfig
 
-from tests.bench import apimetrics
+from tests.bench import apimetrics, trail
 from tests.bench.floor import FLOOR_STAGES_IN, FLOOR_STAGES_OUT, Floor
 from tests.bench.table import Table, ms, percentile
 from tests.conftest import apply_crds
@@ -201,6 +201,7 @@ class Phase:
     samples: Samples
     writes: apimetrics.Counts
     leases: int
+    trail: dict[str, list[float]] = field(default_factory=dict)
 
 
 async def run_floor(kube: KubeClient, samples: Samples, count: int, first: int) -> None:
@@ -328,12 +329,15 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
                         await asyncio.sleep(0.3)
                     await asyncio.sleep(1.0)  # the last unplug's Events and status
                     delta = await apimetrics.snapshot(kube) - counted
+                    logs = trail.read([work / f"agent-{launcher}.log", work / f"operator-{launcher}.log"])
+                    plug, unplug = trail.steps(DRIVER)
                     phases.append(
                         Phase(
                             launcher,
                             samples,
                             apimetrics.writes(delta, PROJECT_RESOURCES),
                             apimetrics.writes(delta, ["leases"]).total(),
+                            {**trail.gaps(logs, plug, "plug"), **trail.gaps(logs, unplug, "unplug")},
                         )
                     )
                     loads.append(os.getloadavg()[0])
@@ -374,9 +378,34 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
         )
         add_stages(table, phase.samples.ins, phase.samples.outs)
         tables.append(table)
+    tables.append(trail_table(phases, load_note))
     tables.append(floor_table(floor, phases, load_note))
     tables.append(economy_table(phases, at_rest, baseline))
     return tables
+
+
+def trail_table(phases: list[Phase], load_note: str) -> Table:
+    table = Table(
+        "Where the hot-plug's time goes: step to step, from the components' log lines",
+        ["step", *[f"{p.launcher} p50" for p in phases], *[f"{p.launcher} p95" for p in phases], "samples"],
+        command="python -m tests.bench hotplug --write",
+        notes=(
+            "The same hot-plugs, timed from the agent's and the operator's own JSON log lines "
+            "(millisecond timestamps, one clock; tests/bench/trail.py): device arrived / gone = the "
+            "agent wrote the NodeDevice; spec received = the agent's watch delivered the operator's "
+            "spec (so that step holds the operator's plan, its write and both watch deliveries); host "
+            "started = the launcher returned a pid; driver loaded = the host's start() and attach() "
+            f"returned; driver unloaded = stop() returned and the host exited. {load_note}"
+        ),
+    )
+    for key in phases[0].trail if phases else []:
+        table.add(
+            key,
+            *[ms(percentile(p.trail[key], 50)) if p.trail.get(key) else "-" for p in phases],
+            *[ms(percentile(p.trail[key], 95)) if p.trail.get(key) else "-" for p in phases],
+            min(len(p.trail.get(key) or []) for p in phases),
+        )
+    return table
 
 
 def floor_table(floor: Samples, phases: list[Phase], load_note: str) -> Table:
