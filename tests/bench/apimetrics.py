@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import aiohttp
 from storage_driver_api.kube import KubeClient
@@ -68,3 +69,19 @@ def writes(delta: Counts, resources: Iterable[str] | None = None) -> Counts:
 def describe(counts: Counts) -> str:
     """`PATCH nodedriverconfigs/status 3, CREATE nodedevices 1` (largest first)."""
     return ", ".join(f"{verb} {resource} {n}" for (verb, resource), n in counts.most_common()) or "none"
+
+
+@dataclass
+class Tally:
+    """Writes between successive marks, added up per label: `await tally.mark(kube, "plug")`
+    counts everything written since the previous mark as "plug"."""
+
+    resources: tuple[str, ...]
+    counts: dict[str, Counts] = field(default_factory=dict)
+    _last: Counts | None = None
+
+    async def mark(self, kube: KubeClient, label: str | None = None) -> None:
+        now = await snapshot(kube)
+        if label is not None and self._last is not None:
+            self.counts.setdefault(label, Counter()).update(writes(now - self._last, self.resources))
+        self._last = now

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,9 +131,16 @@ STAGES_OUT = ("NodeDevice Present=False", "spec drops the driver", "driver unloa
 
 
 async def cycle(
-    devices: Stream, config: Stream, node: str, backing: Path, size: int
+    devices: Stream,
+    config: Stream,
+    node: str,
+    backing: Path,
+    size: int,
+    *,
+    between: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """One attach and detach: the cumulative time to each stage in, then out."""
+    """One attach and detach: the cumulative time to each stage in, then out; `between` runs
+    after the last stage in, before the detach (outside the times)."""
     timings_in: list[float] = []
     timings_out: list[float] = []
     started = time.monotonic()
@@ -152,6 +159,8 @@ async def cycle(
 
         await until(config, loaded, "Loaded")
         timings_in.append(time.monotonic() - started)
+        if between is not None:
+            await between()
     finally:
         started = time.monotonic()
         await asyncio.to_thread(detach, device)
@@ -167,6 +176,7 @@ async def cycle(
 LAUNCHERS = ("direct", "supervisor")
 FLOOR_NODE = "bench-floor"
 REST_SECONDS = 30.0
+SETTLE_SECONDS = 1.0  # after Loaded and after unloaded: the StorageDriver status follows within 1 s
 # The kinds the project's components write; Leases apart (liveness, and the control plane's own).
 PROJECT_RESOURCES = ("nodedevices", "nodedriverconfigs", "storagedrivers", "events")
 
@@ -202,6 +212,7 @@ class Phase:
     writes: apimetrics.Counts
     leases: int
     trail: dict[str, list[float]] = field(default_factory=dict)
+    split: dict[str, apimetrics.Counts] = field(default_factory=dict)  # "plug" / "unplug" -> writes
 
 
 async def run_floor(kube: KubeClient, samples: Samples, count: int, first: int) -> None:
@@ -302,6 +313,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
         for event in ready:
             await event.wait()
         at_rest = Counter[tuple[str, str]]()
+        device_changes = 0
         try:
             for launcher in LAUNCHERS:
                 components = await asyncio.to_thread(start_components, cfg, work, node, driver_dir, launcher)
@@ -319,15 +331,27 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
                     await asyncio.sleep(1.0)  # let the start's writes finish before counting
                     samples = Samples.of(STAGES_IN, STAGES_OUT)
                     loads.append(os.getloadavg()[0])
+                    tally = apimetrics.Tally(PROJECT_RESOURCES)
+                    await tally.mark(kube)
                     counted = await apimetrics.snapshot(kube)
+
+                    async def plugged(tally: apimetrics.Tally = tally) -> None:
+                        await asyncio.sleep(SETTLE_SECONDS)  # the plug's Events and statuses
+                        await tally.mark(kube, "plug")
+
                     for index in range(ATTACHES):
                         samples.add(
                             *await cycle(
-                                devices, config, node, work / f"hotplug-{launcher}-{index}.img", size
+                                devices,
+                                config,
+                                node,
+                                work / f"hotplug-{launcher}-{index}.img",
+                                size,
+                                between=plugged,
                             )
                         )
-                        await asyncio.sleep(0.3)
-                    await asyncio.sleep(1.0)  # the last unplug's Events and status
+                        await asyncio.sleep(SETTLE_SECONDS)
+                        await tally.mark(kube, "unplug")
                     delta = await apimetrics.snapshot(kube) - counted
                     logs = trail.read([work / f"agent-{launcher}.log", work / f"operator-{launcher}.log"])
                     plug, unplug = trail.steps(DRIVER)
@@ -338,13 +362,22 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
                             apimetrics.writes(delta, PROJECT_RESOURCES),
                             apimetrics.writes(delta, ["leases"]).total(),
                             {**trail.gaps(logs, plug, "plug"), **trail.gaps(logs, unplug, "unplug")},
+                            tally.counts,
                         )
                     )
                     loads.append(os.getloadavg()[0])
                     if launcher == LAUNCHERS[-1]:
                         before = await apimetrics.snapshot(kube)
+                        rest_from = time.time()
                         await asyncio.sleep(REST_SECONDS)
                         at_rest = apimetrics.writes(await apimetrics.snapshot(kube) - before)
+                        device_changes = sum(
+                            1
+                            for at, line in trail.read([work / f"agent-{launcher}.log"])
+                            if rest_from <= at <= rest_from + REST_SECONDS
+                            and line["msg"]
+                            in ("device arrived", "device changed", "device present", "device gone")
+                        )
                 finally:
                     await kube.delete(STORAGE_DRIVERS, DRIVER)
                     await asyncio.sleep(2.0)  # let the operator release its finalizer
@@ -380,7 +413,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
         tables.append(table)
     tables.append(trail_table(phases, load_note))
     tables.append(floor_table(floor, phases, load_note))
-    tables.append(economy_table(phases, at_rest, baseline))
+    tables.append(economy_table(phases, at_rest, baseline, device_changes))
     return tables
 
 
@@ -452,7 +485,9 @@ def floor_table(floor: Samples, phases: list[Phase], load_note: str) -> Table:
     return table
 
 
-def economy_table(phases: list[Phase], at_rest: apimetrics.Counts, baseline: apimetrics.Counts) -> Table:
+def economy_table(
+    phases: list[Phase], at_rest: apimetrics.Counts, baseline: apimetrics.Counts, device_changes: int
+) -> Table:
     table = Table(
         "API economy: writes the API server counted (apiserver_request_total)",
         ["measured", "value", "by verb and resource"],
@@ -469,14 +504,23 @@ def economy_table(phases: list[Phase], at_rest: apimetrics.Counts, baseline: api
         count = len(phase.samples.total_in())
         total = phase.writes.total()
         table.add(
-            f"writes per hot-plug, {phase.launcher} launcher",
+            f"writes per hot-plug (attach and detach), {phase.launcher} launcher",
             f"{total / count:.1f}",
-            apimetrics.describe(Counter({k: v for k, v in phase.writes.items()})) + f" (over {count})",
+            apimetrics.describe(phase.writes) + f" (over {count})",
         )
+        for label, counts in phase.split.items():
+            table.add(
+                f"writes per {label}, {phase.launcher} launcher",
+                f"{counts.total() / count:.1f}",
+                apimetrics.describe(counts) + f" (over {count})",
+            )
     per_minute = 60.0 / REST_SECONDS
     ours = apimetrics.writes(at_rest, PROJECT_RESOURCES)
     table.add(
-        "project writes per minute at rest", f"{ours.total() * per_minute:.1f}", apimetrics.describe(ours)
+        "project writes per minute at rest",
+        f"{ours.total() * per_minute:.1f}",
+        apimetrics.describe(ours)
+        + f"; the agent logged {device_changes} device change(s) of other work on this machine meanwhile",
     )
     leases = at_rest[("PATCH", "leases")] + at_rest[("PUT", "leases")]
     base_leases = baseline[("PATCH", "leases")] + baseline[("PUT", "leases")]
