@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from storage_driver_api.kube import NODES, PODS, ApiError, KubeClient, load_kubeconfig
 
-from tests.harness import localnode
+from tests.harness import auditlog, localnode
 from tests.harness.daemons import (
     COMPONENTS,
     KUBE_VERSION,
@@ -335,6 +335,10 @@ def _start_apiserver(cfg: ClusterConfig) -> None:
             f"--service-cluster-ip-range={cfg.service_cidr}",
             "--allow-privileged=true",
             "--event-ttl=1h",
+            f"--audit-policy-file={auditlog.policy_file(cfg)}",
+            f"--audit-log-path={auditlog.log_file(cfg)}",
+            "--audit-log-maxsize=200",
+            "--audit-log-maxbackup=1",
             "--v=1",
         ],
     )
