@@ -33,7 +33,6 @@ from storage_driver_api.constants import (
 )
 from storage_driver_api.kube import LEASES, NODES, ApiError, KubeClient
 from storage_driver_api.logs import fields
-from storage_driver_api.pacing import burst_delay
 from storage_driver_api.storagedriver import MAX_UNLOAD_DELAY_SECONDS as MAX_UNLOAD_DELAY
 
 from storage_driver_operator import events
@@ -41,6 +40,7 @@ from storage_driver_operator.cache import Informer
 from storage_driver_operator.desired import NodePlan, NodeState, Rollout, plan_node, plan_rollouts
 from storage_driver_operator.metrics import DriverStats, InformerStats, Snapshot
 from storage_driver_operator.options import Options
+from storage_driver_operator.pacing import burst_delay
 from storage_driver_operator.status import NodeDriverState, Observed, aggregate, observe, transitions
 from storage_driver_operator.views import (
     ConfigView,

@@ -13,7 +13,6 @@ from storage_driver_api.constants import API_VERSION, LEASE_PREFIX, NODE_DEVICES
 from storage_driver_api.events import EVENT_NAMESPACE, event_body
 from storage_driver_api.kube import EVENTS, LEASES, NODES, ApiError, KubeClient
 from storage_driver_api.logs import fields
-from storage_driver_api.pacing import burst_delay
 
 from storage_driver_agent.drivers.status import merge_patch
 from storage_driver_agent.stopping import sleep_or_stop, wait_or_stop
@@ -28,8 +27,7 @@ COALESCE_SECONDS: Final = 0.02
 class StatusWriter:
     """Writes NodeDriverConfig.status whenever the submitted status differs from the last written.
 
-    Submissions coalesce: a change after a quiet spell is written at once, and the changes of a
-    burst that follow a write within COALESCE_SECONDS become one write of the newest status. The agent is
+    Submissions coalesce: a burst of changes becomes one write of the newest status. The agent is
     the status's only writer, so each write is the merge patch from what it wrote last (or what
     the object held when the agent started) to the new status: only what changed is sent, which
     the API server processes far faster than a replacement of the whole status."""
@@ -54,15 +52,11 @@ class StatusWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = 0.2
-        loop = asyncio.get_running_loop()
-        written_at: float | None = None
         while not stop.is_set():
             if not await wait_or_stop(self._wake, stop):
                 return
-            # Changes a few milliseconds after a write (a file verified, then its host started)
-            # make one more write; a lone change (the driver Loaded) is not kept waiting.
-            if pause := burst_delay(loop.time(), written_at, COALESCE_SECONDS):
-                await sleep_or_stop(stop, pause)
+            # Changes a few milliseconds apart (a file verified, then its host started) make one write.
+            await sleep_or_stop(stop, COALESCE_SECONDS)
             self._wake.clear()
             status, written = self.latest, self.written
             if status is None or written is None or status == written:
@@ -76,7 +70,6 @@ class StatusWriter:
                 )
                 self.written = status
                 self.writes += 1
-                written_at = loop.time()
                 delay = 0.2
             except ApiError as exc:
                 if not exc.not_found:  # missing: written again once the object exists

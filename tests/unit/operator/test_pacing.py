@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from storage_driver_api.pacing import burst_delay
+from storage_driver_operator.pacing import burst_delay
 
 
 def test_the_first_change_is_written_at_once() -> None:

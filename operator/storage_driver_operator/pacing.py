@@ -1,5 +1,4 @@
-"""When a writer that gathers bursts of changes should write: the one rule the operator's planner
-and the agent's status writer share."""
+"""When the planner, which gathers bursts of changes, should plan (and so write)."""
 
 from __future__ import annotations
 
