@@ -168,7 +168,7 @@ async def test_an_agent_lists_and_watches_only_its_own_nodes_objects(
     agent = Agent(NODE, proxy.kubeconfig(cluster, root / "kubeconfig"), test_namespace, root)
     agent.driver_dir.mkdir(parents=True)
     try:
-        agent.start()
+        await asyncio.to_thread(agent.start)  # it waits for the agent, which needs the proxy (this loop)
 
         async def ready() -> bool:
             config = await kube.get_or_none(NODE_DRIVER_CONFIGS, NODE)
@@ -200,7 +200,7 @@ async def test_an_agent_lists_and_watches_only_its_own_nodes_objects(
         await eventually(relayed, timeout=30, what="the agent's watch to deliver its own NodeDriverConfig")
         await asyncio.sleep(1.0)  # time for the other node's changes to arrive, were they sent
     finally:
-        agent.stop()
+        await asyncio.to_thread(agent.stop)
         agent.cleanup()
         print(f"--- agent log ---\n{agent.log(80)}")
         shutil.rmtree(root, ignore_errors=True)
