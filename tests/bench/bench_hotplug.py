@@ -40,6 +40,7 @@ from storage_driver_api.constants import (
 from storage_driver_api.kube import NAMESPACES, KubeClient, Resource, load_kubeconfig
 
 from tests.bench import apimetrics, trail
+from tests.bench.bench_operator import rss_mb
 from tests.bench.floor import FLOOR_STAGES_IN, FLOOR_STAGES_OUT, Floor
 from tests.bench.table import Table, ms, percentile
 from tests.conftest import apply_crds
@@ -313,6 +314,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
         for event in ready:
             await event.wait()
         at_rest = Counter[tuple[str, str]]()
+        footprint: list[tuple[str, float, float, float]] = []
         device_changes = 0
         try:
             for launcher in LAUNCHERS:
@@ -369,7 +371,12 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
                     if launcher == LAUNCHERS[-1]:
                         before = await apimetrics.snapshot(kube)
                         rest_from = time.time()
+                        cpu_before = {c.name: cpu_seconds(c.pid) for c in components}
                         await asyncio.sleep(REST_SECONDS)
+                        footprint = [
+                            (c.name, *rss_mb(c.pid), (cpu_seconds(c.pid) - cpu_before[c.name]) / REST_SECONDS)
+                            for c in components
+                        ]
                         at_rest = apimetrics.writes(await apimetrics.snapshot(kube) - before)
                         device_changes = sum(
                             1
@@ -414,6 +421,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
     tables.append(trail_table(phases, load_note))
     tables.append(floor_table(floor, phases, load_note))
     tables.append(economy_table(phases, at_rest, baseline, device_changes))
+    tables.append(footprint_table(footprint, load_note))
     return tables
 
 
@@ -482,6 +490,28 @@ def floor_table(floor: Samples, phases: list[Phase], load_note: str) -> Table:
             "",
             "",
         )
+    return table
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def footprint_table(footprint: list[tuple[str, float, float, float]], load_note: str) -> Table:
+    table = Table(
+        "Footprint at rest (supervisor launcher, no driver loaded)",
+        ["process", "RSS", "peak RSS", "CPU"],
+        command="python -m tests.bench hotplug --write",
+        notes=(
+            f"Over the {REST_SECONDS:.0f} s at rest after the supervisor phase's hot-plugs (the API "
+            "economy table's window): VmRSS at its end, VmHWM, and user+system CPU time divided by the "
+            f"window (1.0 = one core busy). {load_note}"
+        ),
+    )
+    for name, rss, peak, cpu in footprint:
+        table.add(name, f"{rss:.0f} MB", f"{peak:.0f} MB", f"{cpu * 100:.1f}% of a core")
     return table
 
 
