@@ -23,6 +23,7 @@ from storage_driver_api.kube import ApiError, KubeClient
 from storage_driver_api.logs import fields
 from storage_driver_api.nodedevice import NodeDeviceSpec
 
+from storage_driver_agent import metrics
 from storage_driver_agent.config import AgentConfig
 from storage_driver_agent.devices.coalesce import Backoff, Coalescer
 from storage_driver_agent.devices.describe import describe_all
@@ -288,4 +289,9 @@ class DeviceAgent:
 async def run(
     config: AgentConfig, options: Options, kube: KubeClient, stop: asyncio.Event, ready: asyncio.Event
 ) -> None:
-    await DeviceAgent(config.node_name, options, kube, synced=ready).run(stop)
+    agent = DeviceAgent(config.node_name, options, kube, synced=ready)
+    # A lambda: refresh() replaces the publisher's dict, so its bound method would go stale.
+    metrics.STATE.devices = lambda: agent.publisher.objects.values()  # noqa: PLW0108
+    metrics.STATE.uevents = lambda: agent.uevents
+    metrics.STATE.device_writes = lambda: agent.publisher.writes
+    await agent.run(stop)

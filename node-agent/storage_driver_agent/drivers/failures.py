@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from storage_driver_api.logs import fields
 
+from storage_driver_agent import metrics
 from storage_driver_agent.drivers.hosts import describe_exit
 from storage_driver_agent.drivers.runtime import EventSink, Record
 from storage_driver_agent.drivers.statemachine import BackoffPolicy, forget_host, next_failure
@@ -54,6 +55,7 @@ def crashed(record: Record, *, now: float, policy: BackoffPolicy) -> None:
     """The host is gone without being asked to (or killed because it hung): forget it and back
     off before restarting."""
     reason, message = record.killed_for or ("Crashed", CRASHED_MESSAGE)
+    metrics.CRASHES.labels(record.state.name, reason).inc()
     record.crashed = True
     record.state = replace(
         forget_host(record.state),

@@ -24,6 +24,7 @@ from typing import Any
 from storage_driver_api.logs import fields
 from storage_driver_sdk.protocol import Op
 
+from storage_driver_agent import metrics
 from storage_driver_agent.drivers import failures
 from storage_driver_agent.drivers.binding import attach_failed, bind, device_message
 from storage_driver_agent.drivers.hostclient import HostCallError, HostConnection, HostGone
@@ -94,6 +95,7 @@ class NodeReconciler:
     def _record(self, name: str) -> Record:
         if name not in self.records:
             self.records[name] = Record(DriverState(name))
+            metrics.driver_added(name)
         return self.records[name]
 
     def set_spec(self, drivers: list[Desired], generation: int | None) -> None:
@@ -235,6 +237,8 @@ class NodeReconciler:
         assert desired is not None and isinstance(artifact, Artifact)
         restarts = record.restarts + (1 if record.crashed else 0)
         started_mono, started_wall = self.clock(), self.wall()
+        if record.crashed:
+            metrics.RESTARTS.labels(record.state.name).inc()
         try:
             pid = await self.hosts.spawn(desired, artifact, restarts)
             self.loads += 1
@@ -246,6 +250,8 @@ class NodeReconciler:
                 started_wall,
             )
         except HostLoadFailed as exc:
+            metrics.LOADS.labels(record.state.name, "failed").inc()
+            metrics.LOAD_SECONDS.labels("failed").observe(self.clock() - started_mono)
             failures.load_failed(
                 record,
                 self.events,
@@ -256,6 +262,8 @@ class NodeReconciler:
                 pid=exc.pid,
             )
             return
+        metrics.LOADS.labels(record.state.name, "loaded").inc()
+        metrics.LOAD_SECONDS.labels("loaded").observe(self.clock() - started_mono)
         attached = loaded.attached
         record.restarts, record.crashed = restarts, False
         record.conn = loaded.conn
@@ -319,6 +327,9 @@ class NodeReconciler:
         what = {StopReason.RELOAD: "to reload it", StopReason.CAPACITY: "over maxLoadedDrivers"}.get(
             action.reason, f"({action.reason.value})"
         )
+        unloaded = "failed" if ended != "stopped" or errors else "unloaded"
+        metrics.UNLOADS.labels(name, unloaded).inc()
+        metrics.UNLOAD_SECONDS.labels(unloaded).observe(took)
         if ended != "stopped" or errors:
             detail = "; ".join(errors) if errors else ""
             if ended != "stopped":
@@ -393,6 +404,8 @@ class NodeReconciler:
             outcome = Hung("health()", timeout)
         except HostGone:
             return
+        checked = {Healthy: "healthy", Unhealthy: "unhealthy", Hung: "hung"}[type(outcome)]
+        metrics.HEALTH_CHECKS.labels(record.state.name, checked).inc()
         if record.conn is conn:
             await self._judge(record, outcome)
 

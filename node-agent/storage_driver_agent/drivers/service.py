@@ -30,6 +30,7 @@ from storage_driver_api.constants import (
 from storage_driver_api.kube import NODES, ApiError, KubeClient
 from storage_driver_api.logs import fields
 from storage_driver_api.meta import describe_validation_error
+from storage_driver_api.nodedevice import is_present
 from storage_driver_api.nodedriverconfig import (
     MAX_DRIVERS_PER_NODE,
     NodeDriverConfigSpec,
@@ -37,6 +38,7 @@ from storage_driver_api.nodedriverconfig import (
 )
 from storage_driver_sdk.devices import ALL_DEVICE_TYPES
 
+from storage_driver_agent import metrics
 from storage_driver_agent.config import AgentConfig
 from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.inventory import Inventory
@@ -268,12 +270,7 @@ def agent_version() -> str:
 
 def device_present(obj: Mapping[str, Any]) -> bool:
     spec = obj.get("spec") or {}
-    if spec.get("type") not in ALL_DEVICE_TYPES:
-        return False
-    for condition in (obj.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Present":
-            return bool(condition.get("status") != "False")
-    return True
+    return spec.get("type") in ALL_DEVICE_TYPES and is_present(obj)
 
 
 class DriverRuntime:
@@ -582,4 +579,8 @@ class _Retry(Exception):
 async def run(
     config: AgentConfig, options: Options, kube: KubeClient, stop: asyncio.Event, ready: asyncio.Event
 ) -> None:
-    await DriverRuntime(config, options, kube, ready).run(stop)
+    runtime = DriverRuntime(config, options, kube, ready)
+    metrics.STATE.phases = lambda: [
+        str(d.phase) for d in (runtime.previous_status.drivers if runtime.previous_status else [])
+    ]
+    await runtime.run(stop)
