@@ -40,13 +40,14 @@ from storage_driver_agent.drivers.launcher import (
     host_socket,
     is_driver_host,
     spawn_host,
+    wait_pidfd,
 )
 from storage_driver_agent.drivers.slots import HOSTS_DIR
 
 log = logging.getLogger("storage_driver_agent.supervisor")
 PR_SET_CHILD_SUBREAPER: Final = 36
 MAX_EXIT_RECORDS: Final = 1024
-OPS: Final = ("spawn", "alive", "exit_status", "signal", "end_tree")
+OPS: Final = ("spawn", "alive", "exit_status", "signal", "end_tree", "wait")
 
 # The supervisor's own registry (a separate process from the agent, with its own /metrics).
 # `driver` is the name the agent gives, one of the node's NodeDriverConfig drivers: bounded.
@@ -94,6 +95,7 @@ class Supervisor:
         self.logs: dict[int, Path] = {}  # pid -> the host's log file
         self.sockets: dict[int, Path] = {}  # pid -> the host's socket (names its process tree)
         self.exit_codes: dict[int, int] = {}
+        self.reaped: dict[int, asyncio.Event] = {}  # pid -> set once reaped ("wait" requests)
         HOSTS.set_function(lambda: len(self.children))
 
     def end_tree(self, pid: int, socket: Path) -> list[int]:
@@ -116,6 +118,8 @@ class Supervisor:
             name = self.children.pop(pid, None)
             if name is not None:
                 self.exit_codes[pid] = code
+                if (reaped := self.reaped.pop(pid, None)) is not None:
+                    reaped.set()
                 HOST_EXITS.labels(name, "clean" if code == 0 else "error" if code > 0 else "signal").inc()
                 log.info("driver host exited", extra=fields(driver=name, pid=pid, code=code))
                 # Nothing of a driver outlives its host: not after a crash, nor with no agent.
@@ -156,6 +160,25 @@ class Supervisor:
             return {"killed": self.end_tree(int(args["pid"]), Path(str(args["socket"])))}
         raise LauncherError(f"unknown op {op!r}")
 
+    async def wait_exited(self, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Answer once the host has exited (True), or after `timeout` seconds (False)."""
+        pid, timeout = int(args["pid"]), float(args["timeout"])
+        if pid in self.children:  # reap() wakes us, on the SIGCHLD of its exit
+            reaped = self.reaped.setdefault(pid, asyncio.Event())
+            try:
+                await asyncio.wait_for(reaped.wait(), timeout)
+            except TimeoutError:
+                return {"exited": False}
+            return {"exited": True}
+        host = HostProcess(pid, Path(str(args["socket"])))
+        if pid in self.exit_codes or not is_driver_host(host):
+            return {"exited": True}
+        # A host of an earlier supervisor: not our child, but in our pid namespace.
+        done = await wait_pidfd(pid, timeout)
+        if done is None:  # no pidfds here: the agent asks "alive" until it is gone
+            raise LauncherError("cannot wait for a process that is not a child without pidfds")
+        return {"exited": done}
+
     async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
@@ -163,7 +186,8 @@ class Supervisor:
                 try:
                     request = json.loads(line)
                     self.reap()
-                    result = self.handle(str(request.get("op")), request.get("args") or {})
+                    op, args = str(request.get("op")), request.get("args") or {}
+                    result = await self.wait_exited(args) if op == "wait" else self.handle(op, args)
                     reply: dict[str, Any] = {"id": request.get("id"), "ok": True, "result": result}
                     REQUESTS.labels(_op_label(request), "ok").inc()
                 except Exception as exc:

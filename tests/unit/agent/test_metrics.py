@@ -82,6 +82,7 @@ def test_api_answers_readiness_and_counters_come_from_the_state() -> None:
     [
         ({"op": "spawn"}, "spawn"),
         ({"op": "end_tree"}, "end_tree"),
+        ({"op": "wait"}, "wait"),
         ({"op": "x" * 200}, "other"),
         ({}, "other"),
     ],
