@@ -128,8 +128,13 @@ async def test_a_node_deleted_and_created_again_is_collected_and_converges(
     events = [e["event"] for e in journal(trail) if e["event"] in ("start", "stop")]
     assert events[0] == "start" and all(a != b for a, b in itertools.pairwise(events)), events
     assert events[-1] == "start"
-    sd = await kube.get(STORAGE_DRIVERS, NAME)
-    assert (sd.get("status") or {}).get("loadedNodes") == 1
+
+    async def counted() -> bool:
+        sd = await kube.get(STORAGE_DRIVERS, NAME)
+        return (sd.get("status") or {}).get("loadedNodes") == 1
+
+    # The operator counts the node's report once it has seen it.
+    await eventually(counted, timeout=30, what="the StorageDriver to count the new node's load")
 
 
 # --- scenario 6: deleting a StorageDriver while a part is missing --------------------------------
