@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -187,6 +189,19 @@ def test_host_path_must_be_available_clean_and_with_the_pinned_hash() -> None:
     assert source_unavailable(unpinned, wrong) is None
 
 
+def test_a_pinned_hash_refuses_every_other_file() -> None:
+    # The pin guards against a changed file: any other hash is refused, however it compares.
+    pinned = spec_of(source={"hostPath": {"path": "loop_info.py", "sha256": "b" * 64}})
+    for other in ("a" * 64, "c" * 64, "b" * 63 + "a", "b" * 63 + "c", "B" * 64):
+        found = {"loop_info.py": AvailableFile("loop_info.py", other, None)}
+        assert source_unavailable(pinned, found) == (
+            f"loop_info.py has sha256 {other}, the StorageDriver pins {'b' * 64}"
+        )
+    # The same hash is the same, however the strings were made (the API's are parsed from JSON).
+    same = json.loads(json.dumps({"sha256": "b" * 64}))["sha256"]
+    assert source_unavailable(pinned, {"loop_info.py": AvailableFile("loop_info.py", same, None)}) is None
+
+
 def test_host_path_file_must_declare_the_specs_driver_name_and_version() -> None:
     spec = spec_of(driverName="loop-info", version="1.2.0", source={"hostPath": {"path": "loop_info.py"}})
 
@@ -221,6 +236,15 @@ def test_fetched_sources_are_always_obtainable() -> None:
 # --- match_node ------------------------------------------------------------------------------
 
 AVAILABLE = {"loop_info.py": AvailableFile("loop_info.py", "a" * 64, None)}
+
+
+def test_a_match_is_a_value() -> None:
+    """The planner hands one Match to the node's decision, its status and `sdctl plan`: none
+    can change it under the others, and equal outcomes are one value."""
+    result = match_node("drv", spec_of(), node(), [device("a")], AVAILABLE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.reason = Reason.NO_MATCHING_DEVICES  # type: ignore[misc]
+    assert {result, match_node("drv", spec_of(), node(), [device("a")], AVAILABLE)} == {result}
 
 
 def test_matches_with_present_devices_of_a_supported_type() -> None:
@@ -295,6 +319,13 @@ def test_each_non_match_names_its_reason(
     result = match_node("drv", spec_of(**spec), node(labels=labels), [device("a")], AVAILABLE)
     assert result.reason == reason
     assert result.message
+
+
+def test_an_opt_in_label_read_from_the_api_opts_the_node_in() -> None:
+    # Labels come parsed from the API's JSON, never as the literals of this file.
+    labels = json.loads(json.dumps({opt_in_label("drv"): "true"}))
+    result = match_node("drv", spec_of(autoLoad=False), node(labels=labels), [device("a")], AVAILABLE)
+    assert result.matched
 
 
 def test_node_checks_come_before_devices_and_devices_before_the_file() -> None:
