@@ -70,6 +70,13 @@ def test_label_selector_semantics(
     assert selects(parsed, labels) is expected
 
 
+def test_labels_read_from_the_api_select_the_node() -> None:
+    # The selector and the node's labels both come parsed from the API's JSON.
+    selector = LabelSelector.model_validate(json.loads('{"matchLabels": {"storage-tier": "fast-nvme"}}'))
+    assert selects(selector, json.loads('{"storage-tier": "fast-nvme"}'))
+    assert not selects(selector, json.loads('{"storage-tier": "slow-disk"}'))
+
+
 # --- platform --------------------------------------------------------------------------------
 
 
