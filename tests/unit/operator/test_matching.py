@@ -22,7 +22,7 @@ from storage_driver_operator.matching import (
     selects,
     source_unavailable,
 )
-from storage_driver_operator.views import AvailableFile
+from storage_driver_operator.views import AvailableFile, node_view
 
 from tests.unit.operator.builders import device, driver, node
 
@@ -124,6 +124,17 @@ def test_an_os_mismatch_says_what_the_node_runs_or_that_it_reports_none() -> Non
         Reason.UNSUPPORTED_OS,
         "node runs an unreported OS; the driver needs linux",
     )
+
+
+def test_an_os_read_from_the_api_is_the_os_the_driver_needs() -> None:
+    # Both sides come parsed from the API's JSON, never as the literals of this file.
+    minimum = MinimumPlatform.model_validate(json.loads('{"os": "linux"}'))
+    reported = node_view(
+        json.loads(
+            json.dumps({"metadata": {"name": "n1"}, "status": {"nodeInfo": {"operatingSystem": "linux"}}})
+        )
+    )
+    assert platform_mismatch(minimum, reported) is None
 
 
 # --- device selector -------------------------------------------------------------------------
