@@ -303,6 +303,8 @@ def test_the_message_lists_up_to_five_devices_then_counts_the_rest() -> None:
     seven = match_node("drv", spec, node(), [device(f"d{i}") for i in range(7)], AVAILABLE)
     assert seven.message == "7 matching device(s): d0, d1, d2, d3, d4 and 2 more"
     assert seven.devices == tuple(f"d{i}" for i in range(7))
+    many = match_node("drv", spec, node(), [device(f"d{i:02}") for i in range(12)], AVAILABLE)
+    assert many.message == "12 matching device(s): d00, d01, d02, d03, d04 and 7 more"
 
 
 def test_a_device_without_a_present_condition_counts_as_present() -> None:
