@@ -165,6 +165,7 @@ def req(key: str, operator: str, *values: str) -> DeviceSelectorRequirement:
         (req("sizeBytes", "Gt", "1000"), {"sizeBytes": "big"}, False),
         (req("sizeBytes", "Lt", "1000"), {"sizeBytes": "999"}, True),
         (req("sizeBytes", "Lt", "-1"), {"sizeBytes": "0"}, False),
+        (req("sizeBytes", "Lt", "1000"), {"sizeBytes": "1000"}, False),  # strictly less, as Gt is greater
         (req("rotational", "In", "false"), {"rotational": "false"}, True),
         (req("model", "Regex", "Samsung SSD 9[0-9]0.*"), {"model": "Samsung SSD 980 PRO"}, True),
         (req("model", "Regex", "SSD"), {"model": "Samsung SSD 980"}, False),  # full match
