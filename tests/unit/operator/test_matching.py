@@ -89,6 +89,7 @@ def test_labels_read_from_the_api_select_the_node() -> None:
         ("5.4.0-150-generic", {"atLeast": "5.10"}, Reason.PLATFORM_TOO_OLD),
         ("6.1.0-18-amd64", {"below": "6.2"}, None),
         ("6.1.0-18-amd64", {"below": "6.1"}, Reason.PLATFORM_TOO_NEW),
+        ("6.8.0", {"below": "6.1"}, Reason.PLATFORM_TOO_NEW),  # well past the bound, not only at it
         ("6.10.3", {"atLeast": "6.9", "below": "6.11"}, None),  # numeric, not string, comparison
         ("v5.15.0", {"atLeast": "5.15"}, None),
         ("weird", {"atLeast": "5.15"}, Reason.PLATFORM_UNKNOWN),
