@@ -207,6 +207,23 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
                     db.set_result(job_id, WorkResult(WorkerOutcome.SKIPPED, output=NOT_SAMPLED))
 
 
+def equivalents_table(settings: Settings) -> str:
+    """The `[[equivalent]]` list as the Markdown table in docs/testing.md (a test keeps the two
+    the same)."""
+
+    def cell(text: str) -> str:
+        return " ".join(text.split()).replace("|", "\\|")
+
+    rows = ["| module | line | mutant | why it cannot matter |", "|---|---|---|---|"]
+    for eq in settings.equivalents:
+        side, _, module = eq.file.partition("/")
+        module = module.partition("/")[2]
+        where = f"{'operator' if side == 'operator' else 'agent'} `{module}`"
+        mutant = "every mutant of the line" if eq.mutant == "*" else f"`{cell(eq.mutant)}`"
+        rows.append(f"| {where} | `{cell(eq.line)}` | {mutant} | {cell(eq.reason)} |")
+    return "\n".join(rows) + "\n"
+
+
 # --- running -----------------------------------------------------------------------------------
 
 
@@ -409,9 +426,15 @@ def main(argv: list[str] | None = None) -> int:
         " tests as they are now; the score counts the whole session (the test code may change"
         " between the runs, the mutated modules may not)",
     )
+    parser.add_argument(
+        "--equivalents", action="store_true", help="print the equivalents as docs/testing.md lists them"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, stop_all)
     settings = load_settings()
+    if args.equivalents:
+        print(equivalents_table(settings), end="")
+        return 0
     unknown = [m for m in args.modules if m not in settings.modules]
     if unknown:
         parser.error(f"not in {CONFIG.relative_to(ROOT)}: {', '.join(unknown)}")

@@ -7,7 +7,6 @@ import datetime as dt
 from dataclasses import replace
 
 import pytest
-
 from storage_driver_operator.desired import (
     Action,
     Hold,
