@@ -40,7 +40,7 @@ from storage_driver_agent.drivers.status import (
     merge_patch,
 )
 from storage_driver_agent.drivers.watch import debounce_deadline
-from storage_driver_api.nodedriverconfig import NodeDriverConfig
+from storage_driver_api.nodedriverconfig import MAX_AVAILABLE, MAX_BOUND_DEVICES, MAX_FACTS, NodeDriverConfig
 from storage_driver_sdk import MinimumPlatform
 from storage_driver_sdk.scan import Declaration, ScannedDriver
 
@@ -390,3 +390,33 @@ def test_ready_names_five_drivers_then_counts_the_rest() -> None:
     assert six.conditions[0].message == "failed: d0, d1, d2, d3, d4 and 1 more"
     five = build_status(node([refused(f"d{i}") for i in range(5)]), frozenset({"d1"}), 0.0, AT)
     assert five.conditions[0].message == "failed: d0, d1, d2, d3, d4"
+
+
+def test_whatever_a_driver_reports_is_cut_to_what_the_api_accepts() -> None:
+    # A driver's errors, health verdicts and facts are its author's text, and a node may hold
+    # more devices and files than one status lists: the status is cut to the schema's bounds,
+    # keeping the first of each in order, so that the agent's write is never refused.
+    devices = tuple(f"dev{i:03}" for i in range(MAX_BOUND_DEVICES + 20))
+    report = loaded("loop-info", devices)
+    facts = {f"{i:02}" + "k" * 100: "v" * 1000 for i in range(MAX_FACTS + 4)}
+    chatty = DriverReport(
+        report.state,
+        restarts=2,
+        last_error=LastError("R" * 500, "m" * 10_000, AT),
+        unhealthy="u" * 5000,
+        facts={devices[0]: facts},
+    )
+    files = [ScannedDriver(f"f{i:03}.py", SHA, error="SyntaxError") for i in range(MAX_AVAILABLE + 10)]
+    status = build_status(node([chatty], files), frozenset(devices), 0.0, AT)
+    (driver,) = status.drivers
+    assert driver.last_error is not None
+    assert (len(driver.last_error.reason), len(driver.last_error.message)) == (128, 4096)
+    assert driver.unhealthy == "u" * 1024
+    assert len(driver.message) == 1024 and driver.message.startswith("unhealthy: uuu")
+    assert driver.bound_devices == list(devices[:MAX_BOUND_DEVICES])
+    assert [d.name for d in driver.devices] == list(devices[:MAX_BOUND_DEVICES])
+    first = driver.devices[0].facts
+    assert list(first) == [f"{i:02}" + "k" * 62 for i in range(MAX_FACTS)]
+    assert set(first.values()) == {"v" * 256}
+    assert [a.file for a in status.available] == [f"f{i:03}.py" for i in range(MAX_AVAILABLE)]
+    NodeDriverConfig.model_validate({"status": status.to_api()})
