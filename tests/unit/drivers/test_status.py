@@ -367,6 +367,10 @@ def test_reports_are_values_that_cannot_change_under_the_status_writer() -> None
     with pytest.raises(dataclasses.FrozenInstanceError):
         error.reason = "Other"  # type: ignore[misc]
     assert len({error, LastError("Crashed", "exit 1", AT)}) == 1
+    report = loaded("loop-info")
+    for value, field in [(report, "last_error"), (node([report]), "generation")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, None)
 
 
 def test_a_long_scan_error_is_cut_to_what_the_api_accepts() -> None:
