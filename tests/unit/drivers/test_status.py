@@ -394,6 +394,32 @@ def test_ready_names_five_drivers_then_counts_the_rest() -> None:
     assert six.conditions[0].message == "failed: d0, d1, d2, d3, d4 and 1 more"
     five = build_status(node([refused(f"d{i}") for i in range(5)]), frozenset({"d1"}), 0.0, AT)
     assert five.conditions[0].message == "failed: d0, d1, d2, d3, d4"
+    two = build_status(node([refused(f"d{i}") for i in range(2)]), frozenset({"d1"}), 0.0, AT)
+    assert two.conditions[0].message == "failed: d0, d1"
+
+
+def test_ready_waits_for_every_driver_still_loading_pending_or_unloading() -> None:
+    fetching = DriverReport(
+        DriverState("fetching", desired=desired("fetching"), busy=True), in_flight=Fetch()
+    )
+    pending = DriverReport(DriverState("pending", desired=desired("pending")))
+    unloading = DriverReport(loaded("unloading").state, in_flight=Stop(StopReason.REMOVED))
+    for reports, names in [
+        ([fetching], "fetching"),
+        ([pending], "pending"),
+        ([unloading], "unloading"),
+        ([unloading, pending, fetching], "fetching, pending, unloading"),
+    ]:
+        status = build_status(node([loaded("ok"), *reports]), frozenset({"d1"}), 0.0, AT)
+        (ready,) = status.conditions
+        assert (ready.status, ready.reason, ready.message) == (
+            "False",
+            "Converging",
+            f"not yet converged: {names}",
+        )
+    # A driver not started yet reports the version it is to load.
+    (entry,) = build_status(node([pending]), frozenset({"d1"}), 0.0, AT).drivers
+    assert (entry.phase, entry.version, entry.pid) == ("Pending", "1.0.0", None)
 
 
 def test_whatever_a_driver_reports_is_cut_to_what_the_api_accepts() -> None:
