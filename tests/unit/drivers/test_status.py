@@ -206,6 +206,9 @@ def test_bound_drivers_per_device() -> None:
         [loaded("b", ("d1", "d2")), loaded("a", ("d1",)), DriverReport(DriverState("c"))]
     )
     assert result == {"d1": ["a", "b"], "d2": ["b"]}
+    # A driver without a host (not started, or stopped) binds nothing, wherever it is listed.
+    reports = [DriverReport(DriverState("c")), loaded("b", ("d1", "d2")), loaded("a", ("d1",))]
+    assert bound_drivers_by_device(reports) == {"d1": ["a", "b"], "d2": ["b"]}
 
 
 # --- small pure helpers ----------------------------------------------------------------------
