@@ -399,6 +399,8 @@ def test_ready_names_five_drivers_then_counts_the_rest() -> None:
     assert five.conditions[0].message == "failed: d0, d1, d2, d3, d4"
     two = build_status(node([refused(f"d{i}") for i in range(2)]), frozenset({"d1"}), 0.0, AT)
     assert two.conditions[0].message == "failed: d0, d1"
+    many = build_status(node([refused(f"d{i:02}") for i in range(12)]), frozenset({"d1"}), 0.0, AT)
+    assert many.conditions[0].message == "failed: d00, d01, d02, d03, d04 and 7 more"
 
 
 def test_ready_waits_for_every_driver_still_loading_pending_or_unloading() -> None:
