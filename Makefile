@@ -49,7 +49,9 @@ lint: venv  ## ruff, mypy and the layer contracts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: tools lint mutation  ## the whole suite: set-up, lint, mutation sample, unit, integration, end-to-end
+# The images are built before pytest (a cold build takes minutes, more than a test's timeout on a
+# loaded machine); the suite's fixture then finds them built for this tree.
+test: tools lint mutation images  ## the whole suite: set-up, lint, mutation sample, images, unit, integration, end-to-end, pods
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # A seeded sample of mutants of the pure decision modules against their unit tests (docs/testing.md);
@@ -72,7 +74,7 @@ node-images: images  ## import the pause image and the project's images into the
 test-images: deps venv  ## build the images and smoke-test them (also part of make test)
 	$(PY) -m pytest -m images $(PYTEST_ARGS)
 
-test-pods: tools  ## the chart's own pods on the local node (images built and imported by the suite)
+test-pods: tools images  ## the chart's own pods on the local node (images imported by the suite)
 	$(PY) -m pytest -m pods $(PYTEST_ARGS)
 
 cluster-up: deps venv kube-binaries  ## start the local cluster: control plane and this machine as its node (no-op when up)

@@ -21,7 +21,7 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 def health_address(value: str) -> str:
-    """argparse type of --health: empty, or a valid HOST:PORT."""
+    """argparse type of --health and --metrics: empty, or a valid HOST:PORT."""
     if value:
         try:
             parse_address(value)
@@ -44,6 +44,7 @@ class AgentConfig:
     log_level: str
     log_format: str
     health_address: str = ""
+    metrics_address: str = ""
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +80,14 @@ class AgentConfig:
             "(default: $HEALTH_ADDRESS, else disabled)",
         )
         parser.add_argument(
+            "--metrics",
+            dest="metrics_address",
+            type=health_address,
+            default=os.environ.get("METRICS_ADDRESS", ""),
+            help="HOST:PORT to serve Prometheus metrics on, at /metrics; empty to disable "
+            "(default: $METRICS_ADDRESS, else disabled)",
+        )
+        parser.add_argument(
             "--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING"
         )
         parser.add_argument(
@@ -96,4 +105,5 @@ class AgentConfig:
             log_level=args.log_level,
             log_format=args.log_format,
             health_address=args.health_address,
+            metrics_address=args.metrics_address,
         )

@@ -12,7 +12,7 @@ import sys
 from storage_driver_api.kube import KubeClient, KubeConfigError, load_credentials
 from storage_driver_api.logs import fields, setup_logging
 
-from storage_driver_agent import health
+from storage_driver_agent import health, metrics
 from storage_driver_agent.config import AgentConfig
 from storage_driver_agent.devices import service as devices
 from storage_driver_agent.drivers import service as drivers
@@ -64,11 +64,15 @@ async def run(config: AgentConfig, device_options: devices.Options, driver_optio
     )
     kube = KubeClient(credentials, user_agent=f"storage-agent/{config.node_name}")
     ready = {"devices": asyncio.Event(), "drivers": asyncio.Event()}
+    metrics.STATE.api_responses = lambda: kube.responses
+    metrics.STATE.ready = lambda: all(event.is_set() for event in ready.values())
     async with kube, asyncio.TaskGroup() as group:
         group.create_task(devices.run(config, device_options, kube, stop, ready["devices"]))
         group.create_task(drivers.run(config, driver_options, kube, stop, ready["drivers"]))
         if config.health_address:
             group.create_task(health.serve(config.health_address, ready, stop))
+        if config.metrics_address:
+            group.create_task(metrics.serve(config.metrics_address, metrics.REGISTRY, stop))
     # Driver hosts keep running: an agent restart must not unload anything (drivers.service).
     log.info("agent stopped", extra=fields(node=config.node_name))
     return 0

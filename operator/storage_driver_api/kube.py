@@ -9,8 +9,11 @@ come from the `kubernetes` package's config loaders (`storage_driver_api.credent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -90,6 +93,8 @@ class KubeClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=10)
         self._session: aiohttp.ClientSession | None = None
         self._user_agent = user_agent or "storage-driver-operator"
+        # Answers by (verb, HTTP status, or "error" when none came), for the components' metrics.
+        self.responses: Counter[tuple[str, str]] = Counter()
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -138,6 +143,20 @@ class KubeClient:
             # Renewing may run an exec plugin: not on the event loop.
             await asyncio.to_thread(self.credentials.renew, force=refused is not None, refused=refused)
 
+    @contextlib.asynccontextmanager
+    async def _counted(
+        self, verb: str, request: AbstractAsyncContextManager[aiohttp.ClientResponse]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Count the answer to `request` in `responses` (a transport failure as "error")."""
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                response = await stack.enter_async_context(request)
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                self.responses[verb, "error"] += 1
+                raise
+            self.responses[verb, str(response.status)] += 1
+            yield response
+
     async def request(
         self,
         method: str,
@@ -152,13 +171,16 @@ class KubeClient:
         refused: str | None = None
         for attempt in range(2 if self.credentials.renewable else 1):
             headers = await self._headers(content_type if data is not None else None, refused=refused)
-            async with self.session.request(
+            async with self._counted(
                 method,
-                self.credentials.server + path,
-                params={k: str(v) for k, v in (params or {}).items()},
-                data=data,
-                headers=headers,
-                **self._connection,
+                self.session.request(
+                    method,
+                    self.credentials.server + path,
+                    params={k: str(v) for k, v in (params or {}).items()},
+                    data=data,
+                    headers=headers,
+                    **self._connection,
+                ),
             ) as response:
                 text = await response.text()
                 if response.status == 401 and attempt == 0 and self.credentials.renewable:
@@ -239,12 +261,15 @@ class KubeClient:
         """GET `path` and yield the body as it arrives, for responses too big to hold as one text
         (a list of 16,000 objects). No total timeout; `read_timeout` bounds each silence."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout)
-        async with self.session.get(
-            self.credentials.server + path,
-            params={k: str(v) for k, v in params.items()},
-            headers=await self._headers(),
-            timeout=timeout,
-            **self._connection,
+        async with self._counted(
+            "GET",
+            self.session.get(
+                self.credentials.server + path,
+                params={k: str(v) for k, v in params.items()},
+                headers=await self._headers(),
+                timeout=timeout,
+                **self._connection,
+            ),
         ) as response:
             if response.status >= 400:
                 text = await response.text()
@@ -341,12 +366,15 @@ class KubeClient:
         # connection with a read timeout longer than the bookmark interval (about a minute).
         timeout = aiohttp.ClientTimeout(total=timeout_seconds + 30, sock_read=timeout_seconds + 15)
         headers = await self._headers()
-        async with self.session.get(
-            self.credentials.server + res.path(namespace=namespace),
-            params=params,
-            headers=headers,
-            timeout=timeout,
-            **self._connection,
+        async with self._counted(
+            "WATCH",
+            self.session.get(
+                self.credentials.server + res.path(namespace=namespace),
+                params=params,
+                headers=headers,
+                timeout=timeout,
+                **self._connection,
+            ),
         ) as response:
             if response.status >= 400:
                 text = await response.text()

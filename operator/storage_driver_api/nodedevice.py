@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 from storage_driver_sdk.devices import DeviceType
@@ -153,3 +154,11 @@ def node_device_name(node_name: str, identity: DeviceIdentity) -> str:
     """`<node>-<short hash of the identity>`; the same identity always gives the same name."""
     suffix = short_hash(f"{identity.kind}:{identity.value}", SUFFIX_LENGTH)
     return f"{node_device_name_prefix(node_name)}-{suffix}"
+
+
+def is_present(obj: Mapping[str, Any]) -> bool:
+    """A NodeDevice object's Present condition: present unless it says False (not yet written: present)."""
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Present":
+            return bool(condition.get("status") != "False")
+    return True

@@ -16,6 +16,7 @@ from storage_driver_api.storagedriver import RELATIVE_PATH, MinimumPlatform
 MAX_DRIVERS_PER_NODE = 256
 MAX_AVAILABLE = 512
 MAX_BOUND_DEVICES = 128
+MAX_HOLDERS = 16
 
 
 class ResolvedSource(ApiModel):
@@ -57,6 +58,10 @@ class DesiredDriver(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     priority: int = Field(default=0, ge=-1000, le=1000, description="Priority from the StorageDriver.")
+    force_unload: bool = Field(
+        default=False,
+        description="unloadPolicy.force of the StorageDriver: detach devices even while they are in use.",
+    )
 
 
 class NodeDriverConfigSpec(ApiModel):
@@ -103,6 +108,17 @@ class BoundDevice(ApiModel):
     )
 
 
+class DeviceInUse(ApiModel):
+    """A bound device the agent does not detach because something on the node still uses it."""
+
+    name: str = Field(max_length=253, description="Name of the NodeDevice.")
+    held_by: list[Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=list,
+        max_length=MAX_HOLDERS,
+        description="What uses it, e.g. 'loop3 mounted at /mnt/data', 'held by dm-0'.",
+    )
+
+
 class DriverStatus(ApiModel):
     """What the agent runs for one driver."""
 
@@ -128,6 +144,13 @@ class DriverStatus(ApiModel):
         description="Why the driver's health() reports it unhealthy; unset while it is healthy.",
     )
     message: str = Field(default="", max_length=1024, description="Human-readable state.")
+    unload_blocked: list[DeviceInUse] = Field(
+        default_factory=list,
+        max_length=MAX_BOUND_DEVICES,
+        description="Devices whose detach (or the driver's unload) waits because they are in use; "
+        "retried until they are free, unless the StorageDriver's unloadPolicy.force is set.",
+        json_schema_extra=map_list("name"),
+    )
     devices: list[BoundDevice] = Field(
         default_factory=list,
         max_length=MAX_BOUND_DEVICES,
@@ -188,7 +211,8 @@ class NodeDriverConfigStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=8,
-        description="Ready: the agent converged on the spec.",
+        description="Ready: the agent converged on the spec. UnloadBlocked: a driver's unload or a "
+        "device's detach waits for a device in use.",
         json_schema_extra=map_list("type"),
     )
 

@@ -230,6 +230,18 @@ class DriverSource(ApiModel):
         return "url"
 
 
+class UnloadPolicy(ApiModel):
+    """What an unload does with a device that is still in use on the node."""
+
+    force: bool = Field(
+        default=False,
+        description="Detach a device even while it is in use (a filesystem of it, or of one of its "
+        "partitions, is mounted, or another device such as device-mapper or md is built on it). When "
+        "false, the node keeps the driver attached, reports UnloadBlocked with what holds the device, "
+        "and retries until the device is free.",
+    )
+
+
 class StorageDriverSpec(ApiModel):
     """The desired state of a StorageDriver."""
 
@@ -287,6 +299,10 @@ class StorageDriverSpec(ApiModel):
         le=MAX_UNLOAD_DELAY_SECONDS,
         description="How long no matching device must be present on a node before the driver is unloaded "
         "there; brief flaps and agent restarts shorter than this unload nothing.",
+    )
+    unload_policy: UnloadPolicy = Field(
+        default_factory=UnloadPolicy,
+        description="How an unload treats devices that are still in use on the node.",
     )
     max_unavailable: int | str = Field(
         default=1,

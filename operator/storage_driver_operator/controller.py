@@ -40,6 +40,7 @@ from storage_driver_operator.cache import Informer
 from storage_driver_operator.desired import NodePlan, NodeState, Rollout, plan_node, plan_rollouts
 from storage_driver_operator.metrics import DriverStats, InformerStats, Snapshot
 from storage_driver_operator.options import Options
+from storage_driver_operator.pacing import burst_delay
 from storage_driver_operator.status import NodeDriverState, Observed, aggregate, observe, transitions
 from storage_driver_operator.views import (
     ConfigView,
@@ -447,14 +448,18 @@ class Controller:
             self._dirty.add(node)
 
     async def _planner(self) -> None:
+        planned_at: float | None = None
         while True:
             await self._wait_for_work()
             self.last_tick = self.clock()
-            if self._dirty and self.options.coalesce_seconds > 0:
-                await asyncio.sleep(self.options.coalesce_seconds)  # let a burst finish
+            if self._dirty and (
+                delay := burst_delay(self.clock(), planned_at, self.options.coalesce_seconds)
+            ):
+                await asyncio.sleep(delay)  # a burst is on: gather the rest of it
             self._due_timers()
             if not self._dirty:
                 continue
+            planned_at = self.clock()
             batch, self._dirty = self._dirty, set()
             await self._plan_batch(batch)
 

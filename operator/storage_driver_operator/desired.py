@@ -167,11 +167,13 @@ def plan_rollout(driver: StorageDriverView, configs: Iterable[ConfigView]) -> Ro
 
 
 def _with(entry: DesiredDriver, devices: Sequence[str], like: DesiredDriver | None = None) -> DesiredDriver:
-    """`entry` binding `devices`; priority and grace period (which restart nothing) from `like`."""
+    """`entry` binding `devices`; priority, grace period and unload policy (which restart
+    nothing) from `like`."""
     update: dict[str, object] = {"devices": list(devices)}
     if like is not None:
         update["priority"] = like.priority
         update["unload_grace_period_seconds"] = like.unload_grace_period_seconds
+        update["force_unload"] = like.force_unload
     return entry.model_copy(update=update)
 
 

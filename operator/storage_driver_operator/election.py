@@ -64,6 +64,10 @@ class LeaderElector:
         """May the controller write now?"""
         return self.leading.is_set() and still_leading(self._last_renew_sent, self.clock(), self.timing)
 
+    def deposed(self) -> bool:
+        """Has this replica led and passed its renew deadline (it must write nothing more)?"""
+        return self.leading.is_set() and not self.fence()
+
     def _observed_at(self, version: str, now: float) -> float:
         if self._seen is None or self._seen[0] != version:
             self._seen = (version, now)
@@ -135,7 +139,7 @@ class LeaderElector:
             except (ApiError, OSError, TimeoutError) as exc:
                 if not (isinstance(exc, ApiError) and exc.conflict and not self.leading.is_set()):
                     log.warning("leader election attempt failed", extra=fields(error=str(exc)))
-            if self.leading.is_set() and not self.fence():
+            if self.deposed():
                 self.on_lost("could not renew the Lease within the renew deadline")
             await asyncio.sleep(self.timing.retry)
 
@@ -143,7 +147,7 @@ class LeaderElector:
         """A thread, so that it also runs when the event loop is blocked or has just resumed."""
         while True:
             time.sleep(0.1)
-            if self.leading.is_set() and not self.fence():
+            if self.deposed():
                 self.on_lost("the renew deadline passed (paused or partitioned)")
 
 

@@ -25,7 +25,7 @@ from storage_driver_api.constants import ANNOTATION_PREFIX, FINALIZER, GROUP, ST
 from storage_driver_api.kube import Credentials, KubeClient, KubeConfigError, load_credentials
 from storage_driver_api.logs import fields, setup_logging
 
-from storage_driver_operator import election, metrics, webhook
+from storage_driver_operator import election, kopffence, metrics, webhook
 from storage_driver_operator.controller import Controller
 from storage_driver_operator.leadership import Timing
 from storage_driver_operator.options import Options
@@ -77,7 +77,6 @@ def build_registry(
     admission: kopf.WebhookServer | None = None,
     *,
     leading: bool = True,
-    fence: Callable[[], bool] | None = None,
 ) -> kopf.OperatorRegistry:
     """kopf's registry: the leader's (StorageDriver handlers, the controller's health), or a
     follower's (settings, login and the webhook only: it watches nothing and writes nothing)."""
@@ -135,9 +134,6 @@ def build_registry(
     async def unload_everywhere(name: str, **_: Any) -> None:
         """Hold the finalizer until every live node has unloaded the driver."""
         remaining = await controller.wait_unloaded(name, options.deletion_wait)
-        if fence is not None and not fence():
-            # kopf writes next (the finalizer, its progress): a deposed leader must not.
-            election.exit_now("the renew deadline passed before releasing a finalizer")
         if remaining:
             shown = ", ".join(remaining[:5]) + (" ..." if len(remaining) > 5 else "")
             raise kopf.TemporaryError(f"waiting for {len(remaining)} node(s) to unload: {shown}", delay=1)
@@ -183,6 +179,8 @@ async def run(options: Options) -> int:
             controller_kube = await stack.enter_async_context(
                 election.FencedKubeClient(credentials, fence=elector.fence, user_agent=user_agent)
             )
+            kopffence.fence_kopf_writes(elector.deposed, elector.on_lost)
+            stack.callback(kopffence.unfence_kopf_writes)
         controller = Controller(controller_kube, options)
         if options.metrics:
             try:
@@ -229,7 +227,6 @@ async def run(options: Options) -> int:
                 options,
                 stop_controller=loop.cancel,
                 admission=server,
-                fence=elector.fence if elector else None,
             )
             if server is not None:
                 webhook.register(registry, kube, options)

@@ -118,7 +118,8 @@ class Options:
             "--coalesce-seconds",
             type=float,
             default=float(_env("COALESCE_SECONDS", "0.05")),
-            help="how long to gather a burst of changes before planning the nodes it touches (default: %(default)s)",
+            help="after a plan, how long to gather a burst of changes before planning again; a change after a quiet "
+            "spell is planned at once (default: %(default)s)",
         )
         add(
             "--status-interval",

@@ -28,6 +28,7 @@ READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 RECONCILING, STALLED = "Reconciling", "Stalled"  # kstatus (sigs.k8s.io/cli-utils)
 LOAD_FAILED = "LoadFailed"
 UNHEALTHY = "Unhealthy"  # loaded, but its health() says otherwise
+UNLOAD_BLOCKED = "UnloadBlocked"  # an unload or a detach waits for a device in use on the node
 AT_TEMPLATE = frozenset({Action.LOAD, Action.KEEP, Action.UPDATE})
 SHOWN_NODES = 3
 
@@ -55,6 +56,8 @@ class NodeDriverState:
             return reason, self.run.error_message or self.run.message or "the driver failed on the node"
         if self.run is not None and self.run.loaded and self.run.unhealthy:
             return UNHEALTHY, self.run.unhealthy
+        if self.run is not None and self.run.unload_blocked and not self.run.stopped:
+            return UNLOAD_BLOCKED, f"in use, not detached: {self.run.unload_blocked}"
         d = self.decision
         if d.has_hardware and d.reason in (Reason.CAPACITY_EXCEEDED, Reason.DRIVER_NOT_AVAILABLE):
             return str(d.reason), d.message
@@ -137,12 +140,20 @@ def aggregate(
         put(DEGRADED, T, Reason.INVALID_SPEC, message)
     elif driver.deleting:
         still = sorted({s.node for s in states if s.decision.in_spec} | set(unloading))
+        blocked = [(node, message) for node, (reason, message) in failures if reason == UNLOAD_BLOCKED]
         put(READY, F, Reason.DELETING, "the StorageDriver is being deleted")
-        if still:
+        if blocked:
+            message = f"unload blocked on {_nodes(len(blocked))}: " + "; ".join(
+                f"{node}: {text}" for node, text in blocked[:SHOWN_NODES]
+            )
+            put(PROGRESSING, T, UNLOAD_BLOCKED, message)
+            put(DEGRADED, T, UNLOAD_BLOCKED, message)
+        elif still:
             put(PROGRESSING, T, "Unloading", f"waiting for {_nodes(len(still))} to unload: {_names(still)}")
+            put(DEGRADED, F, "AsExpected", "deleting")
         else:
             put(PROGRESSING, F, "Unloaded", "unloaded from every node")
-        put(DEGRADED, F, "AsExpected", "deleting")
+            put(DEGRADED, F, "AsExpected", "deleting")
     else:
         if failures:
             put(READY, F, failure_reason, failure_message)
@@ -255,6 +266,8 @@ def _node_changes(node: str, before: Observed, after: Observed) -> list[tuple[st
         changes.append(("Warning", LOAD_FAILED, after.message))
     if before.phase is not None and after.phase is None and not after.in_spec:
         changes.append(("Normal", "Unloaded", "the node no longer runs the driver"))
+    if after.reason == UNLOAD_BLOCKED and before.reason != UNLOAD_BLOCKED:
+        changes.append(("Warning", UNLOAD_BLOCKED, after.message))
     placement = (Reason.CAPACITY_EXCEEDED, Reason.DRIVER_NOT_AVAILABLE)
     if (
         after.reason in placement

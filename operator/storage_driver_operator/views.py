@@ -157,6 +157,8 @@ class DriverRun:
     error_message: str | None = None
     message: str = ""
     unhealthy: str | None = None  # what the driver's health() said, while it says so
+    # The devices in use an unload or a detach waits for, in words; None while none does.
+    unload_blocked: str | None = None
 
     @property
     def loaded(self) -> bool:
@@ -244,7 +246,20 @@ def _run(item: Mapping[str, Any]) -> DriverRun:
         error_message=error.get("message"),
         message=str(item.get("message") or ""),
         unhealthy=str(item["unhealthy"]) if item.get("unhealthy") else None,
+        unload_blocked=_in_use(item.get("unloadBlocked")),
     )
+
+
+def _in_use(items: object) -> str | None:
+    """`unloadBlocked` of a driver's status in words: 'dev-a (loop3 mounted at /mnt)'."""
+    if not isinstance(items, list) or not items:
+        return None
+    parts = []
+    for item in items:
+        if isinstance(item, Mapping):
+            held = ", ".join(str(h) for h in item.get("heldBy") or ()) or "in use"
+            parts.append(f"{item.get('name', '?')} ({held})")
+    return "; ".join(parts) or None
 
 
 def parse_unload_after(value: object) -> dict[str, float]:
@@ -405,6 +420,7 @@ def driver_template(name: str, spec: StorageDriverSpec) -> DesiredDriver:
         unload_grace_period_seconds=spec.unload_grace_period_seconds,
         devices=[],
         priority=spec.priority,
+        force_unload=spec.unload_policy.force,
     )
 
 

@@ -1,12 +1,13 @@
-"""Operator failover: from SIGKILL of the leader to the other replica leading, and to its first
-plan done (`ready`), for a converged cluster (it must write nothing).
+"""Operator failover: from SIGKILL (or SIGTERM) of the leader to the other replica leading, and
+to its first plan done (`ready`), for a converged cluster (it must write nothing).
 
     python -m tests.bench failover [--write]
 
 Two real storage-operator replicas (tests/harness/replicas.py: Lease duration 6 s, renew deadline
 4 s, retry 1 s; the chart's defaults are 15 s, 10 s, 2 s) against the local control plane, with
 one simulated node, one NodeDevice and one StorageDriver already converged. Each round kills the
-leader, times the handover, then starts the killed replica again as the next follower.
+leader (then, as many rounds, stops it with SIGTERM), times the handover, then starts the
+replica again as the next follower.
 """
 
 from __future__ import annotations
@@ -108,45 +109,57 @@ async def wait_ready(replica: Replica, timeout: float = 120) -> int:
 
 
 async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
-    handovers: list[float] = []
-    readies: list[float] = []
+    handovers: dict[str, list[float]] = {"SIGKILL": [], "SIGTERM": []}
+    readies: dict[str, list[float]] = {"SIGKILL": [], "SIGTERM": []}
     writes: list[int] = []
     async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as kube:
         await converge(kube)
         replicas = [start_replica(f"bench-{i}", cfg.kubeconfig, NAMESPACE, work) for i in range(2)]
+        started = len(replicas)
         try:
             leader = wait_for_leader(replicas)
             await wait_ready(leader)
             await asyncio.sleep(3)  # statuses settle: converged
-            for round_ in range(ROUNDS):
-                (follower,) = [r for r in replicas if r is not leader]
-                killed = time.monotonic()
-                leader.process.kill()
-                wait_for_leader([follower], timeout=LEASE_DURATION + 30)
-                handovers.append(time.monotonic() - killed)
-                writes.append(await wait_ready(follower))
-                readies.append(time.monotonic() - killed)
-                replicas.remove(leader)
-                replicas.append(start_replica(f"bench-{ROUNDS + round_}", cfg.kubeconfig, NAMESPACE, work))
-                leader = follower
-                await asyncio.sleep(2)
+            for how in ("SIGKILL", "SIGTERM"):
+                for _ in range(ROUNDS):
+                    (follower,) = [r for r in replicas if r is not leader]
+                    ended = time.monotonic()
+                    # SIGTERM is a rolling update: the leader releases the Lease as it stops.
+                    if how == "SIGKILL":
+                        leader.process.kill()
+                    else:
+                        leader.process.stop()
+                    wait_for_leader([follower], timeout=LEASE_DURATION + 30)
+                    handovers[how].append(time.monotonic() - ended)
+                    writes.append(await wait_ready(follower))
+                    readies[how].append(time.monotonic() - ended)
+                    replicas.remove(leader)
+                    replicas.append(start_replica(f"bench-{started}", cfg.kubeconfig, NAMESPACE, work))
+                    started += 1
+                    leader = follower
+                    await asyncio.sleep(2)
         finally:
             for replica in replicas:
                 replica.process.stop()
             await remove(kube)
             await kube.delete(NAMESPACES, NAMESPACE)
     table = Table(
-        "Failover: SIGKILL of the leader replica",
+        "Failover: the leader replica killed (SIGKILL) or stopped (SIGTERM, as a rolling update does)",
         ["", "median", "max"],
         command="python -m tests.bench failover",
         notes=(
-            f"{ROUNDS} rounds; Lease duration {LEASE_DURATION:.0f} s (the chart's default is 15 s: add the "
-            "difference). The new leader's first plan wrote "
+            f"{ROUNDS} rounds each; Lease duration {LEASE_DURATION:.0f} s (the chart's default is 15 s: add "
+            "the difference after SIGKILL). The new leader's first plan wrote "
             f"{sum(writes)} spec(s) in total over the rounds (a converged cluster: 0 expected)."
         ),
     )
-    table.add("to the other replica leading", s(percentile(handovers, 50)), s(max(handovers)))
-    table.add("to its first plan done (ready)", s(percentile(readies, 50)), s(max(readies)))
+    for how in ("SIGKILL", "SIGTERM"):
+        table.add(
+            f"{how}: to the other replica leading", s(percentile(handovers[how], 50)), s(max(handovers[how]))
+        )
+        table.add(
+            f"{how}: to its first plan done (ready)", s(percentile(readies[how], 50)), s(max(readies[how]))
+        )
     return [table]
 
 

@@ -19,7 +19,7 @@ import pytest
 from storage_driver_api.constants import NODE_DRIVER_CONFIGS, STORAGE_DRIVERS
 from storage_driver_api.kube import EVENTS, KubeClient
 
-from tests.conftest import REPO_ROOT, apply_crds, require
+from tests.conftest import REPO_ROOT, apply_crds, node_missing, require
 from tests.e2e.test_operator_with_agent import agent_missing
 from tests.harness import demo, helm, localcluster, podprocesses
 from tests.harness.loopdev import loop_devices_available
@@ -48,6 +48,7 @@ def cluster_env(cluster: localcluster.ClusterConfig) -> dict[str, str]:
         "SDO_BRIDGE": cluster.bridge,
         "SDO_POD_CIDR": str(cluster.pod_cidr),
         "SDO_CLUSTER_DIR": str(cluster.root),
+        "SDO_NODE": "on" if cluster.with_node else "off",
     }
 
 
@@ -122,6 +123,7 @@ async def demo_cluster(
 async def test_make_demo_loads_and_unloads_then_demo_down_stops_everything(
     demo_cluster: KubeClient, cluster: localcluster.ClusterConfig
 ) -> None:
+    require(node_missing(cluster))
     kube = demo_cluster
     layout = demo.Layout.of(cluster)
     node = localcluster.local_node_name()

@@ -6,9 +6,9 @@ network partition looks from the API server) writes nothing once it resumes, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from tests.api_cases import apply_changes, valid_storage_driver
 from tests.conftest import NodeFactory, require
 from tests.harness import accounts, helm, localcluster
 from tests.harness.agentidentity import bound_token, pod_on_node, webhook_certificate
+from tests.harness.auditlog import AuditLog, Write
 from tests.harness.replicas import LEASE_DURATION, RETRY, Replica, free_port, start_replica, wait_for_leader
 from tests.harness.waiting import eventually
 from tests.integration.chart.release import Release, installed
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.helm
 RELEASE = "sdo-leader"
 NAMESPACE = "sdo-leader"
 NODE = "leader-node"
+REPLICA_NODE = "leader-replicas"  # where the replicas' Pods are bound (no kubelet runs them)
 LEASE = "storage-operator-leader"
 
 
@@ -48,16 +50,22 @@ def release(cluster: localcluster.ClusterConfig) -> Iterator[Release]:
 
 
 @pytest.fixture
-def replicas(release: Release, tmp_path: Path) -> Iterator[list[Replica]]:
-    kubeconfig = accounts.write_token_kubeconfig(
-        release.cluster,
-        tmp_path / "operator.kubeconfig",
-        release.username("operator"),
-        release.token("operator"),
-    )
+async def replicas(
+    release: Release, clean_cluster: KubeClient, make_node: NodeFactory, tmp_path: Path
+) -> AsyncIterator[list[Replica]]:
+    """Two replicas, each with a token bound to a Pod of its own name, as each replica's pod's
+    token is: the API server's audit log tells their writes apart."""
+    kube = clean_cluster
+    await make_node(REPLICA_NODE)
+    account = release.service_account("operator")
     started: list[Replica] = []
     try:
         for identity in ("replica-a", "replica-b"):
+            pod = await pod_on_node(kube, NAMESPACE, identity, REPLICA_NODE, account)
+            token = await bound_token(kube, NAMESPACE, account, pod)
+            kubeconfig = accounts.write_token_kubeconfig(
+                release.cluster, tmp_path / f"{identity}.kubeconfig", release.username("operator"), token
+            )
             started.append(start_replica(identity, kubeconfig, NAMESPACE, tmp_path, log_level="DEBUG"))
         yield started
     finally:
@@ -66,6 +74,29 @@ def replicas(release: Release, tmp_path: Path) -> Iterator[list[Replica]]:
             replica.process.stop()
         for replica in started:
             print(f"--- {replica.identity} ---\n{replica.process.log(80)}")
+        for identity in ("replica-a", "replica-b"):
+            await delete_pod_now(kube, identity)
+
+
+async def delete_pod_now(kube: KubeClient, name: str) -> None:
+    """No kubelet confirms the deletion of a Pod on a simulated node: delete it at once."""
+    with contextlib.suppress(ApiError):
+        await kube.request(
+            "DELETE",
+            PODS.path(name, NAMESPACE),
+            body={"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0},
+        )
+
+
+def overlapping(writes: list[Write], old: Replica, new: Replica) -> list[Write]:
+    """The old leader's writes that the API server completed after the new leader took the
+    Lease: what a deposed leader must never do."""
+    taken = next(
+        i
+        for i, w in enumerate(writes)
+        if w.pod == new.identity and w.succeeded and w.resource == "leases" and w.name == LEASE
+    )
+    return [w for w in writes[taken:] if w.pod == old.identity and w.succeeded]
 
 
 def driver_body(name: str) -> dict[str, Any]:
@@ -175,16 +206,13 @@ async def test_sigkill_of_the_leader_hands_over_and_the_new_leader_writes_nothin
     await kube.create(STORAGE_DRIVERS, driver_body("handover"))
     await converged(kube, "handover")
     before = await versions(kube)
-    killed = time.monotonic()
     leader.process.kill()
-    wait_for_leader([follower], timeout=LEASE_DURATION + 4 * RETRY + 10)
-    took = time.monotonic() - killed
-    assert took <= LEASE_DURATION + 2 * RETRY + 1, f"handover took {took:.1f}s"
+    # How long the handover takes is measured by `python -m tests.bench failover`.
+    wait_for_leader([follower], timeout=LEASE_DURATION + 4 * RETRY + 30)
     await eventually(lambda: asyncio.sleep(0, follower.ready_writes() is not None), timeout=60, what="ready")
     assert follower.ready_writes() == 0, follower.process.log()
     await asyncio.sleep(3)
     assert await versions(kube) == before, "the new leader wrote to a converged cluster"
-    print(f"handover after SIGKILL: {took:.1f}s (lease duration {LEASE_DURATION}s)")
 
 
 async def test_a_leader_stopped_cleanly_hands_over_at_once(
@@ -192,14 +220,20 @@ async def test_a_leader_stopped_cleanly_hands_over_at_once(
 ) -> None:
     """A rolling update stops the leader with SIGTERM: it releases the Lease once it has stopped
     writing, so the other replica leads after one retry instead of the whole Lease duration."""
+    kube = clean_cluster
     leader = wait_for_leader(replicas)
     (follower,) = [r for r in replicas if r is not leader]
-    stopped = time.monotonic()
+    audit = AuditLog(localcluster.ClusterConfig.from_env())
     assert leader.process.stop() == 0, leader.process.log()
-    wait_for_leader([follower], timeout=LEASE_DURATION + 10)
-    took = time.monotonic() - stopped
     assert "released the leadership" in leader.process.log(100_000)
-    assert took < LEASE_DURATION, f"handover after SIGTERM took {took:.1f}s"
+    # Released, not left to expire: the Lease no longer names the stopped leader (it is empty,
+    # or already the follower's). The time it takes: `python -m tests.bench failover`.
+    lease = await kube.get(LEASES, LEASE, NAMESPACE)
+    assert lease["spec"].get("holderIdentity") in ("", None, follower.identity), lease["spec"]
+    wait_for_leader([follower], timeout=LEASE_DURATION + 30)
+    writes = audit.writes()
+    assert any(w.pod == leader.identity and w.resource == "leases" and w.succeeded for w in writes), writes
+    assert overlapping(writes, leader, follower) == []
 
 
 async def test_a_paused_leader_writes_nothing_after_another_took_over(
@@ -209,6 +243,7 @@ async def test_a_paused_leader_writes_nothing_after_another_took_over(
     await scene(kube, make_node, ["before-pause", "during-pause"])
     leader = wait_for_leader(replicas)
     (follower,) = [r for r in replicas if r is not leader]
+    audit = AuditLog(localcluster.ClusterConfig.from_env())
     await kube.create(STORAGE_DRIVERS, driver_body("before-pause"))
     await converged(kube, "before-pause")
     leader.process.signal(signal.SIGSTOP)
@@ -228,6 +263,11 @@ async def test_a_paused_leader_writes_nothing_after_another_took_over(
     assert "status written" in follower.process.log(100_000)
     lease = await kube.get(LEASES, LEASE, NAMESPACE)
     assert lease["spec"]["holderIdentity"] == follower.identity
+    # Counted by the API server, kopf's writes (finalizers, annotations) included: the old
+    # leader wrote before the pause (so its writes are seen) and nothing after the takeover.
+    writes = audit.writes()
+    assert any(w.pod == leader.identity and w.resource.startswith("storagedrivers") for w in writes), writes
+    assert overlapping(writes, leader, follower) == []
 
 
 async def test_every_replica_serves_the_webhook_so_a_dead_leader_does_not_stop_the_agents(
@@ -280,21 +320,15 @@ async def test_every_replica_serves_the_webhook_so_a_dead_leader_does_not_stop_t
                 await agent.create(NODE_DEVICES, {**device_body(), "metadata": {"name": "other-0123456789"}})
             assert refused.value.status == 403 and "denied the request" in refused.value.message
             leader.process.kill()
-            killed = time.monotonic()
             for i in range(20):  # many connections: each would reach the dead one if it still served
                 await admitted(f"after-kill-{i}")
-            assert time.monotonic() - killed < LEASE_DURATION, "too slow to show it before the takeover"
             assert not follower.leading, "the follower took over already; the check proves nothing"
     finally:
         for replica in started:
             replica.process.stop()
         # Fail-closed entries must not outlive the test.
         await kube.delete(VALIDATING_WEBHOOKS, configuration)
-        await kube.request(
-            "DELETE",
-            PODS.path(pod["metadata"]["name"], NAMESPACE),
-            body={"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0},
-        )
+        await delete_pod_now(kube, pod["metadata"]["name"])
 
 
 def device_body() -> dict[str, Any]:

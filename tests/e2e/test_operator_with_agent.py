@@ -62,6 +62,22 @@ async def node_device_for(kube: KubeClient, node: str, device: LoopDevice) -> st
     return None
 
 
+def start_operator(env: dict[str, str], log: Path, metrics_port: int | None = None) -> ComponentProcess:
+    """A storage-operator process on free loopback ports (its metrics on `metrics_port` if given)."""
+    return ComponentProcess(
+        "storage-operator",
+        [
+            console_script("storage-operator"),
+            "--liveness",
+            f"http://127.0.0.1:{free_port()}/healthz",
+            "--metrics",
+            f"http://127.0.0.1:{metrics_port or free_port()}/metrics",
+        ],
+        log,
+        env=env,
+    ).start()
+
+
 async def sd_row(cluster: localcluster.ClusterConfig, expected: list[str]) -> bool:
     """The first columns of `kubectl get sd loop-info` (its status is written at most once a second)."""
     row = kubectl(cluster, "get", "sd", "loop-info").splitlines()[1].split()
@@ -90,18 +106,7 @@ async def test_loop_driver_loads_on_attach_and_unloads_after_detach(
     manifest["spec"]["deviceSelector"] = [{"key": "sizeBytes", "operator": "In", "values": [str(size)]}]
     delay = manifest["spec"]["unloadDelaySeconds"]
     env = {"KUBECONFIG": str(cluster.kubeconfig)}
-    operator = ComponentProcess(
-        "storage-operator",
-        [
-            console_script("storage-operator"),
-            "--liveness",
-            f"http://127.0.0.1:{free_port()}/healthz",
-            "--metrics",
-            f"http://127.0.0.1:{free_port()}/metrics",
-        ],
-        tmp_path / "operator.log",
-        env=env,
-    ).start()
+    operator = start_operator(env, tmp_path / "operator.log")
     agent = ComponentProcess(
         "storage-agent",
         [

@@ -25,6 +25,17 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def _env_switch(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("on", "1", "true", "yes"):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    raise SystemExit(f"[local-cluster] {name}={value!r}: use on or off")
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """Where the cluster lives and which loopback ports it uses (all overridable by env)."""
@@ -44,6 +55,9 @@ class ClusterConfig:
     # and the API server's advertised address (pods reach it through the kubernetes Service).
     bridge: str
     pod_cidr: ipaddress.IPv4Network
+    # Off: the control plane only, and this machine's Node a simulated object. A machine has
+    # room for one kubelet, so other checkouts on the same machine run their clusters this way.
+    with_node: bool = True
 
     @classmethod
     def from_env(cls) -> ClusterConfig:
@@ -65,7 +79,18 @@ class ClusterConfig:
             proxy_healthz_port=_env_int("SDO_PROXY_HEALTHZ_PORT", 21256),
             bridge=os.environ.get("SDO_BRIDGE", "sdo0"),
             pod_cidr=ipaddress.IPv4Network(os.environ.get("SDO_POD_CIDR", "10.244.0.0/24")),
+            with_node=_env_switch("SDO_NODE", True),
         )
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The processes this cluster runs, in start order."""
+        return COMPONENTS if self.with_node else CONTROL_PLANE
+
+    @property
+    def advertise_ip(self) -> str:
+        """The API server's address: the bridge's for pods (behind the kubernetes Service)."""
+        return self.gateway_ip if self.with_node else "127.0.0.1"
 
     @property
     def gateway_ip(self) -> str:

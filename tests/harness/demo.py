@@ -615,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return status(cluster)
+    if not cluster.with_node:
+        print("The demo runs the chart's pods, which need the node: unset SDO_NODE=off.", file=sys.stderr)
+        return 2
     with only_run(Layout.of(cluster)) as alone:
         if not alone:
             print("Another 'make demo' runs in this checkout: wait for it, or stop it.", file=sys.stderr)

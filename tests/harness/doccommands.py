@@ -82,6 +82,7 @@ DOCUMENTS: dict[str, Setting] = {
     "docs/driver-runtime.md": Setting(components=True),
     "docs/installing.md": Setting(chart="fresh"),
     "docs/local-cluster.md": Setting(checkout=True),
+    "docs/metrics.md": Setting(components=True),
     "docs/operator.md": Setting(components=True),
     "docs/reliability.md": Setting(cluster="none"),
     "docs/security.md": Setting(chart="installed"),

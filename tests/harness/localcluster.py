@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from storage_driver_api.kube import NODES, PODS, ApiError, KubeClient, load_kubeconfig
 
-from tests.harness import localnode
+from tests.harness import auditlog, localnode
 from tests.harness.daemons import (
     COMPONENTS,
     KUBE_VERSION,
@@ -214,7 +214,7 @@ def write_kubeconfig(cfg: ClusterConfig, path: Path, user: str, cert: str) -> No
 
 
 def is_up(cfg: ClusterConfig) -> bool:
-    if any(running_pid(cfg, c) is None for c in COMPONENTS):
+    if any(running_pid(cfg, c) is None for c in cfg.components):
         return False
     try:
         return https_ok(f"{cfg.server}/readyz", cfg)
@@ -235,20 +235,29 @@ def _ports(cfg: ClusterConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _check_prerequisites(cfg: ClusterConfig, starting: list[str]) -> None:
-    for binary in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"):
+    binaries = ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+    tools = ["etcd"]
+    if cfg.with_node:
+        binaries += ["kubelet", "kube-proxy"]
+        tools += ["containerd", "runc", "ctr", "iptables", "ip"]
+    for binary in binaries:
         if not (cfg.bin_dir / binary).exists():
             raise SystemExit(
                 f"[local-cluster] {binary} not found in {cfg.bin_dir}; run 'make kube-binaries' first"
             )
-    for tool in ("etcd", "containerd", "runc", "ctr", "iptables", "ip"):
+    for tool in tools:
         if shutil.which(tool) is None:
             raise SystemExit(f"[local-cluster] {tool} is not installed; run 'make deps' first")
-    if os.geteuid() != 0:
-        raise SystemExit("[local-cluster] the node (containerd, kubelet, kube-proxy) needs root")
+    if cfg.with_node and os.geteuid() != 0:
+        raise SystemExit(
+            "[local-cluster] the node (containerd, kubelet, kube-proxy) needs root; "
+            "SDO_NODE=off runs the control plane alone"
+        )
     if "kubelet" in starting and (others := localnode.other_kubelets(cfg)):
         raise SystemExit(
             f"[local-cluster] another kubelet runs on this machine (pid {others[0]}): a machine is one "
-            "node; stop that cluster first (make cluster-down in its checkout)"
+            "node; stop that cluster first (make cluster-down in its checkout), or run this one "
+            "without a node (SDO_NODE=off)"
         )
     for component in starting:
         for port in _ports(cfg)[component]:
@@ -305,7 +314,7 @@ def _start_apiserver(cfg: ClusterConfig) -> None:
             # Loopback for the harness and the tests, the bridge's address for pods (behind the
             # kubernetes Service); nothing routes to this machine from elsewhere.
             "--bind-address=0.0.0.0",
-            f"--advertise-address={cfg.gateway_ip}",
+            f"--advertise-address={cfg.advertise_ip}",
             "--endpoint-reconciler-type=lease",
             f"--secure-port={cfg.apiserver_port}",
             "--insecure-port=0",
@@ -326,6 +335,10 @@ def _start_apiserver(cfg: ClusterConfig) -> None:
             f"--service-cluster-ip-range={cfg.service_cidr}",
             "--allow-privileged=true",
             "--event-ttl=1h",
+            f"--audit-policy-file={auditlog.policy_file(cfg)}",
+            f"--audit-log-path={auditlog.log_file(cfg)}",
+            "--audit-log-maxsize=200",
+            "--audit-log-maxbackup=1",
             "--v=1",
         ],
     )
@@ -387,15 +400,16 @@ def up(cfg: ClusterConfig) -> None:
         return
     # Partly running (a component crashed, or a test stopped one): start what is missing, in
     # the order each needs the one before.
-    missing = [c for c in COMPONENTS if running_pid(cfg, c) is None]
-    if len(missing) < len(COMPONENTS):
+    missing = [c for c in cfg.components if running_pid(cfg, c) is None]
+    if len(missing) < len(cfg.components):
         log(f"partly up: starting {', '.join(missing)}")
     _check_prerequisites(cfg, missing)
     started = time.monotonic()
     ensure_pki(cfg)
     _kubeconfigs(cfg)
     node = local_node_name()
-    localnode.ensure_bridge(cfg)
+    if cfg.with_node:
+        localnode.ensure_bridge(cfg)
     steps: list[tuple[str, Callable[[], None], Callable[[], object] | None, float]] = [
         ("etcd", lambda: _start_etcd(cfg), lambda: http_ok(f"http://127.0.0.1:{cfg.etcd_port}/health"), 30),
         ("kube-apiserver", lambda: _start_apiserver(cfg), lambda: https_ok(f"{cfg.server}/readyz", cfg), 90),
@@ -410,15 +424,21 @@ def up(cfg: ClusterConfig) -> None:
             start_it()
         if ready is not None:
             wait_for(f"{component} to be ready", ready, timeout, component, cfg)
-    localnode.ensure_pause_image(cfg)
+    if cfg.with_node:
+        localnode.ensure_pause_image(cfg)
     wait_for("kube-controller-manager /healthz", _secure_healthz(cfg, cfg.controller_manager_port), 60,
              "kube-controller-manager", cfg)  # fmt: skip
     wait_for("kube-scheduler /healthz", _secure_healthz(cfg, cfg.scheduler_port), 60, "kube-scheduler", cfg)
-    localnode.wait_node_healthy(cfg)
-    asyncio.run(wait_local_node_ready(cfg, node))
-    log(
-        f"up in {time.monotonic() - started:.1f}s; Node {node!r} is Ready (kubelet {KUBE_VERSION}, containerd)"
-    )
+    if cfg.with_node:
+        localnode.wait_node_healthy(cfg)
+        asyncio.run(wait_local_node_ready(cfg, node))
+        log(
+            f"up in {time.monotonic() - started:.1f}s; Node {node!r} is Ready (kubelet {KUBE_VERSION}, containerd)"
+        )
+    else:
+        log(
+            f"up in {time.monotonic() - started:.1f}s; control plane only (SDO_NODE=off): no kubelet, no pods"
+        )
     log(f"use it with: export KUBECONFIG={cfg.kubeconfig}")
 
 
@@ -467,9 +487,12 @@ def stop_processes(cfg: ClusterConfig, *, quiet: bool = False, pod_timeout: floa
             log("deleting the node's Pods and waiting for the kubelet to end them")
         with contextlib.suppress(Exception):
             asyncio.run(_delete_local_pods(cfg, local_node_name(), pod_timeout))
-    swept = localnode.teardown(cfg, quiet=quiet)
-    if swept and not quiet:
-        log(f"swept up what the node left: {', '.join(swept)}")
+    # Without a node of ours, what the sweep removes (KUBE-* rules, kubepods cgroups, pod network
+    # namespaces) belongs to the machine's node: leave it alone.
+    if cfg.with_node:
+        swept = localnode.teardown(cfg, quiet=quiet)
+        if swept and not quiet:
+            log(f"swept up what the node left: {', '.join(swept)}")
     stop(cfg, "kube-apiserver", quiet=quiet)
     stop(cfg, "etcd", quiet=quiet)
 
@@ -479,7 +502,7 @@ def down(cfg: ClusterConfig) -> None:
     busy = [p for p in cfg.ports if port_in_use(p)]
     if busy:
         raise SystemExit(f"[local-cluster] ports still in use after stopping: {busy}")
-    if left := localnode.leftovers(cfg):
+    if cfg.with_node and (left := localnode.leftovers(cfg)):
         raise SystemExit(f"[local-cluster] left behind after stopping: {left}")
     log("down; nothing of ours is running, listening, mounted or routed")
 
@@ -567,9 +590,12 @@ async def ensure_node(
 
 
 async def ensure_local_node(client: KubeClient) -> dict[str, object]:
-    """This machine's Node, which its kubelet registered and keeps up to date: never written here
-    (a Node the kubelet did not create makes kubelet 1.20 panic, and it owns the status)."""
+    """This machine's Node. With a node, its kubelet registered it and keeps it up to date: never
+    written here (a Node the kubelet did not create makes kubelet 1.20 panic, and it owns the
+    status). Without one (SDO_NODE=off), a simulated Node with this machine's nodeInfo."""
     name = local_node_name()
+    if not ClusterConfig.from_env().with_node:
+        return await ensure_node(client, name, local_node_info())
     obj = await client.get_or_none(NODES, name)
     if obj is None:
         raise AssertionError(
@@ -595,13 +621,17 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "down":
         down(cfg)
     elif args.command == "status":
-        for component in COMPONENTS:
+        for component in cfg.components:
             pid = running_pid(cfg, component)
             print(f"{component:26} {'running pid ' + str(pid) if pid else 'stopped'}")
         print(f"{'api server':26} {'ready at ' + cfg.server if is_up(cfg) else 'not ready'}")
-        print(
-            f"{'pod network':26} bridge {cfg.bridge} {cfg.gateway_ip}, pods {cfg.pod_cidr}, services {cfg.service_cidr}"
-        )
+        if cfg.with_node:
+            print(
+                f"{'pod network':26} bridge {cfg.bridge} {cfg.gateway_ip}, pods {cfg.pod_cidr}, "
+                f"services {cfg.service_cidr}"
+            )
+        else:
+            print(f"{'node':26} simulated (SDO_NODE=off): no kubelet, no pods")
         return 0 if is_up(cfg) else 1
     else:
         print(f"export KUBECONFIG={cfg.kubeconfig}")

@@ -47,3 +47,18 @@ def attach(backing_file: Path, size_bytes: int = 8 * 1024 * 1024) -> LoopDevice:
 def detach(device: LoopDevice) -> None:
     if device.attached:
         subprocess.run(["losetup", "--detach", str(device.path)], capture_output=True, check=False)
+
+
+def mount_filesystem(device: LoopDevice, point: Path) -> None:
+    """Make an ext4 filesystem on the device and mount it at `point`: the device is in use."""
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(device.path)], capture_output=True, check=True)
+    point.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", str(device.path), str(point)], capture_output=True, check=True)
+
+
+def unmount(point: Path) -> None:
+    """Unmount `point` if something is mounted there (a lazy unmount if it is busy)."""
+    if os.path.ismount(point):
+        result = subprocess.run(["umount", str(point)], capture_output=True, check=False)
+        if result.returncode != 0:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)

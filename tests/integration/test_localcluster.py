@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import kubectl
+from tests.conftest import kubectl, node_missing, require
 from tests.harness import localcluster, localnode
 from tests.harness.localcluster import ClusterConfig
 
@@ -46,6 +46,7 @@ def listening(port: int) -> bool:
 def test_cluster_up_is_a_no_op_down_leaves_nothing_and_up_brings_the_node_back(
     cluster: ClusterConfig,
 ) -> None:
+    require(node_missing(cluster))
     pids = {c: localcluster.running_pid(cluster, c) for c in localcluster.COMPONENTS}
     assert all(pids.values()), pids
     assert "already up" in run("up")

@@ -1,6 +1,7 @@
 """The product through its own pods: `helm install` on the local node, hot-plug through the
 containerized agent, the upgrade and crash promises of docs/driver-runtime.md, the operator pod
-replaced mid-deletion, the securityContexts that really ran, and `helm uninstall`.
+replaced mid-deletion, two operator pods electing a leader, the securityContexts that really ran,
+and `helm uninstall`.
 
 The tests share one release (module scope) and run in file order; each leaves the release Ready
 for the next, and the last one uninstalls it.
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from storage_driver_api.constants import NODE_DEVICES, NODE_DRIVER_CONFIGS, NODE_LABEL, STORAGE_DRIVERS
 from storage_driver_api.constants import node_label_value as label_value
-from storage_driver_api.kube import KubeClient
+from storage_driver_api.kube import LEASES, KubeClient
 
 from tests.conftest import REPO_ROOT
 from tests.harness import localcluster, podprocesses
@@ -99,10 +100,10 @@ def driver_hosts(installed: Installed) -> list[podprocesses.HostProcess]:
     return podprocesses.driver_hosts(installed.pod("supervisor")["metadata"]["uid"])
 
 
-async def node_device_uids(kube: KubeClient) -> dict[str, str]:
-    node = localcluster.local_node_name()
-    items, _ = await kube.list(NODE_DEVICES, label_selector=f"{NODE_LABEL}={label_value(node)}")
-    return {i["metadata"]["name"]: i["metadata"]["uid"] for i in items}
+async def node_device_uid(kube: KubeClient, name: str) -> str:
+    """The uid of the test's own NodeDevice (the machine's other loop devices come and go with
+    whatever else runs on it, so only this one is compared)."""
+    return str((await kube.get(NODE_DEVICES, name))["metadata"]["uid"])
 
 
 @pytest.fixture
@@ -205,7 +206,7 @@ async def test_agent_upgrade_keeps_the_driver_running_and_supervisor_updates_on_
     [host] = driver_hosts(installed)
     agent_uid = installed.pod("agent")["metadata"]["uid"]
     supervisor_uid = installed.pod("supervisor")["metadata"]["uid"]
-    uids = await node_device_uids(kube)
+    uid = await node_device_uid(kube, name)
 
     # A changed agent (and supervisor) template: the agent rolls, the supervisor waits (OnDelete).
     installed.release.upgrade(
@@ -226,7 +227,7 @@ async def test_agent_upgrade_keeps_the_driver_running_and_supervisor_updates_on_
     adopted = await until_loaded(kube, name, "the new agent to adopt")
     assert adopted["pid"] == before["pid"], "adopted, not reloaded"
     assert adopted.get("restarts", 0) == before.get("restarts", 0)
-    assert await node_device_uids(kube) == uids, "no NodeDevice was recreated"
+    assert await node_device_uid(kube, name) == uid, "the NodeDevice was not recreated"
     supervisor = installed.pod("supervisor")
     assert supervisor["metadata"]["uid"] == supervisor_uid, "OnDelete: the supervisor pod stays"
     assert "upgraded" not in (supervisor["metadata"].get("annotations") or {})
@@ -260,7 +261,7 @@ async def test_agent_killed_or_deleted_leaves_the_driver_running_and_is_adopted(
     loop = loop_devices(size_bytes=size)
     name, before = await load(kube, loop)
     [host] = driver_hosts(installed)
-    uids = await node_device_uids(kube)
+    uid = await node_device_uid(kube, name)
     agent_pod = installed.pod("agent")
     restarts = agent_pod["status"]["containerStatuses"][0]["restartCount"]
 
@@ -289,7 +290,7 @@ async def test_agent_killed_or_deleted_leaves_the_driver_running_and_is_adopted(
     assert host.alive() and driver_hosts(installed) == [host]
     adopted = await until_loaded(kube, name, "adoption by a new pod")
     assert adopted["pid"] == before["pid"]
-    assert await node_device_uids(kube) == uids, "NodeDevice uids do not change"
+    assert await node_device_uid(kube, name) == uid, "the NodeDevice was not recreated"
 
 
 # --- 5. operator replaced during a deletion ---------------------------------------------------
@@ -319,6 +320,56 @@ async def test_operator_pod_deleted_while_a_storage_driver_is_deleted_releases_t
     assert not host.alive(), "unloaded before the finalizer went"
     await wait_all_ready(installed)
     assert installed.pod("operator")["metadata"]["uid"] != operator_pod["metadata"]["uid"]
+
+
+# --- 6. two operator replicas ------------------------------------------------------------------
+
+
+async def test_two_operator_pods_elect_one_leader_and_hand_over_when_its_pod_is_deleted(
+    installed: Installed, kube: KubeClient, apply: Apply, loop_devices: Callable[..., LoopDevice]
+) -> None:
+    installed.release.upgrade("--reuse-values", "--set", "operator.replicas=2")
+
+    async def two_ready() -> list[dict[str, Any]] | None:
+        pods = installed.pods("operator")
+        return pods if len(pods) == 2 and all(pod_ready(p) for p in pods) else None
+
+    pods = await eventually(two_ready, timeout=150, interval=0.5, what="two operator pods Ready")
+    assert pods is not None
+
+    async def holder() -> str:
+        lease = await kube.get_or_none(LEASES, "storage-operator-leader", NAMESPACE)
+        return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
+
+    async def leader_pod() -> dict[str, Any] | None:
+        held = await holder()
+        return next((p for p in installed.pods("operator") if held.startswith(p["metadata"]["name"])), None)
+
+    leader = await eventually(leader_pod, timeout=60, interval=0.5, what="one operator pod to lead")
+    assert leader is not None
+    deleted = leader["metadata"]["name"]
+
+    # A rolling update or a drain deletes the leader's pod: it releases the Lease as it stops,
+    # and another pod (the other replica, or the one that replaces it) leads.
+    installed.kubectl("-n", NAMESPACE, "delete", "pod", deleted, "--wait=false")
+
+    async def another_leads() -> str | None:
+        held = await holder()
+        return held if held and not held.startswith(deleted) else None
+
+    try:
+        await eventually(another_leads, timeout=90, interval=0.5, what="another operator pod to lead")
+    except AssertionError:
+        print(f"Lease holder: {await holder()!r}")
+        for pod in installed.pods("operator"):
+            print(installed.kubectl("-n", NAMESPACE, "logs", pod["metadata"]["name"], "--tail=40"))
+        raise
+    # The new leader reconciles: a hot-plug loads the driver.
+    size = unique_size(14)
+    await apply(size)
+    loop = loop_devices(size_bytes=size)
+    await load(kube, loop)
+    await eventually(two_ready, timeout=150, interval=0.5, what="the Deployment back at two pods")
 
 
 # --- 1. uninstall ------------------------------------------------------------------------------

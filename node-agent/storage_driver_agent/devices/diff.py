@@ -10,6 +10,7 @@
 | present       | Present is not True                 | Present=True (status)                |
 | gone          | Present is True or unset            | Present=False (status)               |
 | gone          | Present=False for >= retention      | delete (uid and version preconditions)|
+| present       | owned by an earlier Node of the name| delete, then create anew (never reused)|
 | anything else |                                     | nothing: no write                    |
 
 Only fields the agent owns are written (spec, three labels, the Node ownerReference, the
@@ -83,6 +84,7 @@ class Delete:
     uid: str
     resource_version: str
     kernel_name: str
+    earlier_node: bool = False  # it belonged to an earlier Node of this name (not retention)
 
 
 Action = Create | UpdateSpec | SetPresence | Delete
@@ -169,6 +171,14 @@ def plan(
         if obj is not None and obj.get("metadata", {}).get("deletionTimestamp"):
             waiting.append(name)
             continue
+        if obj is not None and owned_by_earlier_node(obj, owner):
+            # The Node was deleted and created again: what its predecessor owned is garbage (the
+            # collector deletes it too); a new object starts a new history.
+            metadata = obj.get("metadata") or {}
+            uid, version = str(metadata.get("uid", "")), str(metadata.get("resourceVersion", ""))
+            actions.append(Delete(name, uid, version, spec.kernel_name, earlier_node=True))
+            waiting.append(name)
+            continue
         present = _presence(spec.kernel_name, True)
         if obj is None:
             initial = set_condition([], PRESENT, *present, at=seen.get(name, now))
@@ -205,6 +215,13 @@ def plan(
                 continue
         wake_at = expiry if wake_at is None else min(wake_at, expiry)
     return Plan(tuple(actions), wake_at, tuple(waiting))
+
+
+def owned_by_earlier_node(obj: Obj, owner: Owner) -> bool:
+    """The object names a Node of this name as its owner, but with another uid."""
+    references = (obj.get("metadata") or {}).get("ownerReferences") or []
+    nodes = [r for r in references if r.get("kind") == "Node" and r.get("name") == owner.node_name]
+    return bool(nodes) and not any(r.get("uid") == owner.uid for r in nodes)
 
 
 def spec_patch(obj: Obj, spec: NodeDeviceSpec, owner: Owner) -> tuple[dict[str, Any], tuple[str, ...]]:

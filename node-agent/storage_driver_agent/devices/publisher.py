@@ -114,7 +114,9 @@ class Publisher:
             self.writes += 1
             self.objects.pop(action.name, None)
             log.info(
-                "NodeDevice deleted after retention",
+                "NodeDevice of an earlier Node deleted"
+                if action.earlier_node
+                else "NodeDevice deleted after retention",
                 extra=fields(nodedevice=action.name, device=action.kernel_name),
             )
 

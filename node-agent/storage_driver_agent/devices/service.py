@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable, Mapping
 
 import aiohttp
-from storage_driver_api.kube import ApiError, KubeClient
+from storage_driver_api.kube import NODES, ApiError, KubeClient
 from storage_driver_api.logs import fields
 from storage_driver_api.nodedevice import NodeDeviceSpec
 
+from storage_driver_agent import metrics
 from storage_driver_agent.config import AgentConfig
 from storage_driver_agent.devices.coalesce import Backoff, Coalescer
 from storage_driver_agent.devices.describe import describe_all
@@ -33,6 +34,7 @@ from storage_driver_agent.devices.options import Options
 from storage_driver_agent.devices.probe import Probe
 from storage_driver_agent.devices.publisher import NodeNotFound, Publisher
 from storage_driver_agent.devices.sysfs import HostRoot
+from storage_driver_agent.kubewatch import Obj, list_watch
 
 __all__ = ["DeviceAgent", "DeviceDiscoveryError", "Options", "run"]
 
@@ -63,6 +65,7 @@ class DeviceAgent:
     ):
         self.node_name = node_name
         self.options = options
+        self.kube = kube
         self.clock = clock
         self.probe = Probe(HostRoot(options.host_root))
         self.publisher = Publisher(kube, node_name)
@@ -92,6 +95,45 @@ class DeviceAgent:
         self.coalescer.lost_events(self.clock())
         self.wake.set()
 
+    # --- the Node ----------------------------------------------------------------------------
+
+    def on_node(self, node: Obj | None) -> None:
+        """The Node now (None: there is none). A Node deleted, or deleted and created again with
+        the same name, had the garbage collector delete the NodeDevices the old one owned, behind
+        the agent's back: list again and publish for the new one at once (no backoff left over)."""
+        uid = str(node["metadata"]["uid"]) if node is not None else None
+        owner = self.publisher.owner
+        if owner is None or uid == owner.uid:
+            if uid is not None and self.retry_at is not None:
+                self.retry_at = None  # the Node we waited for exists now
+                self.backoff.reset()
+                self.wake.set()
+            return
+        what = "the Node was created again" if uid is not None else "the Node is gone"
+        log.info(f"{what}; publishing its devices again", extra=fields(node=self.node_name, uid=uid))
+        self.publisher.stale = True
+        self.dirty = True
+        if uid is not None:
+            self.retry_at = None
+            self.backoff.reset()
+        self.wake.set()
+
+    async def follow_node(self, stop: asyncio.Event) -> None:
+        def synced(items: list[Obj]) -> None:
+            self.on_node(items[0] if items else None)
+
+        def changed(kind: str, obj: Obj) -> None:
+            self.on_node(None if kind == "DELETED" else obj)
+
+        await list_watch(
+            self.kube,
+            NODES,
+            on_sync=synced,
+            on_event=changed,
+            stop=stop,
+            field_selector=f"metadata.name={self.node_name}",
+        )
+
     # --- the loop --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -111,6 +153,7 @@ class DeviceAgent:
                 extra=fields(source=source, error=str(exc), resync_interval_s=self.options.resync_interval),
             )
         relay = asyncio.create_task(self._relay(stop))
+        node_watch = asyncio.create_task(self.follow_node(stop))
         try:
             # The monitor is open before the first probe: nothing that happens in between is missed.
             self.devices = self.probe.all()
@@ -141,6 +184,7 @@ class DeviceAgent:
                 await self._wait()
         finally:
             relay.cancel()
+            node_watch.cancel()
             monitor.close()
 
     async def _relay(self, stop: asyncio.Event) -> None:
@@ -288,4 +332,9 @@ class DeviceAgent:
 async def run(
     config: AgentConfig, options: Options, kube: KubeClient, stop: asyncio.Event, ready: asyncio.Event
 ) -> None:
-    await DeviceAgent(config.node_name, options, kube, synced=ready).run(stop)
+    agent = DeviceAgent(config.node_name, options, kube, synced=ready)
+    # A lambda: refresh() replaces the publisher's dict, so its bound method would go stale.
+    metrics.STATE.devices = lambda: agent.publisher.objects.values()  # noqa: PLW0108
+    metrics.STATE.uevents = lambda: agent.uevents
+    metrics.STATE.device_writes = lambda: agent.publisher.writes
+    await agent.run(stop)

@@ -1,4 +1,5 @@
 """What a driver's failure does to its record: the last error, the backoff, the Event, the log.
+The same for an unload held back by a device in use (inuse.py): the record, the Event, the log.
 
 Refusals (a source that cannot be used, capacity) are announced once per distinct cause; failed
 loads and crashes each back off exponentially (statemachine.next_failure) before the next start.
@@ -7,11 +8,15 @@ loads and crashes each back off exponentially (statemachine.next_failure) before
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 
 from storage_driver_api.logs import fields
 
+from storage_driver_agent import metrics
+from storage_driver_agent.drivers import inuse
 from storage_driver_agent.drivers.hosts import describe_exit
+from storage_driver_agent.drivers.inuse import Holders
 from storage_driver_agent.drivers.runtime import EventSink, Record
 from storage_driver_agent.drivers.statemachine import BackoffPolicy, forget_host, next_failure
 
@@ -54,6 +59,7 @@ def crashed(record: Record, *, now: float, policy: BackoffPolicy) -> None:
     """The host is gone without being asked to (or killed because it hung): forget it and back
     off before restarting."""
     reason, message = record.killed_for or ("Crashed", CRASHED_MESSAGE)
+    metrics.CRASHES.labels(record.state.name, reason).inc()
     record.crashed = True
     record.state = replace(
         forget_host(record.state),
@@ -99,3 +105,37 @@ def health_changed(record: Record, unhealthy: str | None) -> bool:
     else:
         log.info("driver healthy again", extra=fields(driver=record.state.name))
     return True
+
+
+def blocked_changed(
+    record: Record, events: EventSink, blocked: Mapping[str, Holders], *, unloading: bool
+) -> bool:
+    """Record which devices in use an unload (or a detach) waits for; an Event when that starts
+    or what holds them changes. True if anything changed."""
+    if dict(blocked) == dict(record.blocked):
+        return False
+    record.blocked = dict(blocked)
+    name = record.state.name
+    if not blocked:
+        log.info("devices free again: detaching", extra=fields(driver=name))
+        return True
+    what = "unload" if unloading else "detach"
+    message = (
+        f"{name}: {what} blocked: {inuse.describe(blocked)} in use; retrying until free "
+        "(unloadPolicy.force detaches anyway)"
+    )
+    events.emit("UnloadBlocked", message, warning=True)
+    log.warning("detach blocked: device in use", extra=fields(driver=name, devices=dict(blocked)))
+    return True
+
+
+def forced(record: Record, events: EventSink, busy: Mapping[str, Holders]) -> None:
+    """Devices in use that are detached anyway, as unloadPolicy.force asks."""
+    name = record.state.name
+    record.blocked = {}
+    events.emit(
+        "UnloadForced",
+        f"{name}: detaching {inuse.describe(busy)} although in use (unloadPolicy.force)",
+        warning=True,
+    )
+    log.warning("detaching devices in use (force)", extra=fields(driver=name, devices=dict(busy)))

@@ -25,6 +25,9 @@ from storage_driver_sdk.protocol import (
 # A new host binds its socket some 100-300 ms after it is spawned; retrying every few ms costs
 # nothing and saves up to a retry interval on every load.
 CONNECT_RETRY_MAX: Final = 0.01
+# While retrying, whether the host still lives is asked this often (it ends the wait for a
+# host that died while starting).
+ALIVE_CHECK_INTERVAL: Final = 0.05
 
 
 class HostGone(Exception):
@@ -60,12 +63,20 @@ class HostConnection:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         delay = 0.002
+        checked = loop.time()
         while True:
             try:
                 reader, writer = await asyncio.open_unix_connection(str(socket_path), limit=MAX_MESSAGE_BYTES)
                 return cls(reader, writer, socket_path)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
-                if loop.time() > deadline or (alive is not None and not await alive()):
+                now = loop.time()
+                gone = now > deadline
+                if not gone and alive is not None and now - checked >= ALIVE_CHECK_INTERVAL:
+                    # Asked seldom: through the supervisor each answer is a round trip that
+                    # takes CPU from the host that is starting.
+                    checked = now
+                    gone = not await alive()
+                if gone:
                     raise HostGone(f"cannot connect to {socket_path}: {exc.strerror or exc}") from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CONNECT_RETRY_MAX)

@@ -250,18 +250,9 @@ class SupervisorLauncher:
             for attempt in range(2):
                 reader, writer = await self._connect()
                 self._next_id += 1
-                try:
-                    writer.write(json.dumps({"id": self._next_id, "op": op, "args": args}).encode() + b"\n")
-                    await writer.drain()
-                    line = await reader.readline()
-                except OSError:
-                    line = b""
+                line = await _exchange(reader, writer, self._next_id, op, args)
                 if line:
-                    reply = json.loads(line)
-                    if not reply.get("ok"):
-                        raise LauncherError(str(reply.get("error", "supervisor refused the request")))
-                    result: Mapping[str, Any] = reply.get("result") or {}
-                    return result
+                    return _result(line)
                 # The supervisor restarted: reconnect once.
                 self._reader = self._writer = None
                 if attempt == 1:
@@ -285,8 +276,23 @@ class SupervisorLauncher:
         await self.request("signal", pid=host.pid, socket=str(host.socket), signal=int(sig))
 
     async def wait_exited(self, host: HostProcess, timeout: float) -> bool:
-        # The hosts may live in another pid namespace (the supervisor's pod): ask.
-        return await poll_exited(self, host, timeout)
+        # The hosts may live in another pid namespace (the supervisor's pod): the supervisor
+        # answers when it reaps the host. On a connection of its own, so that the wait holds up
+        # no other request; a supervisor older than the "wait" request is asked until it is gone.
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        except OSError:
+            return await poll_exited(self, host, timeout)
+        try:
+            args = {"pid": host.pid, "socket": str(host.socket), "timeout": timeout}
+            line = await asyncio.wait_for(_exchange(reader, writer, 0, "wait", args), timeout + 5.0)
+            return bool(_result(line)["exited"]) if line else await poll_exited(self, host, timeout)
+        except LauncherError:
+            return await poll_exited(self, host, timeout)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
     async def end_tree(self, host: HostProcess) -> list[int]:
         result = await self.request("end_tree", pid=host.pid, socket=str(host.socket))
@@ -298,6 +304,30 @@ class SupervisorLauncher:
             with contextlib.suppress(Exception):
                 await self._writer.wait_closed()
         self._reader = self._writer = None
+
+
+async def _exchange(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    request_id: int,
+    op: str,
+    args: Mapping[str, Any],
+) -> bytes:
+    """One request and its reply line; b"" when the supervisor closed the connection."""
+    try:
+        writer.write(json.dumps({"id": request_id, "op": op, "args": dict(args)}).encode() + b"\n")
+        await writer.drain()
+        return await reader.readline()
+    except OSError:
+        return b""
+
+
+def _result(line: bytes) -> Mapping[str, Any]:
+    reply = json.loads(line)
+    if not reply.get("ok"):
+        raise LauncherError(str(reply.get("error", "supervisor refused the request")))
+    result: Mapping[str, Any] = reply.get("result") or {}
+    return result
 
 
 def make_launcher(kind: str, state_dir: Path, trees: ProcessTrees | None = None) -> Launcher:

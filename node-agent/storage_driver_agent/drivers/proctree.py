@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from storage_driver_agent.drivers import inuse
+
 log = logging.getLogger(__name__)
 
 TREES_DIR: Final = "storage-driver-hosts"
@@ -50,20 +52,13 @@ class CgroupMount:
 def parse_mountinfo(text: str) -> list[CgroupMount]:
     """The cgroup mounts in /proc/self/mountinfo."""
     mounts = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        fields, extra = left.split(), right.split()
-        if len(fields) < 5 or len(extra) < 3:
-            continue
-        fstype, options = extra[0], extra[2]
-        point = Path(fields[4].replace("\\040", " "))
-        if fstype == "cgroup2":
-            mounts.append(CgroupMount(point, fields[3], 2, frozenset()))
-        elif fstype == "cgroup":
-            words = {o for o in options.split(",") if "=" not in o or o.startswith("name=")}
-            mounts.append(CgroupMount(point, fields[3], 1, frozenset(words - V1_NOT_CONTROLLERS)))
+    for mount in inuse.parse_mountinfo(text):
+        point = Path(mount.point)
+        if mount.fstype == "cgroup2":
+            mounts.append(CgroupMount(point, mount.root, 2, frozenset()))
+        elif mount.fstype == "cgroup":
+            words = {o for o in mount.options.split(",") if "=" not in o or o.startswith("name=")}
+            mounts.append(CgroupMount(point, mount.root, 1, frozenset(words - V1_NOT_CONTROLLERS)))
     return mounts
 
 

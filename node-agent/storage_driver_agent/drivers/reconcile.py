@@ -19,12 +19,14 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from storage_driver_api.logs import fields
 from storage_driver_sdk.protocol import Op
 
-from storage_driver_agent.drivers import failures
+from storage_driver_agent import metrics
+from storage_driver_agent.drivers import failures, inuse
 from storage_driver_agent.drivers.binding import attach_failed, bind, device_message
 from storage_driver_agent.drivers.hostclient import HostCallError, HostConnection, HostGone
 from storage_driver_agent.drivers.hosts import Adopted, HostLoadFailed, HostRunner
@@ -53,6 +55,7 @@ from storage_driver_agent.drivers.statemachine import (
     next_action,
 )
 from storage_driver_agent.drivers.status import DriverReport
+from storage_driver_agent.drivers.usage import UsageReader
 from storage_driver_agent.stopping import wait_or_stop
 
 __all__ = ["NodeReconciler", "RuntimeSettings"]
@@ -72,6 +75,7 @@ class NodeReconciler:
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        usage: UsageReader | None = None,
     ):
         self.settings = settings
         self.launcher = launcher
@@ -82,6 +86,7 @@ class NodeReconciler:
         self.clock = clock
         self.wall = wall
         self.hosts = HostRunner(settings, launcher, clock, wall)
+        self.usage = usage or UsageReader(Path("/proc/self/mountinfo"))
         self.records: dict[str, Record] = {}
         self.devices: dict[str, Mapping[str, Any]] = {}  # present NodeDevices: name -> spec
         self.generation: int | None = None
@@ -94,6 +99,7 @@ class NodeReconciler:
     def _record(self, name: str) -> Record:
         if name not in self.records:
             self.records[name] = Record(DriverState(name))
+            metrics.driver_added(name)
         return self.records[name]
 
     def set_spec(self, drivers: list[Desired], generation: int | None) -> None:
@@ -106,6 +112,7 @@ class NodeReconciler:
                 record.attach_attempts.clear()
                 record.announced = None
             record.grace = desired.grace_seconds
+            record.force_unload = desired.force_unload
         for name, record in self.records.items():
             if name not in wanted and record.state.desired is not None:
                 record.state = replace(record.state, desired=None)
@@ -123,7 +130,9 @@ class NodeReconciler:
 
     def reports(self) -> list[DriverReport]:
         return [
-            DriverReport(r.state, r.in_flight, r.restarts, r.last_error, r.unhealthy, dict(r.facts))
+            DriverReport(
+                r.state, r.in_flight, r.restarts, r.last_error, r.unhealthy, dict(r.facts), dict(r.blocked)
+            )
             for _, r in sorted(self.records.items())
         ]
 
@@ -151,7 +160,7 @@ class NodeReconciler:
             record.state = state = replace(state, admitted=fits, file_sha=file_sha)
             if record.reaping:
                 continue  # _report_crash wakes the loop when the crashed host's tree is gone
-            action = next_action(state, self.present, now)
+            action = self._unless_in_use(record, next_action(state, self.present, now), now)
             if isinstance(action, Wait):
                 deadline = action.until if deadline is None else min(deadline, action.until)
             elif isinstance(action, Idle):
@@ -160,6 +169,22 @@ class NodeReconciler:
             else:
                 self._launch(record, action)
         return deadline
+
+    def _unless_in_use(self, record: Record, action: Action, now: float) -> Action:
+        """`action`, or what of it may run while devices it would detach are in use."""
+        if record.state.busy:
+            return action  # nothing starts now; what waits stays as it was
+        busy = inuse.detaching(action, record.state)
+        in_use = self.usage.in_use(busy, self.devices) if busy else {}
+        force = record.force_unload
+        guarded = inuse.guard(
+            action, record.state, in_use, force=force, now=now, recheck=self.settings.in_use_recheck
+        )
+        if guarded.forced:
+            failures.forced(record, self.events, guarded.forced)
+        else:
+            failures.blocked_changed(record, self.events, guarded.blocked, unloading=isinstance(action, Stop))
+        return guarded.action
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -235,6 +260,8 @@ class NodeReconciler:
         assert desired is not None and isinstance(artifact, Artifact)
         restarts = record.restarts + (1 if record.crashed else 0)
         started_mono, started_wall = self.clock(), self.wall()
+        if record.crashed:
+            metrics.RESTARTS.labels(record.state.name).inc()
         try:
             pid = await self.hosts.spawn(desired, artifact, restarts)
             self.loads += 1
@@ -246,6 +273,8 @@ class NodeReconciler:
                 started_wall,
             )
         except HostLoadFailed as exc:
+            metrics.LOADS.labels(record.state.name, "failed").inc()
+            metrics.LOAD_SECONDS.labels("failed").observe(self.clock() - started_mono)
             failures.load_failed(
                 record,
                 self.events,
@@ -256,6 +285,8 @@ class NodeReconciler:
                 pid=exc.pid,
             )
             return
+        metrics.LOADS.labels(record.state.name, "loaded").inc()
+        metrics.LOAD_SECONDS.labels("loaded").observe(self.clock() - started_mono)
         attached = loaded.attached
         record.restarts, record.crashed = restarts, False
         record.conn = loaded.conn
@@ -319,6 +350,9 @@ class NodeReconciler:
         what = {StopReason.RELOAD: "to reload it", StopReason.CAPACITY: "over maxLoadedDrivers"}.get(
             action.reason, f"({action.reason.value})"
         )
+        unloaded = "failed" if ended != "stopped" or errors else "unloaded"
+        metrics.UNLOADS.labels(name, unloaded).inc()
+        metrics.UNLOAD_SECONDS.labels(unloaded).observe(took)
         if ended != "stopped" or errors:
             detail = "; ".join(errors) if errors else ""
             if ended != "stopped":
@@ -393,6 +427,8 @@ class NodeReconciler:
             outcome = Hung("health()", timeout)
         except HostGone:
             return
+        checked = {Healthy: "healthy", Unhealthy: "unhealthy", Hung: "hung"}[type(outcome)]
+        metrics.HEALTH_CHECKS.labels(record.state.name, checked).inc()
         if record.conn is conn:
             await self._judge(record, outcome)
 

@@ -34,6 +34,7 @@ class RuntimeSettings:
     terminate_timeout: float = 5.0
     health_interval: float = 30.0
     liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
+    in_use_recheck: float = 2.0  # seconds between checks of a device whose detach waits (inuse.py)
     python: str = sys.executable
 
     @property
@@ -64,6 +65,9 @@ class Record:
     reaping: bool = False  # a crashed host's remains are being cleared: nothing starts meanwhile
     strikes: int = 0  # consecutive unhealthy health checks (liveness.judge)
     killed_for: tuple[str, str] | None = None  # (reason, message) when the agent killed a hung host
+    # The last spec entry's unloadPolicy.force: it still counts once the entry is gone (an unload).
+    force_unload: bool = False
+    blocked: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # devices in use a detach waits for
 
     def error(self, reason: str, message: str) -> None:
         """Record the driver's last error, stamped now."""

@@ -30,6 +30,7 @@ from storage_driver_api.constants import (
 from storage_driver_api.kube import NODES, ApiError, KubeClient
 from storage_driver_api.logs import fields
 from storage_driver_api.meta import describe_validation_error
+from storage_driver_api.nodedevice import is_present
 from storage_driver_api.nodedriverconfig import (
     MAX_DRIVERS_PER_NODE,
     NodeDriverConfigSpec,
@@ -37,10 +38,10 @@ from storage_driver_api.nodedriverconfig import (
 )
 from storage_driver_sdk.devices import ALL_DEVICE_TYPES
 
+from storage_driver_agent import metrics
 from storage_driver_agent.config import AgentConfig
 from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.inventory import Inventory
-from storage_driver_agent.drivers.kubewatch import list_watch
 from storage_driver_agent.drivers.launcher import make_launcher
 from storage_driver_agent.drivers.liveness import LivenessPolicy
 from storage_driver_agent.drivers.reconcile import NodeReconciler, RuntimeSettings
@@ -53,7 +54,9 @@ from storage_driver_agent.drivers.status import (
     build_status,
     desired_from_api,
 )
+from storage_driver_agent.drivers.usage import UsageReader
 from storage_driver_agent.drivers.watch import DirectoryWatcher
+from storage_driver_agent.kubewatch import list_watch
 from storage_driver_agent.stopping import wait_or_stop
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,9 @@ class Options:
     host_cgroup: str = "auto"
     call_timeout: float = 30.0
     unhealthy_restarts: int = 3
+    mountinfo: Path = Path("/proc/self/mountinfo")
+    in_use_recheck: float = 2.0
+    host_root: Path = Path("/")  # the device options' --host-root: sysfs is read below it
 
     @staticmethod
     def add_arguments(parser: argparse._ArgumentGroup) -> None:
@@ -219,6 +225,20 @@ class Options:
             default=3,
             help="consecutive unhealthy health() checks after which a driver is restarted (default: %(default)s)",
         )
+        parser.add_argument(
+            "--mountinfo",
+            type=Path,
+            default=Path(_env("STORAGE_AGENT_MOUNTINFO", "/proc/self/mountinfo")),
+            help="the mount table that tells whether a device is mounted before it is detached; "
+            "/proc/1/mountinfo is the host's for an agent in a container with the host's PID namespace "
+            "(default: $STORAGE_AGENT_MOUNTINFO, else %(default)s)",
+        )
+        parser.add_argument(
+            "--in-use-recheck",
+            type=float,
+            default=2.0,
+            help="seconds between checks of a device in use whose detach or unload waits (default: %(default)s)",
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -244,6 +264,9 @@ class Options:
             host_cgroup=args.host_cgroup,
             call_timeout=args.call_timeout,
             unhealthy_restarts=args.unhealthy_restarts,
+            mountinfo=args.mountinfo,
+            in_use_recheck=args.in_use_recheck,
+            host_root=getattr(args, "host_root", Path("/")),
         )
 
 
@@ -268,12 +291,7 @@ def agent_version() -> str:
 
 def device_present(obj: Mapping[str, Any]) -> bool:
     spec = obj.get("spec") or {}
-    if spec.get("type") not in ALL_DEVICE_TYPES:
-        return False
-    for condition in (obj.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Present":
-            return bool(condition.get("status") != "False")
-    return True
+    return spec.get("type") in ALL_DEVICE_TYPES and is_present(obj)
 
 
 class DriverRuntime:
@@ -296,6 +314,7 @@ class DriverRuntime:
             terminate_timeout=options.terminate_timeout,
             health_interval=options.health_interval,
             liveness=LivenessPolicy(options.call_timeout, options.unhealthy_restarts),
+            in_use_recheck=options.in_use_recheck,
         )
         self.inventory = Inventory(options.driver_dir)
         self.ready = (
@@ -323,7 +342,13 @@ class DriverRuntime:
             asyncio.get_running_loop().time,
         )
         self.reconciler = NodeReconciler(
-            self.settings, self.launcher, self.inventory, self.fetcher, self.events, on_change=self.publish
+            self.settings,
+            self.launcher,
+            self.inventory,
+            self.fetcher,
+            self.events,
+            on_change=self.publish,
+            usage=UsageReader(options.mountinfo, options.host_root),
         )
         self.status_writer = StatusWriter(kube, self.node)
         self.binding_writer = BindingWriter(kube)
@@ -582,4 +607,8 @@ class _Retry(Exception):
 async def run(
     config: AgentConfig, options: Options, kube: KubeClient, stop: asyncio.Event, ready: asyncio.Event
 ) -> None:
-    await DriverRuntime(config, options, kube, ready).run(stop)
+    runtime = DriverRuntime(config, options, kube, ready)
+    metrics.STATE.phases = lambda: [
+        str(d.phase) for d in (runtime.previous_status.drivers if runtime.previous_status else [])
+    ]
+    await runtime.run(stop)

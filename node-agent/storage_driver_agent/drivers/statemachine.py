@@ -43,6 +43,7 @@ class Desired:
     grace_seconds: int = 5
     devices: frozenset[str] = frozenset()
     priority: int = 0
+    force_unload: bool = False  # detach devices even while they are in use (inuse.py)
 
     @property
     def fetch_key(self) -> tuple[SourceRef, str, str]:

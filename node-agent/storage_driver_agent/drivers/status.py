@@ -14,10 +14,12 @@ from storage_driver_api.nodedriverconfig import (
     MAX_AVAILABLE,
     MAX_BOUND_DEVICES,
     MAX_FACTS,
+    MAX_HOLDERS,
     AvailableDriver,
     BoundDevice,
     Capacity,
     DesiredDriver,
+    DeviceInUse,
     DriverError,
     DriverPhase,
     DriverStatus,
@@ -27,6 +29,7 @@ from storage_driver_api.storagedriver import KernelVersionRange
 from storage_driver_api.storagedriver import MinimumPlatform as ApiMinimumPlatform
 from storage_driver_sdk.scan import ScannedDriver
 
+from storage_driver_agent.drivers import inuse
 from storage_driver_agent.drivers.statemachine import (
     Action,
     Desired,
@@ -37,6 +40,7 @@ from storage_driver_agent.drivers.statemachine import (
 )
 
 MESSAGE_MAX: Final = 1024
+UNLOAD_BLOCKED: Final = "UnloadBlocked"
 FACT_VALUE_MAX: Final = 256
 
 
@@ -59,6 +63,7 @@ def desired_from_api(driver: DesiredDriver) -> Desired:
         grace_seconds=driver.unload_grace_period_seconds,
         devices=frozenset(driver.devices),
         priority=driver.priority,
+        force_unload=driver.force_unload,
     )
 
 
@@ -108,6 +113,7 @@ class DriverReport:
     last_error: LastError | None = None
     unhealthy: str | None = None
     facts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    blocked: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # devices in use a detach waits for
 
 
 def _facts(values: Mapping[str, Any]) -> dict[str, str]:
@@ -132,6 +138,10 @@ def driver_status(report: DriverReport, present: frozenset[str], now: float) -> 
     host = state.host
     if report.unhealthy and host is not None:
         message = f"unhealthy: {report.unhealthy}" + (f"; {message}" if message else "")
+    blocked = report.blocked if host is not None else {}
+    if blocked:
+        what = "unload" if phase == Phase.UNLOADING else "detach"
+        message = f"{what} blocked: {inuse.describe(blocked)} in use; retrying until free"
     bound = sorted(host.attached)[:MAX_BOUND_DEVICES] if host else []
     return DriverStatus(
         name=state.name,
@@ -153,6 +163,10 @@ def driver_status(report: DriverReport, present: frozenset[str], now: float) -> 
         ),
         unhealthy=report.unhealthy[:MESSAGE_MAX] if report.unhealthy and host is not None else None,
         message=message[:MESSAGE_MAX],
+        unload_blocked=[
+            DeviceInUse(name=name, held_by=[h[:512] for h in holders[:MAX_HOLDERS]])
+            for name, holders in sorted(blocked.items())[:MAX_BOUND_DEVICES]
+        ],
         devices=[BoundDevice(name=name, facts=_facts(report.facts.get(name) or {})) for name in bound],
     )
 
@@ -196,6 +210,28 @@ def build_status(
     conditions = set_condition(
         previous, "Ready", ready[0], ready[1], ready[2], observed_generation=node.generation, at=at
     )
+    blocked = [s for s in drivers if s.unload_blocked]
+    if blocked:
+        held = "; ".join(f"{s.name}: {s.message}" for s in blocked[:5])
+        conditions = set_condition(
+            conditions,
+            UNLOAD_BLOCKED,
+            ConditionStatus.TRUE,
+            "DeviceInUse",
+            held[:MESSAGE_MAX],
+            observed_generation=node.generation,
+            at=at,
+        )
+    elif any(c.type == UNLOAD_BLOCKED for c in conditions):
+        conditions = set_condition(
+            conditions,
+            UNLOAD_BLOCKED,
+            ConditionStatus.FALSE,
+            "NoDeviceInUse",
+            "no unload or detach waits for a device in use",
+            observed_generation=node.generation,
+            at=at,
+        )
     return NodeDriverConfigStatus(
         observed_generation=node.generation,
         boot_id=node.boot_id or None,

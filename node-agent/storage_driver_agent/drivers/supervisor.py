@@ -26,8 +26,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import prometheus_client
+from prometheus_client import CollectorRegistry
 from storage_driver_api.logs import fields, setup_logging
 
+from storage_driver_agent import metrics
+from storage_driver_agent.config import health_address
 from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.launcher import (
     SUPERVISOR_SOCKET,
@@ -36,26 +40,67 @@ from storage_driver_agent.drivers.launcher import (
     host_socket,
     is_driver_host,
     spawn_host,
+    wait_pidfd,
 )
 from storage_driver_agent.drivers.slots import HOSTS_DIR
 
 log = logging.getLogger("storage_driver_agent.supervisor")
 PR_SET_CHILD_SUBREAPER: Final = 36
 MAX_EXIT_RECORDS: Final = 1024
+OPS: Final = ("spawn", "alive", "exit_status", "signal", "end_tree", "wait")
+
+# The supervisor's own registry (a separate process from the agent, with its own /metrics).
+# `driver` is the name the agent gives, one of the node's NodeDriverConfig drivers: bounded.
+REGISTRY = CollectorRegistry()
+prometheus_client.ProcessCollector(registry=REGISTRY)
+PREFIX: Final = "storage_driver_supervisor"
+HOST_STARTS = prometheus_client.Counter(
+    f"{PREFIX}_host_starts", "Driver hosts started, by driver.", ["driver"], registry=REGISTRY
+)
+HOST_EXITS = prometheus_client.Counter(
+    f"{PREFIX}_host_exits",
+    "Driver hosts reaped, by driver and how they ended (clean: exit 0; error: another code; signal: killed).",
+    ["driver", "outcome"],
+    registry=REGISTRY,
+)
+LEFTOVERS = prometheus_client.Counter(
+    f"{PREFIX}_leftover_processes_killed",
+    "Processes a driver host left behind in its process tree, killed when it ended.",
+    registry=REGISTRY,
+)
+HOSTS = prometheus_client.Gauge(
+    f"{PREFIX}_hosts", "Driver hosts running as this supervisor's children.", registry=REGISTRY
+)
+REQUESTS = prometheus_client.Counter(
+    f"{PREFIX}_requests",
+    "Requests from the agent over the socket, by op and result (ok, refused).",
+    ["op", "result"],
+    registry=REGISTRY,
+)
 
 
 class Supervisor:
-    def __init__(self, state_dir: Path, stop_timeout: float, trees: proctree.ProcessTrees):
+    def __init__(
+        self,
+        state_dir: Path,
+        stop_timeout: float,
+        trees: proctree.ProcessTrees,
+        metrics_address: str = "",
+    ):
         self.state_dir = state_dir
+        self.metrics_address = metrics_address
         self.stop_timeout = stop_timeout
         self.trees = trees
         self.children: dict[int, str] = {}  # pid -> driver name
         self.logs: dict[int, Path] = {}  # pid -> the host's log file
         self.sockets: dict[int, Path] = {}  # pid -> the host's socket (names its process tree)
         self.exit_codes: dict[int, int] = {}
+        self.reaped: dict[int, asyncio.Event] = {}  # pid -> set once reaped ("wait" requests)
+        HOSTS.set_function(lambda: len(self.children))
 
     def end_tree(self, pid: int, socket: Path) -> list[int]:
         killed = self.trees.end(socket, pid, timeout=2.0)
+        LEFTOVERS.inc(len(killed))
         if killed:
             log.warning("killed processes a driver host left behind", extra=fields(pid=pid, killed=killed))
         return killed
@@ -73,6 +118,9 @@ class Supervisor:
             name = self.children.pop(pid, None)
             if name is not None:
                 self.exit_codes[pid] = code
+                if (reaped := self.reaped.pop(pid, None)) is not None:
+                    reaped.set()
+                HOST_EXITS.labels(name, "clean" if code == 0 else "error" if code > 0 else "signal").inc()
                 log.info("driver host exited", extra=fields(driver=name, pid=pid, code=code))
                 # Nothing of a driver outlives its host: not after a crash, nor with no agent.
                 if (socket := self.sockets.pop(pid, None)) is not None:
@@ -85,6 +133,7 @@ class Supervisor:
             argv = [str(a) for a in args["argv"]]
             process = spawn_host(argv, Path(str(args["log"])), self.trees)
             self.children[process.pid] = str(args.get("name", "?"))
+            HOST_STARTS.labels(self.children[process.pid]).inc()
             self.logs[process.pid] = Path(str(args["log"]))
             self.sockets[process.pid] = host_socket(argv)
             self.exit_codes.pop(process.pid, None)  # a recycled pid: forget the old process's exit
@@ -111,6 +160,25 @@ class Supervisor:
             return {"killed": self.end_tree(int(args["pid"]), Path(str(args["socket"])))}
         raise LauncherError(f"unknown op {op!r}")
 
+    async def wait_exited(self, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Answer once the host has exited (True), or after `timeout` seconds (False)."""
+        pid, timeout = int(args["pid"]), float(args["timeout"])
+        if pid in self.children:  # reap() wakes us, on the SIGCHLD of its exit
+            reaped = self.reaped.setdefault(pid, asyncio.Event())
+            try:
+                await asyncio.wait_for(reaped.wait(), timeout)
+            except TimeoutError:
+                return {"exited": False}
+            return {"exited": True}
+        host = HostProcess(pid, Path(str(args["socket"])))
+        if pid in self.exit_codes or not is_driver_host(host):
+            return {"exited": True}
+        # A host of an earlier supervisor: not our child, but in our pid namespace.
+        done = await wait_pidfd(pid, timeout)
+        if done is None:  # no pidfds here: the agent asks "alive" until it is gone
+            raise LauncherError("cannot wait for a process that is not a child without pidfds")
+        return {"exited": done}
+
     async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
@@ -118,9 +186,12 @@ class Supervisor:
                 try:
                     request = json.loads(line)
                     self.reap()
-                    result = self.handle(str(request.get("op")), request.get("args") or {})
+                    op, args = str(request.get("op")), request.get("args") or {}
+                    result = await self.wait_exited(args) if op == "wait" else self.handle(op, args)
                     reply: dict[str, Any] = {"id": request.get("id"), "ok": True, "result": result}
+                    REQUESTS.labels(_op_label(request), "ok").inc()
                 except Exception as exc:
+                    REQUESTS.labels(_op_label(request), "refused").inc()
                     log.warning("request refused", extra=fields(op=request.get("op"), error=str(exc)))
                     reply = {"id": request.get("id"), "ok": False, "error": str(exc)}
                 writer.write(json.dumps(reply).encode() + b"\n")
@@ -188,7 +259,9 @@ class Supervisor:
             proctree.describe(self.trees),
         )
         self.trees.remove_empty(self.state_dir / HOSTS_DIR)
-        async with server:
+        async with server, asyncio.TaskGroup() as group:
+            if self.metrics_address:
+                group.create_task(metrics.serve(self.metrics_address, REGISTRY, stop))
             await stop.wait()
         server.close()
         with contextlib.suppress(FileNotFoundError):
@@ -196,6 +269,12 @@ class Supervisor:
         await self.stop_hosts()
         log.info("supervisor stopped")
         return 0
+
+
+def _op_label(request: Mapping[str, Any]) -> str:
+    """The op as a label: one of OPS, else 'other' (a label must not take any value a client sends)."""
+    op = request.get("op")
+    return op if isinstance(op, str) and op in OPS else "other"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long hosts may take to stop their drivers before they are killed (default: %(default)s)",
     )
     proctree.add_argument(parser)
+    parser.add_argument(
+        "--metrics",
+        type=health_address,
+        default=os.environ.get("METRICS_ADDRESS", ""),
+        help="HOST:PORT to serve Prometheus metrics on, at /metrics; empty to disable "
+        "(default: $METRICS_ADDRESS, else disabled)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     parser.add_argument(
         "--log-format", choices=["json", "text"], default=os.environ.get("LOG_FORMAT", "json")
@@ -227,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         trees = proctree.choose(args.host_cgroup)
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
-    return asyncio.run(Supervisor(args.state_dir, args.stop_timeout, trees).run())
+    return asyncio.run(Supervisor(args.state_dir, args.stop_timeout, trees, args.metrics).run())
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from tests.harness.processes import VENV_BIN
 from tests.harness.waiting import eventually
 from tests.integration.chart.release import Release, delete_namespace
 from tests.integration.docs.test_doc_commands import check, search_path, workdir
-from tests.integration.operator.conftest import Operator, remove_agent_leases
+from tests.integration.operator.conftest import Operator, free_port, remove_agent_leases
 from tests.integration.operator.simulated import ensure_lease_namespace
 
 RELEASE = "storage-driver-operator"
@@ -56,6 +56,7 @@ class Running:
     operator: Operator
     device: LoopDevice
     node_device: str
+    agent_metrics: str
 
     def environment(self) -> dict[str, str]:
         return {
@@ -64,6 +65,7 @@ class Running:
             "STORAGE_DRIVER_DIR": str(self.agent.driver_dir),
             "STORAGE_AGENT_STATE_DIR": str(self.agent.state_dir),
             "METRICS_ENDPOINT": self.operator.metrics,
+            "AGENT_METRICS": self.agent_metrics,
         }
 
     def logs(self) -> str:
@@ -133,7 +135,8 @@ async def running(
     system: Running | None = None
     try:
         await operator.start()
-        agent.start()
+        agent_metrics = f"127.0.0.1:{free_port()}"
+        agent.start("--metrics", agent_metrics)
 
         async def scanned() -> bool:
             config = await kube.get_or_none(NODE_DRIVER_CONFIGS, node)
@@ -145,7 +148,9 @@ async def running(
             lambda: published(kube, node, device), timeout=60, what=f"a NodeDevice for {device.path}"
         )
         assert name is not None  # eventually() returns only a truthy value
-        system = Running(cluster, kube, node, agent, operator, device, name)
+        system = Running(
+            cluster, kube, node, agent, operator, device, name, f"http://{agent_metrics}/metrics"
+        )
         yield system
     finally:
         agent.cleanup()  # stops the agent and every driver host of its state directory

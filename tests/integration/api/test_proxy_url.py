@@ -71,7 +71,7 @@ def proxied_kubeconfig(cluster: localcluster.ClusterConfig, path: Path, proxy_ur
 
 
 async def test_requests_go_through_the_proxy(
-    cluster: localcluster.ClusterConfig, proxy: ConnectProxy, tmp_path: Path
+    cluster: localcluster.ClusterConfig, clean_cluster: KubeClient, proxy: ConnectProxy, tmp_path: Path
 ) -> None:
     creds = load_kubeconfig(proxied_kubeconfig(cluster, tmp_path / "kubeconfig", proxy.url))
     assert creds.proxy == proxy.url

@@ -26,6 +26,7 @@ PROJECT_VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["pro
 VALUES_FILES: dict[str, dict[str, Any]] = {
     "defaults": {},
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "pod-monitor": {"podMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "custom": {
         "operator": {
             "image": {
@@ -57,6 +58,7 @@ VALUES_FILES: dict[str, dict[str, Any]] = {
     "replicated": {"operator": {"replicas": 3}},
 }
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
+POD_MONITOR_API = "monitoring.coreos.com/v1/PodMonitor"
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,10 @@ def tmp_values(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def render(tmp_values: Path, name: str) -> list[dict[str, Any]]:
     return helm.template(
-        tmp_values, VALUES_FILES[name], namespace=NAMESPACE, api_versions=[SERVICE_MONITOR_API]
+        tmp_values,
+        VALUES_FILES[name],
+        namespace=NAMESPACE,
+        api_versions=[SERVICE_MONITOR_API, POD_MONITOR_API],
     )
 
 
@@ -221,7 +226,10 @@ def test_agent_host_mounts_and_downward_api(defaults: list[dict[str, Any]]) -> N
         "readinessProbe": {"path": "/readyz", "port": "health"},
         "livenessProbe": {"path": "/healthz", "port": "health"},
     }
-    assert container(agent)["ports"] == [{"name": "health", "containerPort": 8090, "protocol": "TCP"}]
+    assert container(agent)["ports"] == [
+        {"name": "health", "containerPort": 8090, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8091, "protocol": "TCP"},
+    ]
 
 
 def test_supervisor_is_ready_while_it_accepts_the_agents_connections(defaults: list[dict[str, Any]]) -> None:
@@ -403,6 +411,40 @@ def test_service_monitor_without_its_crd_is_a_clear_error(tmp_values: Path) -> N
         helm.template(tmp_values, VALUES_FILES["service-monitor"], namespace=NAMESPACE)
 
 
+def test_pod_monitor_off_by_default(defaults: list[dict[str, Any]]) -> None:
+    assert not [o for o in defaults if o["kind"] == "PodMonitor"]
+
+
+def test_pod_monitor_scrapes_every_agent_and_supervisor_pod_with_its_node(tmp_values: Path) -> None:
+    objects = render(tmp_values, "pod-monitor")
+    monitor = find(objects, "PodMonitor", "-node")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    selector = monitor["spec"]["selector"]
+    (components,) = selector["matchExpressions"]
+    selected = []
+    for workload in [o for o in objects if o["kind"] in ("DaemonSet", "Deployment")]:
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        if selector["matchLabels"].items() <= labels.items() and (
+            labels.get(components["key"]) in components["values"]
+        ):
+            selected.append(workload["metadata"]["name"].rsplit("-", 1)[1])
+            ports = {p["name"]: p["containerPort"] for p in container(workload)["ports"]}
+            assert f"--metrics=0.0.0.0:{ports['metrics']}" in container(workload)["args"]
+    assert sorted(selected) == ["agent", "supervisor"]  # not the operator: its ServiceMonitor does
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    # The dashboard's $node variable and per-node panels rely on this label.
+    assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"} in endpoint[
+        "relabelings"
+    ]
+
+
+def test_pod_monitor_without_its_crd_is_a_clear_error(tmp_values: Path) -> None:
+    with pytest.raises(RenderError, match=r"needs the Prometheus Operator's PodMonitor CRD"):
+        helm.template(tmp_values, VALUES_FILES["pod-monitor"], namespace=NAMESPACE)
+
+
 @pytest.mark.parametrize(
     ("values", "field"),
     [
@@ -413,6 +455,8 @@ def test_service_monitor_without_its_crd_is_a_clear_error(tmp_values: Path) -> N
         ({"logging": {"level": "LOUD"}}, "level"),
         ({"namespace": {"podSecurity": {"enforce": "open"}}}, "enforce"),
         ({"operator": {"livenessPort": 80}}, "livenessPort"),
+        ({"podMonitor": {"enabled": True, "interval": "often"}}, "interval"),
+        ({"supervisor": {"metricsPort": 0}}, "metricsPort"),
     ],
 )
 def test_schema_names_the_bad_value(tmp_values: Path, values: dict[str, Any], field: str) -> None:
@@ -498,7 +542,8 @@ def test_command_lines_parse_with_the_components(defaults: list[dict[str, Any]])
     assert supervisor_cmd[:2] == ["storage-agent", "supervise"]
     supervisor_parser = _parser("storage_driver_agent.drivers.supervisor")
     assert supervisor_parser is not None
-    unknown |= _unknown(supervisor_parser, supervisor_cmd[2:])
+    supervisor_args = container(find(defaults, "DaemonSet", "-supervisor")).get("args") or []
+    unknown |= _unknown(supervisor_parser, supervisor_cmd[2:] + supervisor_args)
     operator_parser = _parser("storage_driver_operator.main")
     assert operator_parser is not None
     unknown |= _unknown(operator_parser, container(find(defaults, "Deployment", "-operator"))["args"])

@@ -319,6 +319,24 @@ async def test_supervisor_spawns_signals_and_reaps_hosts(
     assert [e["event"] for e in journal(trail)] == ["start", "attach", "detach", "stop"]
 
 
+async def test_the_supervisor_answers_a_wait_when_the_host_exits_and_serves_others_meanwhile(
+    supervised: tuple[HostFixture, ComponentProcess],
+) -> None:
+    fixture, _ = supervised
+    process, conn = await fixture.spawn("waited")
+    await conn.call(Op.LOAD, {"config": {}})
+    assert await fixture.launcher.wait_exited(process, 0.2) is False  # still running: the timeout
+    waiting = asyncio.create_task(fixture.launcher.wait_exited(process, 60))
+    await asyncio.sleep(0.2)
+    # The wait has a connection of its own: the agent's other requests are answered meanwhile.
+    assert await asyncio.wait_for(fixture.launcher.alive(process), 5) is True
+    assert not waiting.done()
+    await fixture.launcher.signal(process, signal.SIGTERM)
+    assert await asyncio.wait_for(waiting, 30) is True
+    assert await fixture.launcher.exit_status(process) == 0
+    assert await fixture.launcher.wait_exited(process, 5) is True  # already gone: at once
+
+
 async def test_supervisor_starts_nothing_but_driver_hosts(
     supervised: tuple[HostFixture, ComponentProcess],
 ) -> None:

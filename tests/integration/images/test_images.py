@@ -127,7 +127,7 @@ def test_component_dependencies_only(image: OciImage) -> None:
     if image.entrypoint == ["storage-operator"]:
         assert "kopf" in installed and "pyudev" not in installed and "watchdog" not in installed
     else:
-        assert {"pyudev", "watchdog"} <= installed and "kopf" not in installed
+        assert {"pyudev", "watchdog", "prometheus_client"} <= installed and "kopf" not in installed
 
 
 def test_code_belongs_to_root(image: OciImage) -> None:

@@ -219,16 +219,39 @@ def test_transition_times_seen_by_the_agent_win_over_now() -> None:
     assert condition is not None and condition.last_transition_time == really_gone
 
 
-def test_a_recreated_node_gets_its_uid_into_the_owner_reference() -> None:
+def test_a_recreated_nodes_devices_are_new_objects_not_the_old_ones() -> None:
+    """A Node deleted and created again (same name, new uid): the NodeDevice its predecessor
+    owned is deleted (uid and version preconditions) and waited for, then created anew."""
     api = FakeApi()
     run(api, want(loop_spec()))
+    (old,) = api.objects.values()
     new_owner = Owner(NODE, "uid-node-2")
     outcome = plan(want(loop_spec()), api.objects, new_owner, now=T0, retention=RETENTION)
+    (action,) = outcome.actions
+    assert isinstance(action, Delete) and action.earlier_node
+    assert (action.uid, action.resource_version) == (
+        old["metadata"]["uid"],
+        old["metadata"]["resourceVersion"],
+    )
+    assert outcome.waiting_for_deletion == (action.name,)
+    api.apply(outcome)
+    created = plan(want(loop_spec()), api.objects, new_owner, now=T0, retention=RETENTION)
+    assert [type(a) for a in created.actions] == [Create]
+    api.apply(created)
+    (new,) = api.objects.values()
+    assert new["metadata"]["ownerReferences"][0]["uid"] == "uid-node-2"
+
+
+def test_an_object_without_a_node_owner_is_adopted() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    next(iter(api.objects.values()))["metadata"]["ownerReferences"] = []
+    outcome = plan(want(loop_spec()), api.objects, OWNER, now=T0, retention=RETENTION)
     (action,) = outcome.actions
     assert isinstance(action, UpdateSpec)
     assert action.patch == {
         "metadata": {
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": "uid-node-2"}]
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": "uid-node-1"}]
         }
     }
 

@@ -455,3 +455,52 @@ def test_whatever_a_driver_reports_is_cut_to_what_the_api_accepts() -> None:
     assert set(first.values()) == {"v" * 256}
     assert [a.file for a in status.available] == [f"f{i:03}.py" for i in range(MAX_AVAILABLE)]
     NodeDriverConfig.model_validate({"status": status.to_api()})
+
+
+def test_an_unload_waiting_for_a_device_in_use_says_what_holds_it() -> None:
+    report = loaded("loop-info")
+    removed = dataclasses.replace(report.state, desired=None)
+    held = {"d1": ("loop3 mounted at /mnt/data",)}
+    blocked = DriverReport(removed, blocked=held)
+    status = build_status(node([blocked]), frozenset({"d1"}), 0.0, AT)
+    (driver,) = status.drivers
+    assert driver.phase == "Unloading" and driver.pid == 4242
+    assert driver.message == "unload blocked: d1 (loop3 mounted at /mnt/data) in use; retrying until free"
+    assert driver.to_api()["unloadBlocked"] == [{"name": "d1", "heldBy": ["loop3 mounted at /mnt/data"]}]
+    condition = next(c for c in status.conditions if c.type == "UnloadBlocked")
+    assert (condition.status, condition.reason) == ("True", "DeviceInUse")
+    assert "loop-info: unload blocked: d1 (loop3 mounted at /mnt/data)" in condition.message
+    # A detach that waits leaves the driver Loaded.
+    detach = build_status(node([DriverReport(report.state, blocked=held)]), frozenset({"d1"}), 0.0, AT)
+    assert detach.drivers[0].phase == "Loaded"
+    assert detach.drivers[0].message.startswith("detach blocked: d1 (loop3 mounted at /mnt/data)")
+    # Free again: the condition turns False (it stays, so its transition time tells when).
+    previous = status.model_copy()
+    freed = build_status(
+        NodeReport(7, "boot-1", "0.1.0", 100, [report], [], previous=previous), frozenset({"d1"}), 0.0, AT
+    )
+    assert freed.drivers[0].unload_blocked == []
+    condition = next(c for c in freed.conditions if c.type == "UnloadBlocked")
+    assert (condition.status, condition.reason) == ("False", "NoDeviceInUse")
+    # A node that never had a device in use has no such condition.
+    assert [c.type for c in build_status(node([report]), frozenset({"d1"}), 0.0, AT).conditions] == ["Ready"]
+
+
+def test_force_unload_comes_from_the_spec_entry() -> None:
+    entry = NodeDriverConfig.model_validate(
+        {
+            "spec": {
+                "drivers": [
+                    {
+                        "name": "x",
+                        "driverName": "X",
+                        "version": "1.0.0",
+                        "forceUnload": True,
+                        "source": {"kind": "hostPath", "path": "x.py"},
+                    }
+                ]
+            }
+        }
+    ).spec.drivers[0]
+    assert desired_from_api(entry).force_unload is True
+    assert desired_from_api(entry.model_copy(update={"force_unload": False})).force_unload is False

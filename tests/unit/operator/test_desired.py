@@ -486,3 +486,16 @@ def test_plans_and_what_they_are_made_from_are_values() -> None:
     ]:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, field, None)
+
+
+def test_the_unload_policy_reaches_the_spec_entry_and_entries_held_back() -> None:
+    forced = driver(unloadDelaySeconds=30, unloadPolicy={"force": True})
+    plan = plan_node(state(device("d1"), cfg=config()), [forced], NOW)
+    assert [d.force_unload for d in plan.drivers] == [True]
+    # Held by its unload delay, an entry written before the policy changed takes it on at once
+    # (the agent needs it for the unload that follows), without restarting anything.
+    old = entry(driver(unloadDelaySeconds=30), [])
+    cfg = replace(config(drivers=[old]), unload_after={"drv": NOW + 20})
+    plan = plan_node(state(cfg=cfg), [forced], NOW)
+    assert plan.decisions["drv"].reason == Hold.UNLOAD_DELAY
+    assert [d.force_unload for d in plan.drivers] == [True] and plan.changed

@@ -368,3 +368,47 @@ def test_a_failure_without_an_error_record_shows_the_agents_message() -> None:
     assert [(f.node, f.reason, f.message) for f in status.failing_nodes] == [
         ("a", "LoadFailed", "not loaded: maxLoadedDrivers reached")
     ]
+
+
+def test_an_unload_blocked_by_a_device_in_use_is_reported_and_announced() -> None:
+    blocked = config_view(
+        {
+            "metadata": {"name": "a", "uid": "u", "generation": 1},
+            "status": {
+                "drivers": [
+                    run(
+                        "drv",
+                        "Unloading",
+                        unloadBlocked=[{"name": "a-dev", "heldBy": ["loop3 mounted at /mnt/data"]}],
+                    )
+                ]
+            },
+        }
+    ).runs["drv"]
+    assert blocked.unload_blocked == "a-dev (loop3 mounted at /mnt/data)"
+    decision = Decision("drv", Action.UNLOAD, Reason.DELETING, "deleting")
+    status = aggregate(driver(deleting=True), [NodeDriverState("a", decision, blocked)], AT)
+    for type_ in ("Progressing", "Degraded"):
+        condition = cond(status, type_)
+        assert (condition.status, condition.reason) == ("True", "UnloadBlocked")
+        assert condition.message == (
+            "unload blocked on 1 node: a: in use, not detached: a-dev (loop3 mounted at /mnt/data)"
+        )
+    assert [(f.node, f.reason) for f in status.failing_nodes] == [("a", "UnloadBlocked")]
+    # Not deleting (the node's match went away): the node is failing, the driver not Ready.
+    gone = Decision("drv", Action.UNLOAD, Reason.NO_MATCHING_DEVICES, "none")
+    status = aggregate(driver(), [NodeDriverState("a", gone, blocked)], AT)
+    assert (cond(status, "Degraded").status, cond(status, "Degraded").reason) == ("True", "UnloadBlocked")
+    assert cond(status, "Ready").reason == "UnloadBlocked"
+    # One Warning when it starts; none while it stays.
+    before = {"a": observe(NodeDriverState("a", gone, DriverRun("Unloading", "1.0.0", pid=5)))}
+    after = {"a": observe(NodeDriverState("a", gone, blocked))}
+    events = transitions(before, after, [], [])
+    assert (
+        Event("Warning", "UnloadBlocked", "node a: in use, not detached: a-dev (loop3 mounted at /mnt/data)")
+        in events
+    )
+    assert not [e for e in transitions(after, after, [], []) if e.reason == "UnloadBlocked"]
+    # Once the host is gone, a stale list counts for nothing.
+    done = DriverRun("Pending", unload_blocked="a-dev (x)")
+    assert NodeDriverState("a", gone, done).failure() is None

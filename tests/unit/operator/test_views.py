@@ -183,17 +183,18 @@ def test_storage_driver_view_and_its_entry() -> None:
         "unloadGracePeriodSeconds": 5,
         "devices": [],
         "priority": 5,
+        "forceUnload": False,
     }
     assert view.rollout_key == rollout_key(view.template)
     assert view.status.observed_generation == 1
     assert view.finalizers == ("f",)
 
 
-def test_rollout_key_ignores_devices_priority_and_grace() -> None:
+def test_rollout_key_ignores_devices_priority_grace_and_unload_policy() -> None:
     base = driver()
     assert base.template is not None
     changed = base.template.model_copy(
-        update={"devices": ["x"], "priority": 9, "unload_grace_period_seconds": 1}
+        update={"devices": ["x"], "priority": 9, "unload_grace_period_seconds": 1, "force_unload": True}
     )
     assert rollout_key(changed) == base.rollout_key
     assert driver(config={"a": 1}).rollout_key != base.rollout_key

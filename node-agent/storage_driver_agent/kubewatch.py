@@ -18,6 +18,8 @@ from storage_driver_api.kube import ApiError, KubeClient
 from storage_driver_api.logs import fields
 from storage_driver_api.resource import Resource
 
+from storage_driver_agent import metrics
+
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
@@ -36,11 +38,14 @@ async def list_watch(
 ) -> None:
     delay = 0.5
     what = f"{resource.plural} ({label_selector or field_selector or 'all'})"
+    metrics.watch_started(resource.kind)
     while not stop.is_set():
         try:
             items, version = await kube.list(
                 resource, label_selector=label_selector, field_selector=field_selector
             )
+            metrics.WATCH_LISTS.labels(resource.kind).inc()
+            metrics.WATCH_SYNCED.labels(resource.kind).set(1)
             on_sync(items)
             delay = 0.5
             while not stop.is_set():
@@ -58,10 +63,14 @@ async def list_watch(
             if exc.gone:
                 log.debug("watch expired; listing again", extra=fields(resource=what))
                 continue
+            metrics.WATCH_FAILURES.labels(resource.kind).inc()
+            metrics.WATCH_SYNCED.labels(resource.kind).set(0)
             log.warning(
                 "list/watch failed; retrying", extra=fields(resource=what, error=str(exc), retry_in=delay)
             )
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            metrics.WATCH_FAILURES.labels(resource.kind).inc()
+            metrics.WATCH_SYNCED.labels(resource.kind).set(0)
             log.warning(
                 "list/watch failed; retrying", extra=fields(resource=what, error=repr(exc), retry_in=delay)
             )
@@ -95,6 +104,7 @@ async def _watch_until_end(
         ):
             latest = str((event.object.get("metadata") or {}).get("resourceVersion") or latest)
             if event.type != "BOOKMARK":
+                metrics.WATCH_EVENTS.labels(resource.kind).inc()
                 on_event(event.type, event.object)
 
     watcher = asyncio.ensure_future(consume())

@@ -1,0 +1,255 @@
+"""Issue 13, scenarios 5 and 6, on the real control plane (its garbage collector included) with a
+real storage-operator, a real storage-agent and its driver hosts, and a real loop device.
+
+5. A Node deleted and created again with the same name: what belonged to the old one is
+   collected, nothing of it is reused, and the new one converges (the driver runs there again,
+   once).
+6. A StorageDriver deleted while the operator is down, while the agent is down (and comes back,
+   or never does), and while its node is gone for good: the finalizer is released exactly when
+   nothing runs the driver any more, or when nothing can report it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from storage_driver_api.constants import (
+    LEASE_PREFIX,
+    NODE_DEVICES,
+    NODE_DRIVER_CONFIGS,
+    NODE_LABEL,
+    STORAGE_DRIVERS,
+    node_label_value,
+)
+from storage_driver_api.kube import LEASES, NODES, KubeClient
+from storage_driver_operator.views import parse_time
+
+from tests.e2e.drivers.test_agent import driver
+from tests.e2e.faults.conftest import load_driver, unique_size
+from tests.harness.drivers import Agent, journal, pid_alive
+from tests.harness.loopdev import LoopDevice
+from tests.harness.waiting import consistently, eventually
+from tests.integration.operator.conftest import Operator
+
+NAME = "fault-probe"
+
+
+def owner_uids(obj: dict[str, Any]) -> list[str]:
+    return [o["uid"] for o in obj["metadata"].get("ownerReferences") or []]
+
+
+async def per_node_objects(kube: KubeClient, agent: Agent) -> dict[str, dict[str, Any]]:
+    """The NodeDriverConfig, the Lease and the NodeDevices of the agent's node, by kind/name."""
+    found: dict[str, dict[str, Any]] = {}
+    config = await kube.get_or_none(NODE_DRIVER_CONFIGS, agent.node)
+    if config is not None:
+        found[f"NodeDriverConfig/{agent.node}"] = config
+    lease = await kube.get_or_none(LEASES, LEASE_PREFIX + agent.node, namespace=agent.namespace)
+    if lease is not None:
+        found[f"Lease/{LEASE_PREFIX + agent.node}"] = lease
+    devices, _ = await kube.list(NODE_DEVICES, label_selector=f"{NODE_LABEL}={node_label_value(agent.node)}")
+    for item in devices:
+        found[f"NodeDevice/{item['metadata']['name']}"] = item
+    return found
+
+
+async def test_a_node_deleted_and_created_again_is_collected_and_converges(
+    clean_cluster: KubeClient,
+    agent: Agent,
+    operator: Operator,
+    loop_devices: Callable[..., LoopDevice],
+    make_node: Callable[..., Any],
+) -> None:
+    kube = clean_cluster
+    agent.start()
+    device = loop_devices(size_bytes=unique_size())
+    trail = agent.root / "probe.journal"
+    published, _ = await load_driver(kube, agent, device, trail, NAME)
+    old_node = (await kube.get(NODES, agent.node))["metadata"]["uid"]
+    before = await per_node_objects(kube, agent)
+    assert {
+        f"NodeDriverConfig/{agent.node}",
+        f"Lease/{LEASE_PREFIX + agent.node}",
+        f"NodeDevice/{published}",
+    } <= set(before)
+    assert all(owner_uids(obj) == [old_node] for obj in before.values())
+    old_uids = {obj["metadata"]["uid"] for obj in before.values()}
+
+    await kube.delete(NODES, agent.node)
+
+    async def collected() -> bool:
+        now = await per_node_objects(kube, agent)
+        return not any(o["metadata"]["uid"] in old_uids or old_node in owner_uids(o) for o in now.values())
+
+    await eventually(collected, timeout=60, what="the garbage collector to delete the old node's objects")
+    new_node = (await make_node(agent.node))["metadata"]["uid"]
+    assert new_node != old_node
+
+    async def converged() -> dict[str, Any] | None:
+        config = await kube.get_or_none(NODE_DRIVER_CONFIGS, agent.node)
+        status = (config or {}).get("status") or {}
+        if config is None or status.get("observedGeneration") != config["metadata"]["generation"]:
+            return None
+        entry = next((d for d in status.get("drivers") or [] if d["name"] == NAME), None)
+        if not entry or entry["phase"] != "Loaded" or entry.get("boundDevices") != [published]:
+            return None
+        return dict(entry)
+
+    try:
+        entry = await eventually(converged, timeout=90, what="the new node to run the driver with its device")
+    except AssertionError:
+        now = await per_node_objects(kube, agent)
+        print(
+            "--- the new node's objects ---",
+            {k: (v["metadata"]["uid"], owner_uids(v)) for k, v in now.items()},
+        )
+        raise
+    assert entry is not None
+    after = await per_node_objects(kube, agent)
+    # Everything per-node is new, and owned by the new Node: nothing of the old one is reused.
+    assert {
+        f"NodeDriverConfig/{agent.node}",
+        f"Lease/{LEASE_PREFIX + agent.node}",
+        f"NodeDevice/{published}",
+    } <= set(after)
+    for key, obj in after.items():
+        assert obj["metadata"]["uid"] not in old_uids, f"{key} is the old node's object"
+        assert owner_uids(obj) == [new_node], f"{key} is not owned by the new Node"
+    bound = (after[f"NodeDevice/{published}"].get("status") or {}).get("boundDrivers")
+    assert bound == [NAME]
+    # One host runs the driver; the journal shows no second copy at any time (every start
+    # after the first followed a stop).
+    assert list(agent.hosts().values()) == [NAME]
+    events = [e["event"] for e in journal(trail) if e["event"] in ("start", "stop")]
+    assert events[0] == "start" and all(a != b for a, b in itertools.pairwise(events)), events
+    assert events[-1] == "start"
+    sd = await kube.get(STORAGE_DRIVERS, NAME)
+    assert (sd.get("status") or {}).get("loadedNodes") == 1
+
+
+# --- scenario 6: deleting a StorageDriver while a part is missing --------------------------------
+
+
+async def finalizer_held(kube: KubeClient) -> bool:
+    sd = await kube.get_or_none(STORAGE_DRIVERS, NAME)
+    return (
+        sd is not None
+        and bool(sd["metadata"].get("deletionTimestamp"))
+        and bool(sd["metadata"].get("finalizers"))
+    )
+
+
+async def gone(kube: KubeClient) -> bool:
+    return await kube.get_or_none(STORAGE_DRIVERS, NAME) is None
+
+
+def stops(trail: Path) -> int:
+    return sum(1 for e in journal(trail) if e["event"] == "stop")
+
+
+async def test_deleted_while_the_operator_is_down_it_unloads_when_the_operator_returns(
+    clean_cluster: KubeClient, agent: Agent, operator: Operator, loop_devices: Callable[..., LoopDevice]
+) -> None:
+    kube = clean_cluster
+    agent.start()
+    device = loop_devices(size_bytes=unique_size())
+    trail = agent.root / "probe.journal"
+    _, entry = await load_driver(kube, agent, device, trail, NAME)
+    operator.stop()
+    await kube.delete(STORAGE_DRIVERS, NAME)
+
+    # Nobody may release the finalizer, and nothing unloads, while the operator is away.
+    async def waiting() -> bool:
+        return await finalizer_held(kube) and pid_alive(entry["pid"]) and stops(trail) == 0
+
+    await consistently(waiting, duration=5, what="the deletion to wait for the operator")
+    await operator.start()
+    await eventually(lambda: gone(kube), timeout=60, what="the StorageDriver to go after the unload")
+    assert not pid_alive(entry["pid"]) and stops(trail) == 1
+    assert await driver(kube, agent.node, NAME) is None
+
+
+async def test_deleted_while_the_agent_is_down_it_waits_for_the_agent_that_returns(
+    clean_cluster: KubeClient, agent: Agent, operator: Operator, loop_devices: Callable[..., LoopDevice]
+) -> None:
+    kube = clean_cluster
+    agent.start("--lease-duration", "20")
+    device = loop_devices(size_bytes=unique_size())
+    trail = agent.root / "probe.journal"
+    _, entry = await load_driver(kube, agent, device, trail, NAME)
+    agent.kill()  # the host stays, for the next agent to adopt
+    await kube.delete(STORAGE_DRIVERS, NAME)
+
+    async def waiting() -> bool:
+        return await finalizer_held(kube) and pid_alive(entry["pid"])
+
+    # The operator removed the entry from the spec, but the agent's Lease is fresh and its last
+    # report says Loaded: the driver may still run, so the finalizer stays.
+    async def unlisted() -> bool:
+        config = await kube.get(NODE_DRIVER_CONFIGS, agent.node)
+        return NAME not in [d["name"] for d in config["spec"].get("drivers") or []]
+
+    await eventually(unlisted, timeout=30, what="the operator to drop the driver from the node's spec")
+    await consistently(waiting, duration=4, what="the deletion to wait for the agent")
+    agent.start("--lease-duration", "20")
+    await eventually(
+        lambda: gone(kube), timeout=60, what="the StorageDriver to go after the adopted host unloads"
+    )
+    assert not pid_alive(entry["pid"]) and stops(trail) == 1
+
+
+async def test_deleted_while_the_agent_stays_away_it_goes_when_the_lease_expires(
+    clean_cluster: KubeClient, agent: Agent, operator: Operator, loop_devices: Callable[..., LoopDevice]
+) -> None:
+    kube = clean_cluster
+    agent.start("--lease-duration", "10", "--adoption-window", "5")
+    device = loop_devices(size_bytes=unique_size())
+    trail = agent.root / "probe.journal"
+    _, entry = await load_driver(kube, agent, device, trail, NAME)
+    agent.kill()
+    lease = await kube.get(LEASES, LEASE_PREFIX + agent.node, namespace=agent.namespace)
+    await kube.delete(STORAGE_DRIVERS, NAME)
+    renewed = parse_time(lease["spec"]["renewTime"])
+    assert renewed is not None
+    expires = renewed + 10
+
+    # Held while the Lease is fresh (nothing says the driver stopped) ...
+    while time.time() < expires - 1.5:
+        assert await finalizer_held(kube), "the finalizer went while the agent's Lease was fresh"
+        await asyncio.sleep(0.3)
+    # ... and released once it expired: nothing there can report, and the host, with no agent to
+    # adopt it, stopped its driver after the adoption window.
+    await eventually(lambda: gone(kube), timeout=30, what="the finalizer released after the Lease expired")
+    await eventually(lambda: _dead(entry["pid"]), timeout=30, what="the unadopted host to stop on its own")
+
+
+async def test_deleted_after_its_node_is_gone_for_good_it_goes_at_once(
+    clean_cluster: KubeClient, agent: Agent, operator: Operator, loop_devices: Callable[..., LoopDevice]
+) -> None:
+    kube = clean_cluster
+    agent.start("--lease-duration", "120", "--adoption-window", "5")
+    device = loop_devices(size_bytes=unique_size())
+    trail = agent.root / "probe.journal"
+    _, entry = await load_driver(kube, agent, device, trail, NAME)
+    agent.kill()  # the machine is gone: nothing will report from it again
+    await kube.delete(NODES, agent.node)
+
+    async def node_gone() -> bool:
+        return await kube.get_or_none(NODES, agent.node) is None
+
+    await eventually(node_gone, what="the Node to be deleted")
+    started = time.monotonic()
+    await kube.delete(STORAGE_DRIVERS, NAME)
+    # Well before the Lease (120 s) could expire: a node that no longer exists counts as done.
+    await eventually(lambda: gone(kube), timeout=30, what="the finalizer released for a node that is gone")
+    assert time.monotonic() - started < 30
+    await eventually(lambda: _dead(entry["pid"]), timeout=30, what="the orphaned host to stop on its own")
+
+
+async def _dead(pid: int) -> bool:
+    return not pid_alive(pid)
