@@ -21,6 +21,7 @@ import random
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("config.toml")
 COPIED = ("operator", "node-agent", "tests", "pyproject.toml")
 NOT_SAMPLED = "not sampled"
+RULE = "cannot matter (rule)"
+EQUIVALENT = "equivalent: "
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
             listed = text in listed_lines
             if inside(spans, row, col, mutation.operator_name):
                 module.by_rule += 1
-                db.set_result(item.job_id, WorkResult(WorkerOutcome.SKIPPED, output="cannot matter (rule)"))
+                db.set_result(item.job_id, WorkResult(WorkerOutcome.SKIPPED, output=RULE))
             elif listed and (
                 (eq := equivalents.get((text, "*")))
                 or (eq := equivalents.get((text, mutated_line(source, mutation))))
@@ -187,7 +190,7 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
                 module.equivalent += 1
                 module.matched_equivalents.add(eq)
                 db.set_result(
-                    item.job_id, WorkResult(WorkerOutcome.SKIPPED, output=f"equivalent: {eq.reason}")
+                    item.job_id, WorkResult(WorkerOutcome.SKIPPED, output=f"{EQUIVALENT}{eq.reason}")
                 )
             else:
                 same = [k for k in candidates if k[:2] == (mutation.operator_name, text)]
@@ -202,6 +205,23 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
             for key, job_id in candidates.items():
                 if key not in keep:
                     db.set_result(job_id, WorkResult(WorkerOutcome.SKIPPED, output=NOT_SAMPLED))
+
+
+def equivalents_table(settings: Settings) -> str:
+    """The `[[equivalent]]` list as the Markdown table in docs/testing.md (a test keeps the two
+    the same)."""
+
+    def cell(text: str) -> str:
+        return " ".join(text.split()).replace("|", "\\|")
+
+    rows = ["| module | line | mutant | why it cannot matter |", "|---|---|---|---|"]
+    for eq in settings.equivalents:
+        side, _, module = eq.file.partition("/")
+        module = module.partition("/")[2]
+        where = f"{'operator' if side == 'operator' else 'agent'} `{module}`"
+        mutant = "every mutant of the line" if eq.mutant == "*" else f"`{cell(eq.mutant)}`"
+        rows.append(f"| {where} | `{cell(eq.line)}` | {mutant} | {cell(eq.reason)} |")
+    return "\n".join(rows) + "\n"
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -301,10 +321,25 @@ def baseline(tests: Sequence[str], tree: Path, settings: Settings) -> None:
         raise RuntimeError(f"the tests fail without any mutant:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
 
 
+def forget_survivors(module: Module) -> None:
+    """Make the survivors of a kept session pending again (`--again`), so that `cosmic-ray
+    exec` runs only them, against the tests as they are now."""
+    with sqlite3.connect(module.db) as db:
+        db.execute(
+            "DELETE FROM work_results WHERE worker_outcome = ? AND test_outcome = ?",
+            (WorkerOutcome.NORMAL.name, TestOutcome.SURVIVED.name),  # SQLAlchemy stores enum names
+        )
+
+
 def collect(module: Module) -> None:
+    # The counts come from the whole session, so that they are right after --again too.
+    module.by_rule = module.equivalent = 0
     with use_db(str(module.db), WorkDB.Mode.open) as db:
+        module.total = db.num_work_items
         for item, result in db.completed_work_items:
             if result.worker_outcome == WorkerOutcome.SKIPPED:
+                module.by_rule += result.output == RULE
+                module.equivalent += (result.output or "").startswith(EQUIVALENT)
                 continue
             module.tried += 1
             if result.test_outcome == TestOutcome.SURVIVED and result.worker_outcome == WorkerOutcome.NORMAL:
@@ -338,7 +373,9 @@ def mutation_text(item: WorkItem, result: WorkResult) -> str:
     return f"{op}: " + " => ".join(line[1:].strip() for line in changed)
 
 
-def report(modules: Sequence[Module], settings: Settings, sample: int | None, seconds: float) -> bool:
+def report(
+    modules: Sequence[Module], settings: Settings, sample: int | None, seconds: float, again: bool = False
+) -> bool:
     print()
     print("| module | killed / tried | score | equivalent | by rule | mutants | seconds |")
     print("|---|---|---|---|---|---|---|")
@@ -352,6 +389,8 @@ def report(modules: Sequence[Module], settings: Settings, sample: int | None, se
         ok = ok and m.score >= settings.threshold
     full = sample is None
     kind = "all mutants" if full else f"sample of {sample} per module, seed {settings.seed}"
+    if again:
+        kind = "the kept sessions, their survivors run again"
     print(f"\n{kind}; threshold {settings.threshold:.0f}%; wall time {seconds:.0f}s")
     survivors = [(m, item, result) for m in modules for item, result in m.survivors]
     if survivors:
@@ -359,7 +398,7 @@ def report(modules: Sequence[Module], settings: Settings, sample: int | None, se
         for m, item, result in sorted(survivors, key=lambda s: (s[0].path, s[1].mutations[0].start_pos)):
             row = item.mutations[0].start_pos[0]
             print(f"  {m.path}:{row}  {mutation_text(item, result)}")
-    if full:
+    if full and not again:  # --again sees only the survivors' matches
         matched = set().union(*(m.matched_equivalents for m in modules))
         for eq in settings.equivalents:
             if eq.file in {m.path for m in modules} and eq not in matched:
@@ -379,13 +418,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel copies")
     parser.add_argument("--sample", type=int, help="mutants per module (default from the config)")
     parser.add_argument("--sessions", type=Path, help="keep the cosmic-ray sessions here (for cr-report)")
+    parser.add_argument(
+        "--again",
+        type=Path,
+        metavar="DIR",
+        help="run only the survivors of the sessions kept in DIR (by --sessions) again, with the"
+        " tests as they are now; the score counts the whole session (the test code may change"
+        " between the runs, the mutated modules may not)",
+    )
+    parser.add_argument(
+        "--equivalents", action="store_true", help="print the equivalents as docs/testing.md lists them"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, stop_all)
     settings = load_settings()
+    if args.equivalents:
+        print(equivalents_table(settings), end="")
+        return 0
     unknown = [m for m in args.modules if m not in settings.modules]
     if unknown:
         parser.error(f"not in {CONFIG.relative_to(ROOT)}: {', '.join(unknown)}")
     sample = None if args.full else (args.sample if args.sample is not None else settings.sample)
+    if args.again:
+        if args.sessions:
+            parser.error("--again reuses its own DIR; leave out --sessions")
+        args.sessions, sample = args.again, None  # the session keeps its own sample
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sdo-mutation-db-") as temporary:
         scratch = args.sessions or Path(temporary)
@@ -399,9 +456,14 @@ def main(argv: list[str] | None = None) -> int:
         def init(module: Module) -> None:
             config = module.db.with_suffix(".toml")
             config.write_text(cosmic_ray_config(module, settings.timeout))
-            command = [sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(module.db)]
-            run(command, ROOT, dict(os.environ))
-            select(module, settings, sample)
+            if args.again:
+                if not module.db.exists():
+                    raise SystemExit(f"{module.db} does not exist: run {module.path} with --sessions first")
+                forget_survivors(module)
+            else:
+                command = [sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(module.db)]
+                run(command, ROOT, dict(os.environ))
+            select(module, settings, sample)  # with --again, it sees only the survivors
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             list(pool.map(init, modules))
@@ -430,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         for module in modules:
             collect(module)
-        ok = report(modules, settings, sample, time.monotonic() - started)
+        ok = report(modules, settings, sample, time.monotonic() - started, again=args.again is not None)
     return 0 if ok else 1
 
 

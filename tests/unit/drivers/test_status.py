@@ -40,7 +40,7 @@ from storage_driver_agent.drivers.status import (
     merge_patch,
 )
 from storage_driver_agent.drivers.watch import debounce_deadline
-from storage_driver_api.nodedriverconfig import NodeDriverConfig
+from storage_driver_api.nodedriverconfig import MAX_AVAILABLE, MAX_BOUND_DEVICES, MAX_FACTS, NodeDriverConfig
 from storage_driver_sdk import MinimumPlatform
 from storage_driver_sdk.scan import Declaration, ScannedDriver
 
@@ -206,6 +206,9 @@ def test_bound_drivers_per_device() -> None:
         [loaded("b", ("d1", "d2")), loaded("a", ("d1",)), DriverReport(DriverState("c"))]
     )
     assert result == {"d1": ["a", "b"], "d2": ["b"]}
+    # A driver without a host (not started, or stopped) binds nothing, wherever it is listed.
+    reports = [DriverReport(DriverState("c")), loaded("b", ("d1", "d2")), loaded("a", ("d1",))]
+    assert bound_drivers_by_device(reports) == {"d1": ["a", "b"], "d2": ["b"]}
 
 
 # --- small pure helpers ----------------------------------------------------------------------
@@ -367,6 +370,10 @@ def test_reports_are_values_that_cannot_change_under_the_status_writer() -> None
     with pytest.raises(dataclasses.FrozenInstanceError):
         error.reason = "Other"  # type: ignore[misc]
     assert len({error, LastError("Crashed", "exit 1", AT)}) == 1
+    report = loaded("loop-info")
+    for value, field in [(report, "last_error"), (node([report]), "generation")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, None)
 
 
 def test_a_long_scan_error_is_cut_to_what_the_api_accepts() -> None:
@@ -390,6 +397,64 @@ def test_ready_names_five_drivers_then_counts_the_rest() -> None:
     assert six.conditions[0].message == "failed: d0, d1, d2, d3, d4 and 1 more"
     five = build_status(node([refused(f"d{i}") for i in range(5)]), frozenset({"d1"}), 0.0, AT)
     assert five.conditions[0].message == "failed: d0, d1, d2, d3, d4"
+    two = build_status(node([refused(f"d{i}") for i in range(2)]), frozenset({"d1"}), 0.0, AT)
+    assert two.conditions[0].message == "failed: d0, d1"
+    many = build_status(node([refused(f"d{i:02}") for i in range(12)]), frozenset({"d1"}), 0.0, AT)
+    assert many.conditions[0].message == "failed: d00, d01, d02, d03, d04 and 7 more"
+
+
+def test_ready_waits_for_every_driver_still_loading_pending_or_unloading() -> None:
+    fetching = DriverReport(
+        DriverState("fetching", desired=desired("fetching"), busy=True), in_flight=Fetch()
+    )
+    pending = DriverReport(DriverState("pending", desired=desired("pending")))
+    unloading = DriverReport(loaded("unloading").state, in_flight=Stop(StopReason.REMOVED))
+    for reports, names in [
+        ([fetching], "fetching"),
+        ([pending], "pending"),
+        ([unloading], "unloading"),
+        ([unloading, pending, fetching], "fetching, pending, unloading"),
+    ]:
+        status = build_status(node([loaded("ok"), *reports]), frozenset({"d1"}), 0.0, AT)
+        (ready,) = status.conditions
+        assert (ready.status, ready.reason, ready.message) == (
+            "False",
+            "Converging",
+            f"not yet converged: {names}",
+        )
+    # A driver not started yet reports the version it is to load.
+    (entry,) = build_status(node([pending]), frozenset({"d1"}), 0.0, AT).drivers
+    assert (entry.phase, entry.version, entry.pid) == ("Pending", "1.0.0", None)
+
+
+def test_whatever_a_driver_reports_is_cut_to_what_the_api_accepts() -> None:
+    # A driver's errors, health verdicts and facts are its author's text, and a node may hold
+    # more devices and files than one status lists: the status is cut to the schema's bounds,
+    # keeping the first of each in order, so that the agent's write is never refused.
+    devices = tuple(f"dev{i:03}" for i in range(MAX_BOUND_DEVICES + 20))
+    report = loaded("loop-info", devices)
+    facts = {f"{i:02}" + "k" * 100: "v" * 1000 for i in range(MAX_FACTS + 4)}
+    chatty = DriverReport(
+        report.state,
+        restarts=2,
+        last_error=LastError("R" * 500, "m" * 10_000, AT),
+        unhealthy="u" * 5000,
+        facts={devices[0]: facts},
+    )
+    files = [ScannedDriver(f"f{i:03}.py", SHA, error="SyntaxError") for i in range(MAX_AVAILABLE + 10)]
+    status = build_status(node([chatty], files), frozenset(devices), 0.0, AT)
+    (driver,) = status.drivers
+    assert driver.last_error is not None
+    assert (len(driver.last_error.reason), len(driver.last_error.message)) == (128, 4096)
+    assert driver.unhealthy == "u" * 1024
+    assert len(driver.message) == 1024 and driver.message.startswith("unhealthy: uuu")
+    assert driver.bound_devices == list(devices[:MAX_BOUND_DEVICES])
+    assert [d.name for d in driver.devices] == list(devices[:MAX_BOUND_DEVICES])
+    first = driver.devices[0].facts
+    assert list(first) == [f"{i:02}" + "k" * 62 for i in range(MAX_FACTS)]
+    assert set(first.values()) == {"v" * 256}
+    assert [a.file for a in status.available] == [f"f{i:03}.py" for i in range(MAX_AVAILABLE)]
+    NodeDriverConfig.model_validate({"status": status.to_api()})
 
 
 def test_an_unload_waiting_for_a_device_in_use_says_what_holds_it() -> None:

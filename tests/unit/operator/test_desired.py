@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import replace
 
+import pytest
 from storage_driver_operator.desired import (
     Action,
     Hold,
@@ -465,6 +467,25 @@ def test_a_node_keeping_its_driver_still_counts_as_matching() -> None:
     assert plan.decisions["drv"].has_hardware
     status = aggregate(drv, [NodeDriverState("n1", plan.decisions["drv"], loaded.runs["drv"])], AT)
     assert (status.matching_nodes, status.desired_nodes, status.loaded_nodes) == (1, 1, 1)
+
+
+def test_plans_and_what_they_are_made_from_are_values() -> None:
+    """One round's snapshot, node states, rollouts and plans are read by the writer, the status
+    aggregation and `sdctl plan` alike: none can change under another."""
+    drv = driver()
+    snapshot = Snapshot(nodes={"n1": node()}, devices=[device("d1")], drivers={"drv": drv})
+    nodes = snapshot.node_states()
+    plan = plan_cluster(snapshot, NOW)["n1"]
+    rollout = plan_rollout(driver(version="2.0.0"), [config(drivers=[entry(drv, ["d1"])])])
+    for value, field in [
+        (snapshot, "drivers"),
+        (nodes["n1"], "config"),
+        (plan, "changed"),
+        (plan.decisions["drv"], "action"),
+        (rollout, "allowed"),
+    ]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, None)
 
 
 def test_the_unload_policy_reaches_the_spec_entry_and_entries_held_back() -> None:

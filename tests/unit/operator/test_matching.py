@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -20,7 +22,7 @@ from storage_driver_operator.matching import (
     selects,
     source_unavailable,
 )
-from storage_driver_operator.views import AvailableFile
+from storage_driver_operator.views import AvailableFile, node_view
 
 from tests.unit.operator.builders import device, driver, node
 
@@ -68,6 +70,13 @@ def test_label_selector_semantics(
     assert selects(parsed, labels) is expected
 
 
+def test_labels_read_from_the_api_select_the_node() -> None:
+    # The selector and the node's labels both come parsed from the API's JSON.
+    selector = LabelSelector.model_validate(json.loads('{"matchLabels": {"storage-tier": "fast-nvme"}}'))
+    assert selects(selector, json.loads('{"storage-tier": "fast-nvme"}'))
+    assert not selects(selector, json.loads('{"storage-tier": "slow-disk"}'))
+
+
 # --- platform --------------------------------------------------------------------------------
 
 
@@ -80,6 +89,7 @@ def test_label_selector_semantics(
         ("5.4.0-150-generic", {"atLeast": "5.10"}, Reason.PLATFORM_TOO_OLD),
         ("6.1.0-18-amd64", {"below": "6.2"}, None),
         ("6.1.0-18-amd64", {"below": "6.1"}, Reason.PLATFORM_TOO_NEW),
+        ("6.8.0", {"below": "6.1"}, Reason.PLATFORM_TOO_NEW),  # well past the bound, not only at it
         ("6.10.3", {"atLeast": "6.9", "below": "6.11"}, None),  # numeric, not string, comparison
         ("v5.15.0", {"atLeast": "5.15"}, None),
         ("weird", {"atLeast": "5.15"}, Reason.PLATFORM_UNKNOWN),
@@ -117,6 +127,17 @@ def test_an_os_mismatch_says_what_the_node_runs_or_that_it_reports_none() -> Non
     )
 
 
+def test_an_os_read_from_the_api_is_the_os_the_driver_needs() -> None:
+    # Both sides come parsed from the API's JSON, never as the literals of this file.
+    minimum = MinimumPlatform.model_validate(json.loads('{"os": "linux"}'))
+    reported = node_view(
+        json.loads(
+            json.dumps({"metadata": {"name": "n1"}, "status": {"nodeInfo": {"operatingSystem": "linux"}}})
+        )
+    )
+    assert platform_mismatch(minimum, reported) is None
+
+
 # --- device selector -------------------------------------------------------------------------
 
 
@@ -145,6 +166,7 @@ def req(key: str, operator: str, *values: str) -> DeviceSelectorRequirement:
         (req("sizeBytes", "Gt", "1000"), {"sizeBytes": "big"}, False),
         (req("sizeBytes", "Lt", "1000"), {"sizeBytes": "999"}, True),
         (req("sizeBytes", "Lt", "-1"), {"sizeBytes": "0"}, False),
+        (req("sizeBytes", "Lt", "1000"), {"sizeBytes": "1000"}, False),  # strictly less, as Gt is greater
         (req("rotational", "In", "false"), {"rotational": "false"}, True),
         (req("model", "Regex", "Samsung SSD 9[0-9]0.*"), {"model": "Samsung SSD 980 PRO"}, True),
         (req("model", "Regex", "SSD"), {"model": "Samsung SSD 980"}, False),  # full match
@@ -187,6 +209,19 @@ def test_host_path_must_be_available_clean_and_with_the_pinned_hash() -> None:
     assert source_unavailable(unpinned, wrong) is None
 
 
+def test_a_pinned_hash_refuses_every_other_file() -> None:
+    # The pin guards against a changed file: any other hash is refused, however it compares.
+    pinned = spec_of(source={"hostPath": {"path": "loop_info.py", "sha256": "b" * 64}})
+    for other in ("a" * 64, "c" * 64, "b" * 63 + "a", "b" * 63 + "c", "B" * 64):
+        found = {"loop_info.py": AvailableFile("loop_info.py", other, None)}
+        assert source_unavailable(pinned, found) == (
+            f"loop_info.py has sha256 {other}, the StorageDriver pins {'b' * 64}"
+        )
+    # The same hash is the same, however the strings were made (the API's are parsed from JSON).
+    same = json.loads(json.dumps({"sha256": "b" * 64}))["sha256"]
+    assert source_unavailable(pinned, {"loop_info.py": AvailableFile("loop_info.py", same, None)}) is None
+
+
 def test_host_path_file_must_declare_the_specs_driver_name_and_version() -> None:
     spec = spec_of(driverName="loop-info", version="1.2.0", source={"hostPath": {"path": "loop_info.py"}})
 
@@ -221,6 +256,15 @@ def test_fetched_sources_are_always_obtainable() -> None:
 # --- match_node ------------------------------------------------------------------------------
 
 AVAILABLE = {"loop_info.py": AvailableFile("loop_info.py", "a" * 64, None)}
+
+
+def test_a_match_is_a_value() -> None:
+    """The planner hands one Match to the node's decision, its status and `sdctl plan`: none
+    can change it under the others, and equal outcomes are one value."""
+    result = match_node("drv", spec_of(), node(), [device("a")], AVAILABLE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.reason = Reason.NO_MATCHING_DEVICES  # type: ignore[misc]
+    assert {result, match_node("drv", spec_of(), node(), [device("a")], AVAILABLE)} == {result}
 
 
 def test_matches_with_present_devices_of_a_supported_type() -> None:
@@ -261,6 +305,8 @@ def test_the_message_lists_up_to_five_devices_then_counts_the_rest() -> None:
     seven = match_node("drv", spec, node(), [device(f"d{i}") for i in range(7)], AVAILABLE)
     assert seven.message == "7 matching device(s): d0, d1, d2, d3, d4 and 2 more"
     assert seven.devices == tuple(f"d{i}" for i in range(7))
+    many = match_node("drv", spec, node(), [device(f"d{i:02}") for i in range(12)], AVAILABLE)
+    assert many.message == "12 matching device(s): d00, d01, d02, d03, d04 and 7 more"
 
 
 def test_a_device_without_a_present_condition_counts_as_present() -> None:
@@ -295,6 +341,13 @@ def test_each_non_match_names_its_reason(
     result = match_node("drv", spec_of(**spec), node(labels=labels), [device("a")], AVAILABLE)
     assert result.reason == reason
     assert result.message
+
+
+def test_an_opt_in_label_read_from_the_api_opts_the_node_in() -> None:
+    # Labels come parsed from the API's JSON, never as the literals of this file.
+    labels = json.loads(json.dumps({opt_in_label("drv"): "true"}))
+    result = match_node("drv", spec_of(autoLoad=False), node(labels=labels), [device("a")], AVAILABLE)
+    assert result.matched
 
 
 def test_node_checks_come_before_devices_and_devices_before_the_file() -> None:
