@@ -18,7 +18,7 @@ from storage_driver_operator.views import (
     storage_driver_view,
 )
 
-from tests.unit.operator.builders import driver, entry, node
+from tests.unit.operator.builders import device, driver, entry, node
 
 
 def test_parse_time() -> None:
@@ -258,7 +258,15 @@ def test_an_object_the_api_server_has_not_numbered_yet_is_settled_by_any_report(
     assert view.settled
 
 
-@pytest.mark.parametrize(("view", "field"), [(node(), "name"), (DriverRun(phase="Loaded", pid=7), "phase")])
+@pytest.mark.parametrize(
+    ("view", "field"),
+    [
+        (node(), "name"),
+        (DriverRun(phase="Loaded", pid=7), "phase"),
+        (device("n1-dev"), "present"),
+        (driver(), "generation"),
+    ],
+)
 def test_views_are_values_the_planner_can_share(view: object, field: str) -> None:
     """Views of API objects are shared by every plan of a round and kept between rounds: none
     can change under another."""
