@@ -192,7 +192,8 @@ def test_a_gone_device_is_marked_absent_then_deleted_after_retention() -> None:
     assert [type(a) for a in expired.actions] == [Delete]
     assert api.objects == {} and expired.wake_at is None
     # Deleted for its retention, and logged so: not as an earlier Node's object.
-    assert not expired.actions[0].earlier_node
+    [deleted] = expired.actions
+    assert isinstance(deleted, Delete) and not deleted.earlier_node
 
 
 def test_a_device_that_comes_back_is_present_again_without_being_recreated() -> None:
