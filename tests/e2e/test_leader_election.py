@@ -118,19 +118,7 @@ def driver_body(name: str) -> dict[str, Any]:
 async def scene(kube: KubeClient, make_node: NodeFactory, drivers: list[str]) -> None:
     """A node with one device and the driver files its agent would report."""
     await make_node(NODE)
-    device = {
-        "apiVersion": NODE_DEVICES.api_version,
-        "kind": NODE_DEVICES.kind,
-        "metadata": {"name": f"{NODE}-0123456789", "labels": {NODE_LABEL: node_label_value(NODE)}},
-        "spec": {
-            "nodeName": NODE,
-            "type": "loop",
-            "identity": {"kind": "virtual", "value": "x"},
-            "kernelName": "loop9",
-            "sysPath": "/sys/devices/virtual/block/loop9",
-        },
-    }
-    await kube.create(NODE_DEVICES, device)
+    await kube.create(NODE_DEVICES, device_body())
     config = {
         "apiVersion": NODE_DRIVER_CONFIGS.api_version,
         "kind": NODE_DRIVER_CONFIGS.kind,
