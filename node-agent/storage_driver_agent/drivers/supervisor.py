@@ -126,7 +126,10 @@ class Supervisor:
                 return
             code = os.waitstatus_to_exitcode(status)
             if self.template is not None and self.template.exited(pid):
-                log.warning("the host template exited; the next host starts a new one", extra=fields(pid=pid, code=code))
+                log.warning(
+                    "the host template exited; the next host starts a new one",
+                    extra=fields(pid=pid, code=code),
+                )
                 continue
             name = self.children.pop(pid, None)
             if name is not None:
@@ -150,7 +153,9 @@ class Supervisor:
                 try:
                     return self.template.spawn(checked, log_path)
                 except TemplateRefused as exc:
-                    log.warning("the host template refused a host; starting it afresh", extra=fields(error=str(exc)))
+                    log.warning(
+                        "the host template refused a host; starting it afresh", extra=fields(error=str(exc))
+                    )
                     break
                 except (TemplateGone, OSError) as exc:
                     log.warning("the host template is gone; starting another", extra=fields(error=str(exc)))

@@ -75,7 +75,7 @@ def fits(argv: list[str]) -> bool:
 
 
 def threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+    return sum(1 for _ in Path("/proc/self/task").iterdir())
 
 
 # --- in the host (the grandchild) ------------------------------------------------------------
@@ -119,8 +119,26 @@ def warm_up() -> None:
     formatter's compiled patterns, ...) is the template's, shared, instead of each host's own
     copy: that halves a host's private memory."""
     args = host.parse_args(
-        ["--name", "warm", "--driver-name", "Warm", "--version", "0", "--sha256", hashlib.sha256().hexdigest()]
-        + ["--path", "/", "--class-name", "Warm", "--socket", "/", "--state-file", "/", "--cgroup", "/"]
+        [
+            "--name",
+            "warm",
+            "--driver-name",
+            "Warm",
+            "--version",
+            "0",
+            "--sha256",
+            hashlib.sha256().hexdigest(),
+            "--path",
+            "/",
+            "--class-name",
+            "Warm",
+            "--socket",
+            "/",
+            "--state-file",
+            "/",
+            "--cgroup",
+            "/",
+        ]
     )
     record = logging.LogRecord("warm", logging.INFO, __file__, 0, "warm %s", ("up",), None)
     host.JsonLogFormatter(args.name).format(record)
@@ -173,7 +191,9 @@ def serve(control: socket.socket) -> int:
             line, buffer = buffer.split(b"\n", 1)
             try:
                 request = json.loads(line)
-                reply = {"pid": fork_host([str(a) for a in request["argv"]], Path(request["log"]), control)}
+                reply: dict[str, object] = {
+                    "pid": fork_host([str(a) for a in request["argv"]], Path(request["log"]), control)
+                }
             except Exception as exc:
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             control.sendall(json.dumps(reply).encode() + b"\n")
