@@ -147,6 +147,44 @@ async def direct(root: Path, trees: proctree.ProcessTrees) -> AsyncIterator[Node
     await launcher.close()
 
 
+@pytest.fixture(params=["direct", "template"])
+async def started(
+    request: pytest.FixtureRequest, root: Path, trees: proctree.ProcessTrees
+) -> AsyncIterator[Node]:
+    """Hosts started by the agent's direct launcher (fresh interpreters), and forked from the
+    host template of a supervisor holding trees the same way."""
+    if request.param == "direct":
+        direct_launcher = DirectLauncher(trees)
+        node = Node(root, direct_launcher)
+        yield node
+        await node.cleanup()
+        await direct_launcher.close()
+        return
+    supervisor = ComponentProcess(
+        "supervisor",
+        [
+            console_script("storage-agent"),
+            "supervise",
+            "--state-dir",
+            str(root / "state"),
+            "--host-cgroup",
+            str(trees.base) if trees.base is not None else proctree.OFF,
+            "--host-start",
+            "template",
+            "--log-format",
+            "text",
+        ],
+        root / "supervisor.log",
+    ).start()
+    supervisor.wait_for_log("host template started")
+    launcher = SupervisorLauncher(root / "state" / "supervisor.sock")
+    supervised = Node(root, launcher)
+    yield supervised
+    await supervised.cleanup()
+    await launcher.close()
+    supervisor.stop()
+
+
 async def all_gone(pids: list[int]) -> bool:
     return not any(pid_alive(p) for p in pids)
 
@@ -157,8 +195,9 @@ def escapes(trees: proctree.ProcessTrees) -> bool:
 
 
 async def test_unload_ends_the_drivers_children_and_daemons(
-    direct: Node, trees: proctree.ProcessTrees
+    started: Node, trees: proctree.ProcessTrees
 ) -> None:
+    direct = started
     host = await direct.start("spawner")
     assert all(pid_alive(p) for p in host.pids)
     if trees.base is not None:
