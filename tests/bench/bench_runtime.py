@@ -38,8 +38,15 @@ from storage_driver_api.kube import NAMESPACES, NODES, ApiError, KubeClient, loa
 
 from tests.bench.table import Table, ms, percentile
 from tests.harness import localcluster
-from tests.harness.drivers import Agent, desired_driver, kill_hosts, short_tmpdir, write_probe
-from tests.harness.processes import ComponentProcess, console_script
+from tests.harness.drivers import (
+    Agent,
+    desired_driver,
+    kill_hosts,
+    short_tmpdir,
+    start_supervisor,
+    write_probe,
+)
+from tests.harness.processes import ComponentProcess
 
 NODE = "bench-runtime-node"
 NAMESPACE = "sdo-bench"
@@ -202,21 +209,7 @@ async def measure_start(
     supervisor: ComponentProcess | None = None
     try:
         if start is not None:
-            supervisor = ComponentProcess(
-                "supervisor",
-                [
-                    console_script("storage-agent"),
-                    "supervise",
-                    "--state-dir",
-                    str(agent.state_dir),
-                    "--host-start",
-                    start,
-                    "--log-format",
-                    "text",
-                ],
-                root / "supervisor.log",
-            ).start()
-            supervisor.wait_for_log("supervisor listening", timeout=60)
+            supervisor = start_supervisor(agent.state_dir, root / "supervisor.log", "--host-start", start)
         agent.start("--max-loaded-drivers", str(MAX), "--launcher", launcher)
         await asyncio.sleep(1.0)
         await follower.start()

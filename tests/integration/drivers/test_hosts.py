@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,15 +28,14 @@ from storage_driver_sdk.protocol import Op
 
 from tests.harness.drivers import (
     journal,
-    kill_hosts,
     parent_pid,
     pid_alive,
     process_args,
     process_name,
-    short_tmpdir,
+    start_supervisor,
     write_probe,
 )
-from tests.harness.processes import ComponentProcess, console_script
+from tests.harness.processes import ComponentProcess
 from tests.harness.waiting import eventually
 
 DEVICE = {
@@ -101,33 +99,10 @@ class HostFixture:
         return self.root / f"{name}.journal"
 
 
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    kill_hosts(path / "state")
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def start_supervisor(root: Path, host_start: str = "template") -> ComponentProcess:
-    supervisor = ComponentProcess(
-        "supervisor",
-        [
-            console_script("storage-agent"),
-            "supervise",
-            "--state-dir",
-            str(root / "state"),
-            "--stop-timeout",
-            "5",
-            "--host-start",
-            host_start,
-            "--log-format",
-            "text",
-        ],
-        root / "supervisor.log",
-    ).start()
-    supervisor.wait_for_log("supervisor listening")
-    return supervisor
+def supervise(root: Path, host_start: str) -> ComponentProcess:
+    return start_supervisor(
+        root / "state", root / "supervisor.log", "--stop-timeout", "5", "--host-start", host_start
+    )
 
 
 @pytest.fixture(params=["direct", "template"])
@@ -139,7 +114,7 @@ async def hosts(request: pytest.FixtureRequest, root: Path) -> AsyncIterator[Hos
         yield HostFixture(root, launcher)
         await launcher.close()
         return
-    supervisor = start_supervisor(root, "template")
+    supervisor = supervise(root, "template")
     launcher = SupervisorLauncher(root / "state" / "supervisor.sock")
     yield HostFixture(root, launcher)
     await launcher.close()
@@ -150,7 +125,7 @@ async def hosts(request: pytest.FixtureRequest, root: Path) -> AsyncIterator[Hos
 async def supervised(
     request: pytest.FixtureRequest, root: Path
 ) -> AsyncIterator[tuple[HostFixture, ComponentProcess]]:
-    supervisor = start_supervisor(root, request.param)
+    supervisor = supervise(root, request.param)
     launcher = SupervisorLauncher(root / "state" / "supervisor.sock")
     yield HostFixture(root, launcher), supervisor
     await launcher.close()

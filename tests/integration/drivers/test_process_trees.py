@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import time
 import uuid
@@ -29,8 +28,8 @@ from storage_driver_agent.drivers.statemachine import Artifact, Desired, SourceR
 from storage_driver_sdk.protocol import Op
 
 from tests.conftest import require
-from tests.harness.drivers import journal, kill_hosts, pid_alive, short_tmpdir, write_probe
-from tests.harness.processes import ComponentProcess, console_script
+from tests.harness.drivers import journal, pid_alive, start_supervisor, write_probe
+from tests.harness.processes import ComponentProcess
 from tests.harness.waiting import eventually
 
 HIERARCHIES = {"cgroup-v2": Path("/sys/fs/cgroup/unified"), "cgroup-v1-pids": Path("/sys/fs/cgroup/pids")}
@@ -74,14 +73,6 @@ def make_trees(kind: str) -> Iterator[proctree.ProcessTrees]:
 @pytest.fixture(params=["cgroup-v2", "cgroup-v1-pids", "session"])
 def trees(request: pytest.FixtureRequest) -> Iterator[proctree.ProcessTrees]:
     yield from make_trees(request.param)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    kill_hosts(path / "state")
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
@@ -160,23 +151,15 @@ async def started(
         await node.cleanup()
         await direct_launcher.close()
         return
-    supervisor = ComponentProcess(
-        "supervisor",
-        [
-            console_script("storage-agent"),
-            "supervise",
-            "--state-dir",
-            str(root / "state"),
-            "--host-cgroup",
-            str(trees.base) if trees.base is not None else proctree.OFF,
-            "--host-start",
-            "template",
-            "--log-format",
-            "text",
-        ],
+    supervisor = start_supervisor(
+        root / "state",
         root / "supervisor.log",
-    ).start()
-    supervisor.wait_for_log("host template started")
+        "--host-cgroup",
+        str(trees.base) if trees.base is not None else proctree.OFF,
+        "--host-start",
+        "template",
+        ready="host template started",
+    )
     launcher = SupervisorLauncher(root / "state" / "supervisor.sock")
     supervised = Node(root, launcher)
     yield supervised
@@ -261,21 +244,7 @@ async def _dead(pid: int) -> bool:
 
 @pytest.fixture
 def supervisor(root: Path) -> Iterator[ComponentProcess]:
-    process = ComponentProcess(
-        "supervisor",
-        [
-            console_script("storage-agent"),
-            "supervise",
-            "--state-dir",
-            str(root / "state"),
-            "--stop-timeout",
-            "3",
-            "--log-format",
-            "text",
-        ],
-        root / "supervisor.log",
-    ).start()
-    process.wait_for_log("supervisor listening")
+    process = start_supervisor(root / "state", root / "supervisor.log", "--stop-timeout", "3")
     yield process
     process.stop()
 

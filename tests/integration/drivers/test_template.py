@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,14 @@ from storage_driver_agent.drivers.template import TEMPLATE_MODULE
 from storage_driver_sdk.protocol import Op
 
 from tests.harness.drivers import (
-    kill_hosts,
     parent_pid,
     pid_alive,
     process_args,
-    short_tmpdir,
     write_probe,
 )
 from tests.harness.processes import ComponentProcess
 from tests.harness.waiting import eventually
-from tests.integration.drivers.test_hosts import HostFixture, start_supervisor
+from tests.integration.drivers.test_hosts import HostFixture, supervise
 
 LIMIT = 512 * 2**20
 
@@ -74,16 +71,8 @@ class ProbeDriver:
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    kill_hosts(path / "state")
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 async def supervised(root: Path) -> AsyncIterator[tuple[HostFixture, ComponentProcess]]:
-    supervisor = start_supervisor(root, "template")
+    supervisor = supervise(root, "template")
     launcher = SupervisorLauncher(root / "state" / "supervisor.sock")
     yield HostFixture(root, launcher), supervisor
     await launcher.close()
