@@ -230,3 +230,24 @@ def test_the_template_refuses_to_run_with_a_second_thread() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "must be single-threaded" in result.stderr
+
+
+async def test_a_new_supervisor_recognises_and_signals_the_forked_hosts_of_a_killed_one(root: Path) -> None:
+    """After the supervisor dies, its hosts are found again through /proc by their command line
+    (launcher.is_driver_host), which a forked host rewrote to a fresh host's."""
+    first = supervise(root, "template")
+    fixture = HostFixture(root, SupervisorLauncher(root / "state" / "supervisor.sock"))
+    process, conn = await fixture.spawn("survivor")
+    await conn.call(Op.LOAD, {"config": {}})
+    await fixture.launcher.close()
+    first.kill()
+    second = supervise(root, "template")
+    launcher = SupervisorLauncher(root / "state" / "supervisor.sock")
+    try:
+        assert await launcher.alive(process)
+        assert not await launcher.alive(HostProcess(process.pid, root / "state" / "hosts" / "other.sock"))
+        await launcher.signal(process, signal.SIGTERM)
+        assert await launcher.wait_exited(process, 10)
+    finally:
+        await launcher.close()
+        second.stop()
