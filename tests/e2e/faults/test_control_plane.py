@@ -1,0 +1,183 @@
+"""Issue 13, scenarios 1 and 2, on the real control plane with a real storage-operator, a real
+storage-agent, its driver hosts and real loop devices.
+
+1. The API server goes silent (SIGSTOP: every watch stays open and delivers nothing), resumes,
+   and is then killed with SIGKILL and started again, while StorageDrivers and devices change.
+2. The operator's and the agent's watches fall behind (both paused) while StorageDrivers change,
+   etcd's history is compacted and the API server's watch cache starts again past it: every watch
+   ends with 410 Gone, both re-list, and nothing is lost or unloaded that should not be.
+
+Each ends with issue 13's "nothing lost" (`nothing_lost.py`) and counts loads and unloads in
+the probe driver's journals: a fault may delay work, never repeat it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from storage_driver_api.constants import STORAGE_DRIVERS
+from storage_driver_api.kube import KubeClient
+
+from tests.e2e.faults.conftest import load_driver, storage_driver, unique_size
+from tests.e2e.faults.nothing_lost import Expected, converged, starts_and_stops
+from tests.harness import controlplane
+from tests.harness.auditlog import AuditLog, Write
+from tests.harness.drivers import Agent
+from tests.harness.localcluster import ClusterConfig
+from tests.harness.loopdev import LoopDevice, detach
+from tests.integration.operator.conftest import Operator
+
+SILENT_SECONDS = 12  # the API server paused: long enough for work to queue up on both sides
+
+
+@pytest.fixture
+async def operator(cluster: ClusterConfig, test_namespace: str, tmp_path: Path) -> AsyncIterator[Operator]:
+    """The faults conftest's operator, logging at DEBUG: its watches say when they re-list."""
+    handle = Operator(cluster, tmp_path, "--lease-namespace", test_namespace, "--log-level", "DEBUG")
+    await handle.start()
+    try:
+        yield handle
+    finally:
+        handle.process and handle.process.signal(signal.SIGCONT)
+        handle.stop()
+        print(f"--- operator log ---\n{handle.log()}")
+
+
+def pinned(agent: Agent) -> dict[str, Any]:
+    """The probe driver's source with its sha256 pinned, as a careful user writes it."""
+    sha = hashlib.sha256((agent.driver_dir / "probe.py").read_bytes()).hexdigest()
+    return {"hostPath": {"path": "probe.py", "sha256": sha}}
+
+
+def sha_of(source: dict[str, Any]) -> str:
+    return str(source["hostPath"]["sha256"])
+
+
+def spec_writes(writes: list[Write]) -> list[Write]:
+    """Successful writes of NodeDriverConfig specs (only the operator writes them)."""
+    return [
+        w for w in writes if w.resource == "nodedriverconfigs" and w.verb in ("update", "patch") and w.succeeded
+    ]
+
+
+def sizes(count: int) -> list[int]:
+    found: set[int] = set()
+    while len(found) < count:
+        found.add(unique_size())
+    return sorted(found)
+
+
+async def test_the_api_server_silent_then_killed_while_drivers_and_devices_change_loses_nothing(
+    clean_cluster: KubeClient,
+    cluster: ClusterConfig,
+    agent: Agent,
+    operator: Operator,
+    loop_devices: Callable[..., LoopDevice],
+) -> None:
+    kube = clean_cluster
+    agent.start()
+    source = pinned(agent)
+    size = dict(zip("abcde", sizes(5), strict=True))
+    trail = {n: agent.root / f"{n}.journal" for n in size}
+    device = {n: loop_devices(size_bytes=size[n]) for n in "abd"}
+    for name in "abd":
+        await load_driver(kube, agent, device[name], trail[name], name, source=source)
+    # Two whose devices are not attached yet: nothing to load.
+    for name in "ce":
+        await kube.create(STORAGE_DRIVERS, storage_driver(name, size[name], trail[name], source=source))
+
+    with controlplane.restored(cluster):
+        controlplane.pause(cluster)
+        # While every watch is silent: a device comes, a device goes.
+        device["c"] = loop_devices(size_bytes=size["c"])
+        detach(device["b"])
+        await asyncio.sleep(SILENT_SECONDS)
+        controlplane.resume(cluster)
+        # Right after: a change that reloads, and a deletion; then the API server dies before
+        # the operator and agent can be sure to have acted on them.
+        config_a = {"journal": str(trail["a"]), "round": 2}
+        await kube.patch(STORAGE_DRIVERS, "a", {"spec": {"config": config_a}})
+        await kube.delete(STORAGE_DRIVERS, "d")
+        await asyncio.sleep(0.3)
+        controlplane.kill(cluster)
+        device["e"] = loop_devices(size_bytes=size["e"])  # while the API server is down
+        await asyncio.sleep(3)
+        await asyncio.to_thread(controlplane.start_missing, cluster)
+
+    expected = Expected(
+        running={n: sha_of(source) for n in "ace"},
+        configs={"a": config_a, "c": {"journal": str(trail["c"])}, "e": {"journal": str(trail["e"])}},
+        deleted={"d"},
+        present={device[n].name for n in "ace"},
+        absent={device["b"].name},
+    )
+    await converged(kube, agent, expected, timeout=120)
+    # Each load and unload happened as often as the changes asked, no more: a reload of a,
+    # one unload each of b (its device went) and d (deleted), one load each of c and e.
+    counts = {n: starts_and_stops(trail[n]) for n in size}
+    assert counts == {"a": (2, 1), "b": (1, 1), "c": (1, 0), "d": (1, 1), "e": (1, 0)}, counts
+
+
+async def test_watches_ended_by_410_gone_relist_and_unload_nothing_spurious(
+    clean_cluster: KubeClient,
+    cluster: ClusterConfig,
+    agent: Agent,
+    operator: Operator,
+    loop_devices: Callable[..., LoopDevice],
+) -> None:
+    kube = clean_cluster
+    agent.start("--log-level", "DEBUG")
+    source = pinned(agent)
+    size = dict(zip("abcd", sizes(4), strict=True))
+    trail = {n: agent.root / f"{n}.journal" for n in size}
+    device = {n: loop_devices(size_bytes=size[n]) for n in "abd"}
+    for name in "abd":
+        await load_driver(kube, agent, device[name], trail[name], name, source=source)
+    assert agent.process is not None and operator.process is not None
+    audit = AuditLog(cluster)
+    before = controlplane.etcd_revision(cluster)
+
+    with controlplane.restored(cluster):
+        agent.process.signal(signal.SIGSTOP)
+        operator.process.signal(signal.SIGSTOP)
+        try:
+            # Both are behind: what changes now reaches them only through a re-list.
+            config_a = {"journal": str(trail["a"]), "round": 2}
+            await kube.patch(STORAGE_DRIVERS, "a", {"spec": {"config": config_a}})
+            await kube.delete(STORAGE_DRIVERS, "b")
+            device["c"] = loop_devices(size_bytes=size["c"])
+            await kube.create(STORAGE_DRIVERS, storage_driver("c", size["c"], trail["c"], source=source))
+            for round_ in range(20):  # churn that changes nothing they act on
+                await kube.patch(STORAGE_DRIVERS, "d", {"metadata": {"annotations": {"churn": str(round_)}}})
+            compacted = controlplane.compact(cluster)
+            assert compacted > before
+            # A new API server's watch cache starts at etcd's revision, past every version the
+            # two hold (etcd itself no longer has them): their watches can only end with 410.
+            controlplane.kill(cluster)
+            await asyncio.to_thread(controlplane.start_missing, cluster)
+        finally:
+            agent.process.signal(signal.SIGCONT)
+            operator.process.signal(signal.SIGCONT)
+
+    expected = Expected(
+        running={n: sha_of(source) for n in "acd"},
+        configs={"a": config_a, "c": {"journal": str(trail["c"])}, "d": {"journal": str(trail["d"])}},
+        deleted={"b"},
+        present={device[n].name for n in "acd"},
+    )
+    await converged(kube, agent, expected, timeout=120)
+    assert "watch expired; listing again" in agent.log(100_000), "the agent's watch never saw 410 Gone"
+    assert "watch expired; re-listing" in operator.process.log(1_000_000), "the operator's watches never saw 410 Gone"
+    # No spurious unload: d, untouched, was never stopped; a stopped once (its reload); b once.
+    counts = {n: starts_and_stops(trail[n]) for n in size}
+    assert counts == {"a": (2, 1), "b": (1, 1), "c": (1, 0), "d": (1, 0)}, counts
+    # The re-lists wrote only what the changes needed: a's new config, b's removal, c's addition
+    # (in at most one write each; none of them is a write that changes nothing).
+    written = spec_writes(audit.writes())
+    assert len(written) <= 3, written
