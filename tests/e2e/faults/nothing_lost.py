@@ -11,8 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-from storage_driver_api.constants import NODE_DEVICES, NODE_DRIVER_CONFIGS, NODE_LABEL, STORAGE_DRIVERS, node_label_value
+from storage_driver_api.constants import (
+    NODE_DEVICES,
+    NODE_DRIVER_CONFIGS,
+    NODE_LABEL,
+    STORAGE_DRIVERS,
+    node_label_value,
+)
 from storage_driver_api.kube import KubeClient
 
 from tests.harness.drivers import Agent, journal
@@ -26,8 +31,10 @@ class Expected:
     running: dict[str, str] = field(default_factory=dict)  # StorageDriver -> the sha256 pinned
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # StorageDriver -> its config
     deleted: set[str] = field(default_factory=set)  # StorageDrivers deleted during the run
-    present: set[str] = field(default_factory=set)  # kernel names of devices attached
-    absent: set[str] = field(default_factory=set)  # kernel names of devices detached
+    # Backing files of loop devices attached and detached (a kernel name like loop2 is reused by
+    # the next device attached).
+    present: set[str] = field(default_factory=set)
+    absent: set[str] = field(default_factory=set)
 
 
 async def problems(kube: KubeClient, agent: Agent, expected: Expected) -> list[str]:
@@ -67,15 +74,20 @@ async def problems(kube: KubeClient, agent: Agent, expected: Expected) -> list[s
             found.append(f"{name}: deleted but still there (finalizers {sd['metadata'].get('finalizers')})")
         observed = (sd.get("status") or {}).get("observedGeneration")
         if observed != sd["metadata"]["generation"]:
-            found.append(f"{name}: observedGeneration {observed} != generation {sd['metadata']['generation']}")
+            found.append(
+                f"{name}: observedGeneration {observed} != generation {sd['metadata']['generation']}"
+            )
     devices, _ = await kube.list(NODE_DEVICES, label_selector=f"{NODE_LABEL}={node_label_value(agent.node)}")
     present = {
-        d["spec"]["kernelName"]
+        d["spec"].get("backingFile")
         for d in devices
-        if any(c["type"] == "Present" and c["status"] == "True" for c in (d.get("status") or {}).get("conditions") or [])
+        if any(
+            c["type"] == "Present" and c["status"] == "True"
+            for c in (d.get("status") or {}).get("conditions") or []
+        )
     }
-    found += [f"device {n} attached but not published Present" for n in expected.present - present]
-    found += [f"device {n} detached but still Present" for n in expected.absent & present]
+    found += [f"loop device of {n} attached but not published Present" for n in expected.present - present]
+    found += [f"loop device of {n} detached but still Present" for n in expected.absent & present]
     return found
 
 
