@@ -14,20 +14,18 @@ the probe driver's journals: a fault may delay work, never repeat it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from storage_driver_api.constants import STORAGE_DRIVERS
 from storage_driver_api.kube import TRANSPORT_ERRORS, ApiError, KubeClient
 
-from tests.e2e.faults.conftest import load_driver, storage_driver, unique_size
+from tests.e2e.faults.conftest import load_driver, pinned, sha_of, sizes, spec_writes, storage_driver
 from tests.e2e.faults.nothing_lost import Expected, converged, starts_and_stops
 from tests.harness import controlplane
-from tests.harness.auditlog import AuditLog, Write
+from tests.harness.auditlog import AuditLog
 from tests.harness.drivers import Agent
 from tests.harness.localcluster import ClusterConfig
 from tests.harness.loopdev import LoopDevice, detach
@@ -50,25 +48,6 @@ async def operator(cluster: ClusterConfig, test_namespace: str, tmp_path: Path) 
         print(f"--- operator log ---\n{handle.log()}")
 
 
-def pinned(agent: Agent) -> dict[str, Any]:
-    """The probe driver's source with its sha256 pinned, as a careful user writes it."""
-    sha = hashlib.sha256((agent.driver_dir / "probe.py").read_bytes()).hexdigest()
-    return {"hostPath": {"path": "probe.py", "sha256": sha}}
-
-
-def sha_of(source: dict[str, Any]) -> str:
-    return str(source["hostPath"]["sha256"])
-
-
-def spec_writes(writes: list[Write]) -> list[Write]:
-    """Successful writes of NodeDriverConfig specs (only the operator writes them)."""
-    return [
-        w
-        for w in writes
-        if w.resource == "nodedriverconfigs" and w.verb in ("update", "patch") and w.succeeded
-    ]
-
-
 async def watch_expired(kube: KubeClient, version: str) -> bool:
     """Whether a watch of StorageDrivers from `version` ends with 410 Gone (retrying a connection
     left from before an API server restart)."""
@@ -82,13 +61,6 @@ async def watch_expired(kube: KubeClient, version: str) -> bool:
         except TRANSPORT_ERRORS:
             await asyncio.sleep(0.5)
     return False
-
-
-def sizes(count: int) -> list[int]:
-    found: set[int] = set()
-    while len(found) < count:
-        found.add(unique_size())
-    return sorted(found)
 
 
 async def test_the_api_server_silent_then_killed_while_drivers_and_devices_change_loses_nothing(

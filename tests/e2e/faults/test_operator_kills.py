@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from storage_driver_api.constants import STORAGE_DRIVERS
 from storage_driver_api.kube import KubeClient
 
-from tests.e2e.faults.conftest import storage_driver
+from tests.e2e.faults.conftest import pinned, sha_of, sizes, spec_writes, storage_driver
 from tests.e2e.faults.nothing_lost import Expected, converged, starts_and_stops
-from tests.e2e.faults.test_control_plane import pinned, sha_of, sizes, spec_writes
 from tests.harness.auditlog import AuditLog
 from tests.harness.drivers import Agent
 from tests.harness.localcluster import ClusterConfig
@@ -88,6 +88,9 @@ async def act(
     return step
 
 
+# Each point waits for the operator to start (seconds on a busy machine): the suite's 300 s
+# limit would end a long run.
+@pytest.mark.timeout(max(300, 120 + 12 * KILL_POINTS))
 async def test_the_operator_killed_at_seeded_points_loads_and_unloads_no_more_than_asked(
     clean_cluster: KubeClient,
     cluster: ClusterConfig,
