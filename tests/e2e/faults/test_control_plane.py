@@ -32,6 +32,7 @@ from tests.harness.loopdev import LoopDevice, detach
 from tests.integration.operator.conftest import Operator
 
 SILENT_SECONDS = 12  # the API server paused: long enough for work to queue up on both sides
+IN_FLIGHT_SECONDS = 3  # etcd paused before the kill: longer than the agent's Lease renewal
 
 
 @pytest.fixture
@@ -95,7 +96,13 @@ async def test_the_api_server_silent_then_killed_while_drivers_and_devices_chang
         await kube.patch(STORAGE_DRIVERS, "a", {"spec": {"config": config_a}})
         await kube.delete(STORAGE_DRIVERS, "d")
         await asyncio.sleep(0.3)
+        # etcd paused: the API server reads requests and answers none, so writes are in flight
+        # when it dies (the agent's Lease renewal, every 2 s, among them) and end with the
+        # connection closed under them.
+        controlplane.pause(cluster, "etcd")
+        await asyncio.sleep(IN_FLIGHT_SECONDS)
         controlplane.kill(cluster)
+        controlplane.resume(cluster, "etcd")
         device["e"] = loop_devices(size_bytes=size["e"])  # while the API server is down
         await asyncio.sleep(3)
         await asyncio.to_thread(controlplane.start_missing, cluster)
