@@ -50,7 +50,10 @@ INVALID_CASES = [
     ),
     InvalidCase(
         "device-types-unset-for-url",
-        {"supportedDevices": None, "source": {"url": {"url": "https://example.com/d.py", "sha256": "a" * 64}}},
+        {
+            "supportedDevices": None,
+            "source": {"url": {"url": "https://example.com/d.py", "sha256": "a" * 64}},
+        },
         "spec.supportedDevices",
         False,
     ),

@@ -222,7 +222,9 @@ def source_unavailable(spec: StorageDriverSpec, available: Mapping[str, Availabl
 # --- the whole decision --------------------------------------------------------------------
 
 
-def scanned_file(spec: StorageDriverSpec, available: Mapping[str, AvailableFile] | None) -> AvailableFile | None:
+def scanned_file(
+    spec: StorageDriverSpec, available: Mapping[str, AvailableFile] | None
+) -> AvailableFile | None:
     """The hostPath file as the node reports it, when the agent could read its declaration."""
     if spec.source.host_path is None or available is None:
         return None
