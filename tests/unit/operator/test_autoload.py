@@ -7,16 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from storage_driver_api.nodedriverconfig import DesiredDriver
 from storage_driver_operator.autoload import FileReason, entry_name, file_drivers, gone, is_file_entry
 from storage_driver_operator.desired import Action, Hold, NodePlan, NodeState, plan_node
 from storage_driver_operator.matching import Reason
-from storage_driver_operator.views import (
-    AvailableFile,
-    ConfigView,
-    DesiredDriver,
-    DeviceView,
-    StorageDriverView,
-)
+from storage_driver_operator.views import AvailableFile, ConfigView, DeviceView, StorageDriverView
 
 from tests.unit.operator.builders import NOW, config, device, driver, lease, node
 
