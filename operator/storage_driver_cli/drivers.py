@@ -139,7 +139,7 @@ async def show_driver(kube: KubeClient, args: argparse.Namespace) -> int:
         f"Source:       {source[0]} {source[1].get('path') or source[1].get('url') or source[1].get('name', '')}"
     )
     print(
-        f"Devices:      {', '.join(spec.get('supportedDevices') or [])}"
+        f"Devices:      {', '.join(spec.get('supportedDevices') or ['(what each node's file declares)'])}"
         + (" (with deviceSelector)" if spec.get("deviceSelector") else "")
     )
     if view.invalid:
