@@ -48,6 +48,15 @@ INVALID_CASES = [
     InvalidCase(
         "duplicate-device-types", {"supportedDevices": ["loop", "loop"]}, "spec.supportedDevices", True
     ),
+    InvalidCase(
+        "device-types-unset-for-url",
+        {
+            "supportedDevices": None,
+            "source": {"url": {"url": "https://example.com/d.py", "sha256": "a" * 64}},
+        },
+        "spec.supportedDevices",
+        False,
+    ),
     InvalidCase("missing-driver-name", {"driverName": None}, "spec.driverName", True),
     InvalidCase("driver-name-too-long", {"driverName": "x" * 129}, "spec.driverName", True),
     InvalidCase(

@@ -255,10 +255,15 @@ class StorageDriverSpec(ApiModel):
         max_length=128, pattern=SEMVER, description="Semantic version of the driver, e.g. 1.2.0."
     )
     description: str = Field(default="", max_length=1024, description="What the driver does, for people.")
-    supported_devices: list[DeviceType] = Field(
+    supported_devices: list[DeviceType] | None = Field(
+        default=None,
         min_length=1,
         max_length=len(DeviceType),
-        description="Device types the driver binds: " + ", ".join(t.value for t in DeviceType) + ".",
+        description="Device types the driver binds: "
+        + ", ".join(t.value for t in DeviceType)
+        + ". Unset: the types the driver file's supported_devices declares on each node (hostPath "
+        "sources only). When set, a node binds only the types its file also declares (a file that "
+        "declares none is not checked).",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     device_selector: list[DeviceSelectorRequirement] = Field(
@@ -271,12 +276,16 @@ class StorageDriverSpec(ApiModel):
         default=None, description="Nodes the driver may run on; unset means every node."
     )
     minimum_platform: MinimumPlatform | None = Field(
-        default=None, description="Kernel, OS and architecture a node must have."
+        default=None,
+        description="Kernel, OS and architecture a node must have. A hostPath file's declared "
+        "minimum_platform applies as well: a node must meet both.",
     )
-    auto_load: bool = Field(
-        default=True,
+    auto_load: bool | None = Field(
+        default=None,
         description="Load on every matching node. When false, a node loads the driver only if it carries the "
-        "label load.storage.datawarehouse.io/<StorageDriver name>=true.",
+        "label load.storage.datawarehouse.io/<StorageDriver name>=true. Unset: what a hostPath file's "
+        "auto_load declares on each node (true for configMap and url sources, and for a file that "
+        "declares nothing).",
     )
     source: DriverSource = Field(description="Where nodes get the driver file.")
     config: dict[str, Any] = Field(
@@ -322,10 +331,21 @@ class StorageDriverSpec(ApiModel):
 
     @field_validator("supported_devices")
     @classmethod
-    def _unique_device_types(cls, value: list[DeviceType]) -> list[DeviceType]:
-        if len(set(value)) != len(value):
+    def _unique_device_types(cls, value: list[DeviceType] | None) -> list[DeviceType] | None:
+        if value is not None and len(set(value)) != len(value):
             raise ValueError("each device type may appear only once")
         return value
+
+    @model_validator(mode="after")
+    def _device_types_known(self) -> Self:
+        # Only a hostPath file is scanned on the node before it is wanted; a configMap or url
+        # file is fetched once the node runs the driver, too late to say which devices it binds.
+        if self.supported_devices is None and self.source.host_path is None:
+            raise ValueError(
+                f"supportedDevices: required for a {self.source.kind} source (only a hostPath file's "
+                "declaration is read before the driver is loaded); list the device types, e.g. [loop]"
+            )
+        return self
 
     @field_validator("config")
     @classmethod

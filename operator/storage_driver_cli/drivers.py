@@ -23,6 +23,8 @@ from storage_driver_cli.cluster import (
     table,
 )
 
+UNSET_DEVICES = "(what each node's driver file declares)"
+
 
 def register(sub: Any) -> None:
     many: argparse.ArgumentParser = sub.add_parser(
@@ -139,7 +141,7 @@ async def show_driver(kube: KubeClient, args: argparse.Namespace) -> int:
         f"Source:       {source[0]} {source[1].get('path') or source[1].get('url') or source[1].get('name', '')}"
     )
     print(
-        f"Devices:      {', '.join(spec.get('supportedDevices') or [])}"
+        f"Devices:      {', '.join(spec.get('supportedDevices') or [UNSET_DEVICES])}"
         + (" (with deviceSelector)" if spec.get("deviceSelector") else "")
     )
     if view.invalid:

@@ -51,6 +51,11 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "-f", "--filename", required=True, help="StorageDriver manifest (YAML; '-' for stdin)"
     )
+    parser.add_argument(
+        "--directory-autoload",
+        action="store_true",
+        help="plan as an operator running with --directory-autoload does (autoloaded driver files)",
+    )
     add_cluster_arguments(parser, leases=True)
     parser.set_defaults(handler=run)
 
@@ -143,7 +148,7 @@ def summary(name: str, state: str, rows: list[dict[str, Any]]) -> str:
 async def plan_manifests(kube: KubeClient, args: argparse.Namespace, manifests: list[dict[str, Any]]) -> int:
     snapshot, _ = await read_snapshot(kube, args.lease_namespace)
     now = time.time()
-    before = plan_cluster(snapshot, now)
+    before = plan_cluster(snapshot, now, args.directory_autoload)
     results = []
     for manifest in manifests:
         name = manifest["metadata"]["name"]
@@ -163,7 +168,7 @@ async def plan_manifests(kube: KubeClient, args: argparse.Namespace, manifests: 
             snapshot.leases,
             {**snapshot.drivers, name: view},
         )
-        after = plan_cluster(world, now)
+        after = plan_cluster(world, now, args.directory_autoload)
         state = (
             "new"
             if existing is None

@@ -246,7 +246,7 @@ class Controller:
             if state is None:
                 self.plans.pop(name, None)
                 continue
-            plan = plan_node(state, drivers, now, self.rollouts)
+            plan = plan_node(state, drivers, now, self.rollouts, self.options.directory_autoload)
             self.counters["plans"] += 1
             self.plans[name] = plan
             if plan.recheck_at is not None:

@@ -25,6 +25,7 @@ from enum import StrEnum
 
 from storage_driver_api.nodedriverconfig import DesiredDriver
 
+from storage_driver_operator.autoload import file_drivers, gone, is_file_entry
 from storage_driver_operator.matching import Reason, match_node, source_unavailable
 from storage_driver_operator.views import (
     DEFAULT_MAX_LOADED_DRIVERS,
@@ -278,24 +279,56 @@ def _rank(entry: DesiredDriver) -> tuple[int, str]:
     return -entry.priority, entry.name
 
 
+def _file_choices(
+    state: NodeState, drivers: Sequence[StorageDriverView], current: Mapping[str, DesiredDriver], now: float
+) -> dict[str, _Choice]:
+    """The node's autoloaded driver files (autoload.py), decided as any driver is; a node's file
+    changes only that node, so a new version switches at once."""
+    config = state.config
+    if config is None or not config.has_status:
+        return {}
+    claimed = {d.spec.driver_name for d in drivers if d.spec is not None}
+    claimed |= {d.driver_name for d in current.values() if not is_file_entry(d.name)}
+    choices = {}
+    for name, found in file_drivers(config.available, claimed).items():
+        if isinstance(found, StorageDriverView):
+            here = Rollout(driver=name, allowed=frozenset({state.node.name}))
+            choices[name] = _decide(found, state, current.get(name), here, now)
+        else:
+            action = Action.UNLOAD if name in current else Action.NONE
+            choices[name] = _Choice(Decision(name, action, found[0], found[1]))
+    return choices
+
+
 def plan_node(
     state: NodeState,
     drivers: Iterable[StorageDriverView],
     now: float,
     rollouts: Mapping[str, Rollout] | None = None,
+    autoload: bool = False,
 ) -> NodePlan:
-    """The spec `state.node` should have, with a decision for every driver concerned."""
+    """The spec `state.node` should have, with a decision for every driver concerned.
+
+    `autoload`: the operator's directory autoload (autoload.py) is on."""
     config = state.config
     current = {d.name: d for d in config.spec_drivers} if config is not None else {}
     capacity = config.max_loaded_drivers if config is not None else DEFAULT_MAX_LOADED_DRIVERS
     choices: dict[str, _Choice] = {}
+    drivers = list(drivers)
     for driver in drivers:
         rollout = (rollouts or {}).get(driver.name, NO_ROLLOUT)
         choices[driver.name] = _decide(driver, state, current.get(driver.name), rollout, now)
+    if autoload:
+        choices.update(_file_choices(state, drivers, current, now))
     for name in current:
-        if name not in choices:
-            message = "the StorageDriver no longer exists"
-            choices[name] = _Choice(Decision(name, Action.UNLOAD, Reason.DELETED, message))
+        if name in choices:
+            continue
+        if is_file_entry(name):
+            reason, message = gone(name, autoload)
+            choices[name] = _Choice(Decision(name, Action.UNLOAD, reason, message))
+            continue
+        message = "the StorageDriver no longer exists"
+        choices[name] = _Choice(Decision(name, Action.UNLOAD, Reason.DELETED, message))
 
     kept = sorted((c for c in choices.values() if c.entry is not None), key=lambda c: _rank(c.entry))  # type: ignore[arg-type]
     for choice in kept[capacity:]:
@@ -364,8 +397,11 @@ def plan_rollouts(drivers: Iterable[StorageDriverView], configs: Iterable[Config
     return {driver.name: plan_rollout(driver, config_list) for driver in drivers}
 
 
-def plan_cluster(snapshot: Snapshot, now: float) -> dict[str, NodePlan]:
+def plan_cluster(snapshot: Snapshot, now: float, autoload: bool = False) -> dict[str, NodePlan]:
     """Every live node's plan (a node being deleted gets none: its objects are collected)."""
     drivers = [snapshot.drivers[name] for name in sorted(snapshot.drivers)]
     rollouts = plan_rollouts(drivers, snapshot.configs.values())
-    return {name: plan_node(state, drivers, now, rollouts) for name, state in snapshot.node_states().items()}
+    return {
+        name: plan_node(state, drivers, now, rollouts, autoload)
+        for name, state in snapshot.node_states().items()
+    }

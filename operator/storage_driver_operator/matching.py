@@ -4,12 +4,17 @@ A node must run a driver when it is selected by `nodeSelector`, meets `minimumPl
 (for `autoLoad: false`), has at least one present NodeDevice of a supported type that passes
 every `deviceSelector` requirement, and can obtain the driver file. The checks run in that
 order and the first that fails names the reason, so every non-match has exactly one reason.
+
+A hostPath file's declaration, as the node's agent reports it in `status.available`, takes
+part: its `minimum_platform` applies besides the spec's; its `auto_load` and `supported_devices`
+stand in for `autoLoad` and `supportedDevices` when the spec leaves them unset; and when the
+spec lists device types, only those the file also declares are bound.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -61,6 +66,9 @@ class Match:
     message: str
     devices: tuple[str, ...] = ()
     absent_since: float | None = None
+    # The spec leaves supportedDevices to the file and the node has not scanned one: whether
+    # the node has hardware for the driver is unknown.
+    hardware_unknown: bool = False
 
     @property
     def matched(self) -> bool:
@@ -69,7 +77,7 @@ class Match:
     @property
     def has_hardware(self) -> bool:
         """Node, platform, opt-in and devices match (the file may still be missing)."""
-        return self.reason in (Reason.MATCHED, Reason.DRIVER_NOT_AVAILABLE)
+        return self.reason in (Reason.MATCHED, Reason.DRIVER_NOT_AVAILABLE) and not self.hardware_unknown
 
 
 # --- node selector -------------------------------------------------------------------------
@@ -173,9 +181,10 @@ def requirement_matches(requirement: DeviceSelectorRequirement, attributes: Mapp
     return value is not None and _pattern(requirement.values[0]).fullmatch(value) is not None
 
 
-def device_matches(spec: StorageDriverSpec, device: DeviceView) -> bool:
-    """The device's type is supported and it passes every deviceSelector requirement."""
-    if device.type not in spec.supported_devices:
+def device_matches(types: Collection[str], spec: StorageDriverSpec, device: DeviceView) -> bool:
+    """The device is of one of `types` (the spec's supportedDevices, or what the file declares)
+    and passes every deviceSelector requirement."""
+    if device.type not in types:
         return False
     return all(requirement_matches(r, device.attributes) for r in spec.device_selector)
 
@@ -213,12 +222,20 @@ def source_unavailable(spec: StorageDriverSpec, available: Mapping[str, Availabl
 # --- the whole decision --------------------------------------------------------------------
 
 
+def scanned_file(
+    spec: StorageDriverSpec, available: Mapping[str, AvailableFile] | None
+) -> AvailableFile | None:
+    """The hostPath file as the node reports it, when the agent could read its declaration."""
+    if spec.source.host_path is None or available is None:
+        return None
+    found = available.get(spec.source.host_path.path)
+    return found if found is not None and not found.error else None
+
+
 def declared_types(spec: StorageDriverSpec, available: Mapping[str, AvailableFile] | None) -> frozenset[str]:
     """The device types a hostPath file's decorator declares (empty: it declares none, or the
     source is fetched by the agent and so not scanned before it is wanted)."""
-    if spec.source.host_path is None or available is None:
-        return frozenset()
-    found = available.get(spec.source.host_path.path)
+    found = scanned_file(spec, available)
     return frozenset(found.supported_devices) if found is not None else frozenset()
 
 
@@ -241,17 +258,44 @@ def match_node(
     mismatch = platform_mismatch(spec.minimum_platform, node)
     if mismatch is not None:
         return Match(*mismatch)
-    if not spec.auto_load and node.labels.get(opt_in_label(driver_name)) != "true":
+    path = spec.source.host_path.path if spec.source.host_path else "the driver file"
+    missing = source_unavailable(spec, available)
+    scanned = scanned_file(spec, available)
+    # What the file declares takes effect only for the file the node would load.
+    declared = scanned if missing is None else None
+    if declared is not None:
+        mismatch = platform_mismatch(declared.minimum_platform, node)
+        if mismatch is not None:
+            return Match(mismatch[0], f"{path} declares minimum_platform: {mismatch[1]}")
+    if spec.auto_load is not None:
+        auto_load, said = spec.auto_load, "autoLoad is false"
+    else:
+        auto_load = declared.auto_load if declared is not None else True
+        said = f"autoLoad is unset, {path} declares auto_load=False,"
+    if not auto_load and node.labels.get(opt_in_label(driver_name)) != "true":
         return Match(
             Reason.NOT_OPTED_IN,
-            f"autoLoad is false and the node lacks the label {opt_in_label(driver_name)}=true",
+            f"{said} and the node lacks the label {opt_in_label(driver_name)}=true",
         )
+    if spec.supported_devices is not None:
+        types: Collection[str] = spec.supported_devices
+    elif scanned is not None and scanned.supported_devices:
+        types = scanned.supported_devices
+    elif scanned is not None:
+        return Match(
+            Reason.DRIVER_NOT_AVAILABLE,
+            f"supportedDevices is unset and {path} declares no supported_devices: "
+            "list the device types in one of them",
+        )
+    else:
+        # Unset, and the file not scanned: which devices it would bind is unknown.
+        return Match(Reason.DRIVER_NOT_AVAILABLE, missing or path, hardware_unknown=True)
     present: list[str] = []
     present_views: list[DeviceView] = []
     absent_since: float | None = None
     absent = 0
     for device in devices:
-        if not device_matches(spec, device):
+        if not device_matches(types, spec, device):
             continue
         if device.present:
             present.append(device.name)
@@ -261,7 +305,7 @@ def match_node(
             if device.since is not None and (absent_since is None or device.since > absent_since):
                 absent_since = device.since
     if not present:
-        wanted = ", ".join(spec.supported_devices)
+        wanted = ", ".join(types)
         detail = f" ({absent} matching device(s) marked absent)" if absent else ""
         selector = " passing deviceSelector" if spec.device_selector else ""
         return Match(
@@ -270,18 +314,19 @@ def match_node(
             absent_since=absent_since,
         )
     devices_found = tuple(sorted(present))
-    missing = source_unavailable(spec, available)
     if missing is not None:
         return Match(Reason.DRIVER_NOT_AVAILABLE, missing, devices=devices_found)
-    declared = declared_types(spec, available)
+    declared_set = declared_types(spec, available)
     note = ""
-    if declared:
-        types = {d.name: d.type for d in present_views}
-        undeclared = sorted({types[n] for n in devices_found if types[n] not in declared})
+    if declared_set:
+        type_of = {d.name: d.type for d in present_views}
+        undeclared = sorted({type_of[n] for n in devices_found if type_of[n] not in declared_set})
         if undeclared:
-            path = spec.source.host_path.path if spec.source.host_path else "the driver file"
-            said = f"{path} declares supported devices {', '.join(sorted(declared))}, not {', '.join(undeclared)}"
-            devices_found = tuple(n for n in devices_found if types[n] in declared)
+            said = (
+                f"{path} declares supported devices {', '.join(sorted(declared_set))}, "
+                f"not {', '.join(undeclared)}"
+            )
+            devices_found = tuple(n for n in devices_found if type_of[n] in declared_set)
             if not devices_found:
                 return Match(
                     Reason.DRIVER_NOT_AVAILABLE,

@@ -46,6 +46,7 @@ class Options:
     agent_service_accounts: tuple[str, ...] = ()
     config_map_namespaces: tuple[str, ...] = ()
     require_sha256: bool = False
+    directory_autoload: bool = False
     leader_election: bool = False
     leader_lease: str = "storage-operator-leader"
     leader_identity: str = ""
@@ -265,6 +266,13 @@ class Options:
             default=_env("REQUIRE_SHA256", "") in ("1", "true"),
             help="refuse configMap and url driver sources without a sha256 pin",
         )
+        add(
+            "--directory-autoload",
+            action="store_true",
+            default=_env("DIRECTORY_AUTOLOAD", "") in ("1", "true"),
+            help="load a driver file that declares auto_load=True on its node's matching devices without a "
+            "StorageDriver (default: off; $DIRECTORY_AUTOLOAD=true turns it on)",
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -296,6 +304,7 @@ class Options:
             agent_service_accounts=tuple(args.agent_service_accounts),
             config_map_namespaces=tuple(n for n in args.config_map_namespaces.split(",") if n),
             require_sha256=args.require_sha256,
+            directory_autoload=args.directory_autoload,
             leader_election=args.leader_election,
             leader_lease=args.leader_lease,
             leader_identity=args.leader_identity,

@@ -22,7 +22,12 @@ from pydantic import ValidationError
 from storage_driver_api.constants import LEASE_PREFIX, UNLOAD_AFTER_ANNOTATION
 from storage_driver_api.meta import describe_validation_error
 from storage_driver_api.nodedriverconfig import DesiredDriver, DriverPhase, ResolvedSource
-from storage_driver_api.storagedriver import DEVICE_ATTRIBUTES, StorageDriverSpec, StorageDriverStatus
+from storage_driver_api.storagedriver import (
+    DEVICE_ATTRIBUTES,
+    MinimumPlatform,
+    StorageDriverSpec,
+    StorageDriverStatus,
+)
 
 Obj = Mapping[str, Any]
 
@@ -183,6 +188,8 @@ class AvailableFile:
     version: str | None = None
     # The device types the file's decorator declares; empty when it declares none (or was not read).
     supported_devices: tuple[str, ...] = ()
+    auto_load: bool = True
+    minimum_platform: MinimumPlatform | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +298,17 @@ def format_unload_after(deadlines: Mapping[str, float]) -> str | None:
     )
 
 
+def _platform(value: object) -> MinimumPlatform | None:
+    """A file's declared minimumPlatform; None when it declares none, or when what the node
+    reports cannot be read (the agent checked it when it scanned the file)."""
+    if not isinstance(value, Mapping):
+        return None
+    try:
+        return MinimumPlatform.model_validate(value)
+    except ValidationError:
+        return None
+
+
 def config_view(obj: Obj) -> ConfigView:
     meta = _meta(obj)
     spec = obj.get("spec") or {}
@@ -314,6 +332,8 @@ def config_view(obj: Obj) -> ConfigView:
                 driver_name=item.get("driverName"),
                 version=item.get("version"),
                 supported_devices=tuple(str(t) for t in item.get("supportedDevices") or ()),
+                auto_load=item.get("autoLoad") is not False,
+                minimum_platform=_platform(item.get("minimumPlatform")),
             )
     observed = status_map.get("observedGeneration")
     return ConfigView(

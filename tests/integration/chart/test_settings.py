@@ -112,6 +112,7 @@ def test_settings_become_the_options_the_components_run_with(tmp_values: Path) -
         ({"agent": {"settings": {"driverMemoryLimit": "lots"}}}, "driverMemoryLimit"),
         ({"agent": {"settings": {"maxLoadedDriver": 5}}}, "maxLoadedDriver"),
         ({"operator": {"settings": {"writeConcurrency": 0}}}, "writeConcurrency"),
+        ({"operator": {"directoryAutoload": "yes"}}, "directoryAutoload"),
     ],
 )
 def test_a_wrong_setting_is_refused_by_name(tmp_values: Path, values: dict[str, Any], field: str) -> None:
@@ -120,8 +121,26 @@ def test_a_wrong_setting_is_refused_by_name(tmp_values: Path, values: dict[str, 
     assert field in str(error.value)
 
 
+def operator_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    container = find(objects, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container.get("env") or []}
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_directory_autoload_is_off_unless_the_value_turns_it_on(
+    tmp_values: Path, on: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = {"operator": {"directoryAutoload": True}} if on else {}
+    env = operator_env(helm.template(tmp_values, values, namespace=NAMESPACE))
+    assert env["DIRECTORY_AUTOLOAD"] == ("true" if on else "false")
+    # The operator's own parser, with the environment the chart gives it.
+    monkeypatch.setenv("DIRECTORY_AUTOLOAD", env["DIRECTORY_AUTOLOAD"])
+    assert parsed(operator_parser(), []).directory_autoload is on
+
+
 def test_every_setting_is_documented() -> None:
     doc = (REPO_ROOT / "docs" / "installing.md").read_text()
     for component in ("agent", "operator"):
         for key in VALUES[component]["settings"]:
             assert f"`{component}.settings.{key}`" in doc or f"`{key}`" in doc, (component, key)
+    assert "`operator.directoryAutoload`" in doc

@@ -196,3 +196,30 @@ async def test_drivers_and_driver_show_what_nodes_run(
     assert "Per node:" in text
     missing = sdctl(cluster, "driver", "no-such-driver")
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+async def test_plan_with_directory_autoload_shows_the_file_a_new_storage_driver_takes_over(
+    clean_cluster: KubeClient, make_node: NodeFactory, cluster: ClusterConfig
+) -> None:
+    kube = clean_cluster
+    await sim.ensure_lease_namespace(kube)
+    uid = await live_node(make_node, kube, "pl-auto")
+    await sim.add_device(kube, "pl-auto", "pl-auto-loop0", node_uid=uid)
+    file = {**sim.available_entry("loop_info.py"), "supportedDevices": ["loop"], "autoLoad": True}
+    await sim.report(kube, "pl-auto", available=[file])
+    entry = {**loop_entry("pl-auto"), "name": "file:loop_info.py"}
+    await kube.patch(NODE_DRIVER_CONFIGS, "pl-auto", {"spec": {"drivers": [entry]}})
+
+    # Planned as an operator without the setting: the file's entry leaves anyway, not because of
+    # the new StorageDriver.
+    plain = json.loads(sdctl(cluster, "plan", "-f", str(EXAMPLE), "-o", "json").stdout)
+    assert plain[0]["sideEffects"] == []
+    result = sdctl(cluster, "plan", "--directory-autoload", "-f", str(EXAMPLE), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    (planned,) = json.loads(result.stdout)
+    (row,) = [n for n in planned["nodes"] if n["node"] == "pl-auto"]
+    assert (row["action"], row["devices"]) == ("load", ["pl-auto-loop0"])
+    assert planned["sideEffects"] == [
+        "file:loop_info.py would leave pl-auto (ClaimedByStorageDriver: a StorageDriver declares driver "
+        "'Loop Info Driver', which loop_info.py declares; the StorageDriver decides where it runs)"
+    ]

@@ -67,12 +67,19 @@ def test_defaults_are_the_documented_ones() -> None:
         "source": {"hostPath": {"path": "x.py"}},
     }
     spec = StorageDriverSpec.model_validate(minimal)
-    assert spec.auto_load is True
+    assert spec.auto_load is None  # the driver file's auto_load decides (true when it says nothing)
     assert spec.unload_grace_period_seconds == 5
     assert spec.max_unavailable == 1
     assert spec.priority == 0
     assert spec.config == {}
     assert spec.unload_delay_seconds == 30
+
+
+def test_a_hostpath_spec_may_leave_the_declarations_to_the_file() -> None:
+    spec = StorageDriverSpec.model_validate(
+        {"driverName": "X", "version": "1.0.0", "source": {"hostPath": {"path": "x.py"}}}
+    )
+    assert spec.supported_devices is None and spec.minimum_platform is None and spec.auto_load is None
 
 
 @pytest.mark.parametrize("case", INVALID_CASES, ids=lambda c: c.id)
