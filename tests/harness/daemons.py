@@ -102,13 +102,19 @@ class ClusterConfig:
 
     @property
     def ports(self) -> tuple[int, ...]:
-        """Every port the cluster listens on (on loopback, or the bridge for the kubelet)."""
-        return (
+        """Every port the cluster listens on (on loopback, or the bridge for the kubelet). Without
+        a node of its own, the node's ports are another cluster's (the machine's node) to use."""
+        control_plane = (
             self.etcd_port,
             self.etcd_peer_port,
             self.apiserver_port,
             self.controller_manager_port,
             self.scheduler_port,
+        )
+        if not self.with_node:
+            return control_plane
+        return (
+            *control_plane,
             self.kubelet_port,
             self.kubelet_healthz_port,
             self.proxy_metrics_port,
