@@ -15,7 +15,7 @@ import pytest
 from storage_driver_agent.drivers import host
 from storage_driver_agent.drivers.host import HostArgs, LoadError, import_driver_class
 from storage_driver_agent.drivers.statemachine import Refusal, SourceRef
-from storage_driver_sdk.digest import package_sha256
+from storage_driver_sdk.digest import package_contents, package_sha256
 from storage_driver_sdk.scan import scan_path
 
 from tests.integration.drivers.test_sources import desired, fetcher
@@ -85,7 +85,7 @@ def test_a_package_swapped_after_its_check_runs_only_what_was_checked(
     the bytes it hashed."""
     package = make_package(tmp_path / "drivers")
     sha = package_sha256(package)
-    read = host.package_contents
+    read = package_contents
 
     def read_then_swap(path: Path) -> dict[str, bytes]:
         contents = read(path)
