@@ -43,7 +43,9 @@ async def test_an_agent_killed_while_drivers_load_and_unload_leaves_one_host_per
 ) -> None:
     kube = clean_cluster
     rng = random.Random(SEED)
-    agent.start()
+    # Health checks every second: an adopted host must pass them as it is (not be taken for one
+    # that forked away), the whole time.
+    agent.start("--health-interval", "1")
     await set_drivers(kube, agent.node, spec(agent, ["keep"]))
     keep = (await wait_phase(kube, agent.node, "keep", "Loaded"))["pid"]
     pids: dict[str, int] | None = {}
@@ -52,7 +54,7 @@ async def test_an_agent_killed_while_drivers_load_and_unload_leaves_one_host_per
         await set_drivers(kube, agent.node, spec(agent, names))
         await asyncio.sleep(rng.uniform(0.0, 1.5))  # somewhere in the loads and unloads
         agent.kill()
-        agent.start()
+        agent.start("--health-interval", "1")
         pids = await eventually(
             functools.partial(converged, kube, agent, names),
             timeout=60,
@@ -69,6 +71,8 @@ async def test_an_agent_killed_while_drivers_load_and_unload_leaves_one_host_per
         started = {e["pid"] for e in journal(agent.root / f"{name}.journal") if e["event"] == "start"}
         alive = {pid for pid in started if pid_alive(pid)}
         assert alive == ({final[name]} if name in final else set()), (name, started, alive)
+    await asyncio.sleep(3)  # a few health checks of the adopted hosts
+    assert await converged(kube, agent, sorted(final)) == final
     calls = journal(agent.root / "keep.journal")
     assert [c["event"] for c in calls] == ["start"], calls
 
