@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help deps venv kube-binaries helm tools lint test test-unit test-integration test-e2e \
         cluster-up cluster-down cluster-status crds bench demo demo-down images node-images test-images test-pods clean
-.PHONY: mutation
+.PHONY: mutation soak
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -67,6 +67,11 @@ test-integration: tools  ## integration tests (real control plane)
 
 test-e2e: tools  ## end-to-end tests (real operator and agent processes)
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+# The fault scenarios with many more seeded kill points than `make test` runs (docs/reliability.md).
+soak: tools  ## the operator-kill fault scenario at 200 seeded points (SEED=n to replay one)
+	SDO_FAULT_KILL_POINTS=$(or $(POINTS),200) $(if $(SEED),SDO_FAULT_SEED=$(SEED)) \
+		$(PY) -m pytest tests/e2e/faults/test_operator_kills.py $(PYTEST_ARGS)
 
 node-images: images  ## import the pause image and the project's images into the local node's containerd
 	@hack/node-images.sh import

@@ -63,6 +63,10 @@ class ApiError(Exception):
         return self.status in (429, 500, 502, 503, 504)
 
 
+# What a request raises when the API server cannot be reached or drops the connection (it was
+# killed, restarted or paused): aiohttp's ServerDisconnectedError is a ClientError, not an OSError.
+TRANSPORT_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
+
 NODES: Final = Resource("", "v1", "nodes", "Node")
 NAMESPACES: Final = Resource("", "v1", "namespaces", "Namespace")
 EVENTS: Final = Resource("", "v1", "events", "Event", namespaced=True)

@@ -1,20 +1,23 @@
 """Prometheus metrics of the operator, served on `--metrics` (the chart's ServiceMonitor scrapes it).
 
-`render` is pure (a snapshot in, the text exposition format out); `serve` is the small HTTP
-shell around it.
+`families` is pure (a snapshot in, prometheus-client metric families out); `serve` is the small
+HTTP shell that exposes them, with the process's own metrics, as the agent does.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import prometheus_client
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 PREFIX = "storage_driver_operator"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -54,67 +57,80 @@ COUNTER_HELP = {
     "events": "Kubernetes Events posted.",
 }
 
+_PER_KIND_GAUGES: list[tuple[str, str, Callable[[InformerStats], float]]] = [
+    ("cached_objects", "Objects in the operator's cache, by kind.", lambda i: i.objects),
+    ("cache_synced", "1 when the kind's first list completed.", lambda i: i.synced),
+]
+_PER_KIND_COUNTERS: list[tuple[str, str, Callable[[InformerStats], float]]] = [
+    ("cache_lists", "Full lists, by kind (more than one: watches expired).", lambda i: i.lists),
+    ("cache_watches", "Watches started, by kind.", lambda i: i.watches),
+    ("cache_watch_events", "Watch events received, by kind.", lambda i: i.events),
+]
+_DRIVER_STATES: list[tuple[str, Callable[[DriverStats], float]]] = [
+    ("matching", lambda d: d.matching),
+    ("desired", lambda d: d.desired),
+    ("loaded", lambda d: d.loaded),
+    ("failed", lambda d: d.failed),
+]
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+def families(snapshot: Snapshot) -> list[Metric]:
+    """The operator's metric families from one snapshot (pure: snapshot in, families out)."""
+    ready = GaugeMetricFamily(f"{PREFIX}_ready", "1 once the caches are synced and the first plan ran.")
+    ready.add_metric([], float(snapshot.ready))
+    found: list[Metric] = [ready]
+    if snapshot.ready_seconds is not None:
+        found.append(
+            GaugeMetricFamily(
+                f"{PREFIX}_ready_seconds", "Seconds from start to ready.", snapshot.ready_seconds
+            )
+        )
+    for key, help_ in COUNTER_HELP.items():
+        found.append(CounterMetricFamily(f"{PREFIX}_{key}", help_, snapshot.counters.get(key, 0)))
+    for kinds, family in ((_PER_KIND_GAUGES, GaugeMetricFamily), (_PER_KIND_COUNTERS, CounterMetricFamily)):
+        for name, help_, value in kinds:
+            per_kind = family(f"{PREFIX}_{name}", help_, labels=["kind"])
+            for informer in snapshot.informers:
+                per_kind.add_metric([informer.kind], float(value(informer)))
+            found.append(per_kind)
+    nodes = GaugeMetricFamily(
+        f"{PREFIX}_storagedriver_nodes",
+        "Nodes per StorageDriver and state (matching, desired, loaded, failed), as in its status.",
+        labels=["storagedriver", "state"],
+    )
+    driver_ready = GaugeMetricFamily(
+        f"{PREFIX}_storagedriver_ready",
+        "1 when the StorageDriver's Ready condition is True.",
+        labels=["storagedriver"],
+    )
+    for driver in snapshot.drivers:
+        for state, count in _DRIVER_STATES:
+            nodes.add_metric([driver.name, state], count(driver))
+        driver_ready.add_metric([driver.name], float(driver.ready))
+    return [*found, nodes, driver_ready]
 
 
-def _family(name: str, kind: str, help_: str, samples: Iterable[tuple[str, float]]) -> list[str]:
-    lines = [f"# HELP {PREFIX}_{name} {help_}", f"# TYPE {PREFIX}_{name} {kind}"]
-    lines += [f"{PREFIX}_{name}{labels} {value:g}" for labels, value in samples]
-    return lines
+class _SnapshotCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot]):
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.snapshot())
+
+
+def registry(snapshot: Callable[[], Snapshot], *, process: bool = True) -> CollectorRegistry:
+    """The operator's families, read from `snapshot()` at each scrape, and (with `process`) the
+    process's own (memory, CPU, open files), as the agent serves them."""
+    found = CollectorRegistry()
+    found.register(_SnapshotCollector(snapshot))
+    if process:
+        prometheus_client.ProcessCollector(registry=found)
+    return found
 
 
 def render(snapshot: Snapshot) -> str:
-    lines = _family(
-        "ready", "gauge", "1 once the caches are synced and the first plan ran.", [("", snapshot.ready)]
-    )
-    if snapshot.ready_seconds is not None:
-        lines += _family(
-            "ready_seconds", "gauge", "Seconds from start to ready.", [("", snapshot.ready_seconds)]
-        )
-    for key, help_ in COUNTER_HELP.items():
-        lines += _family(f"{key}_total", "counter", help_, [("", snapshot.counters.get(key, 0))])
-    per_kind: list[tuple[str, str, Callable[[InformerStats], float]]] = [
-        ("cached_objects", "Objects in the operator's cache, by kind.", lambda i: i.objects),
-        ("cache_synced", "1 when the kind's first list completed.", lambda i: i.synced),
-    ]
-    for name, help_, value in per_kind:
-        lines += _family(
-            name, "gauge", help_, [(f'{{kind="{i.kind}"}}', value(i)) for i in snapshot.informers]
-        )
-    per_kind_counters: list[tuple[str, str, Callable[[InformerStats], float]]] = [
-        ("cache_lists_total", "Full lists, by kind (more than one: watches expired).", lambda i: i.lists),
-        ("cache_watches_total", "Watches started, by kind.", lambda i: i.watches),
-        ("cache_watch_events_total", "Watch events received, by kind.", lambda i: i.events),
-    ]
-    for name, help_, value in per_kind_counters:
-        lines += _family(
-            name, "counter", help_, [(f'{{kind="{i.kind}"}}', value(i)) for i in snapshot.informers]
-        )
-    states: list[tuple[str, Callable[[DriverStats], float]]] = [
-        ("matching", lambda d: d.matching),
-        ("desired", lambda d: d.desired),
-        ("loaded", lambda d: d.loaded),
-        ("failed", lambda d: d.failed),
-    ]
-    lines += _family(
-        "storagedriver_nodes",
-        "gauge",
-        "Nodes per StorageDriver and state (matching, desired, loaded, failed), as in its status.",
-        [
-            (f'{{storagedriver="{_escape(d.name)}",state="{state}"}}', value(d))
-            for d in snapshot.drivers
-            for state, value in states
-        ],
-    )
-    lines += _family(
-        "storagedriver_ready",
-        "gauge",
-        "1 when the StorageDriver's Ready condition is True.",
-        [(f'{{storagedriver="{_escape(d.name)}"}}', d.ready) for d in snapshot.drivers],
-    )
-    return "\n".join(lines) + "\n"
+    """The text exposition of one snapshot's families (what a scrape returns, without the process's)."""
+    return prometheus_client.generate_latest(registry(lambda: snapshot, process=False)).decode()
 
 
 def listen_address(url: str) -> tuple[str, int, str]:
@@ -130,9 +146,13 @@ def listen_address(url: str) -> tuple[str, int, str]:
 @contextlib.asynccontextmanager
 async def serve(url: str, snapshot: Callable[[], Snapshot]) -> AsyncIterator[None]:
     host, port, path = listen_address(url)
+    served = registry(snapshot)
 
     async def handle(_: web.Request) -> web.Response:
-        return web.Response(body=render(snapshot()).encode(), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(
+            body=prometheus_client.generate_latest(served),
+            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+        )
 
     app = web.Application()
     app.router.add_get(path, handle)

@@ -10,7 +10,13 @@ writes NodeDriverConfig.spec as the operator would and follows the status with a
   host exited, the status written); removed one at a time, from 50 down to 0.
 - reaction: from the agent receiving the spec change to the driver host process being spawned,
   taken from the agent's own log timestamps.
-- memory: the agent's RSS and the driver hosts' RSS with 0, 10 and 50 drivers loaded.
+- memory: the agent's RSS and each driver host's unique (USS) and proportional (PSS) memory,
+  from /proc/PID/smaps_rollup, and its RSS, with 0, 10 and 50 drivers loaded.
+
+Each is measured for three ways to start a host: the direct launcher (the agent starts a fresh
+interpreter), the supervisor starting a fresh interpreter (`--host-start exec`), and the
+supervisor forking it from its warm host template (`--host-start template`, the default and the
+chart's path).
 
     python -m tests.bench runtime [--write]
 """
@@ -32,13 +38,27 @@ from storage_driver_api.kube import NAMESPACES, NODES, ApiError, KubeClient, loa
 
 from tests.bench.table import Table, ms, percentile
 from tests.harness import localcluster
-from tests.harness.drivers import Agent, desired_driver, kill_hosts, short_tmpdir, write_probe
+from tests.harness.drivers import (
+    Agent,
+    desired_driver,
+    kill_hosts,
+    short_tmpdir,
+    start_supervisor,
+    write_probe,
+)
+from tests.harness.processes import ComponentProcess
 
 NODE = "bench-runtime-node"
 NAMESPACE = "sdo-bench"
 COUNTS = (0, 10, 50)
 MAX = max(COUNTS)
 COMMAND = "python -m tests.bench runtime --write"
+# (label, agent --launcher, supervisor --host-start or None)
+STARTS = (
+    ("direct (fresh interpreter)", "direct", None),
+    ("supervisor, --host-start exec", "supervisor", "exec"),
+    ("supervisor, --host-start template", "supervisor", "template"),
+)
 
 
 def rss_kib(pid: int) -> int:
@@ -50,6 +70,15 @@ def rss_kib(pid: int) -> int:
 
 def mib(kib: float) -> str:
     return f"{kib / 1024:.1f} MiB"
+
+
+def smaps_kib(pid: int) -> tuple[int, int]:
+    """(USS, PSS) in KiB: the memory only this process holds, and its share of what it shares."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0])
+    return fields["Private_Clean"] + fields["Private_Dirty"], fields["Pss"]
 
 
 class StatusFollower:
@@ -114,9 +143,12 @@ async def set_drivers(kube: KubeClient, names: list[str]) -> None:
     )
 
 
-def memory(agent: Agent) -> tuple[int, list[int]]:
+Memory = tuple[int, list[tuple[int, int, int]]]  # agent RSS; per host (USS, PSS, RSS), KiB
+
+
+def memory(agent: Agent) -> Memory:
     assert agent.process is not None
-    return rss_kib(agent.process.pid), [rss_kib(pid) for pid in agent.hosts()]
+    return rss_kib(agent.process.pid), [(*smaps_kib(pid), rss_kib(pid)) for pid in agent.hosts()]
 
 
 _LOG_TIME = re.compile(r"^(\d\d:\d\d:\d\d\.\d\d\d) ")
@@ -150,110 +182,150 @@ def agent_times(log: str) -> tuple[list[float], list[float], list[float]]:
     return reactions, loads, unloads
 
 
+class Run:
+    """What one way of starting hosts measured."""
+
+    def __init__(self) -> None:
+        self.loads: list[float] = []
+        self.unloads: list[float] = []
+        self.reactions: list[float] = []
+        self.agent_loads: list[float] = []
+        self.agent_unloads: list[float] = []
+        self.burst_load = 0.0
+        self.burst_unload = 0.0
+        self.hosts_left = 0
+        self.rss: dict[int, Memory] = {}
+
+
+async def measure_start(
+    kube: KubeClient, cfg: localcluster.ClusterConfig, launcher: str, start: str | None
+) -> Run:
+    run = Run()
+    root = short_tmpdir("sdo-rt-bench-")
+    await kube.delete(NODE_DRIVER_CONFIGS, NODE)
+    agent = Agent(NODE, cfg.kubeconfig, NAMESPACE, root)
+    write_probe(agent.driver_dir)
+    follower = StatusFollower(kube)
+    supervisor: ComponentProcess | None = None
+    try:
+        if start is not None:
+            supervisor = start_supervisor(agent.state_dir, root / "supervisor.log", "--host-start", start)
+        agent.start("--max-loaded-drivers", str(MAX), "--launcher", launcher)
+        await asyncio.sleep(1.0)
+        await follower.start()
+        await asyncio.sleep(2.0)
+        run.rss[0] = memory(agent)
+
+        for count in range(1, MAX + 1):
+            names = driver_names(count)
+            began = time.monotonic()
+            await set_drivers(kube, names)
+            seen = await follower.until(lambda p, n=names[-1]: p.get(n) == "Loaded")
+            run.loads.append(seen - began)
+            if count in COUNTS:
+                await asyncio.sleep(2.0)  # let the agent settle before reading its memory
+                run.rss[count] = memory(agent)
+
+        for count in range(MAX - 1, -1, -1):
+            names = driver_names(count)
+            gone = driver_names(count + 1)[-1]
+            began = time.monotonic()
+            await set_drivers(kube, names)
+            seen = await follower.until(lambda p, g=gone: g not in p)
+            run.unloads.append(seen - began)
+        run.reactions, run.agent_loads, run.agent_unloads = agent_times(agent.log_path.read_text())
+
+        began = time.monotonic()
+        await set_drivers(kube, driver_names(MAX))
+        run.burst_load = (
+            await follower.until(lambda p: len(p) == MAX and all(v == "Loaded" for v in p.values())) - began
+        )
+        began = time.monotonic()
+        await set_drivers(kube, [])
+        run.burst_unload = await follower.until(lambda p: not p) - began
+        run.hosts_left = len(agent.hosts())
+    finally:
+        await follower.stop()
+        agent.cleanup()
+        if supervisor is not None:
+            supervisor.stop()
+        kill_hosts(agent.state_dir)
+        await kube.delete(NODE_DRIVER_CONFIGS, NODE)
+    shutil.rmtree(root, ignore_errors=True)
+    return run
+
+
 async def measure(cfg: localcluster.ClusterConfig) -> list[Table]:
     load_before = os.getloadavg()[0]
-    root = short_tmpdir("sdo-rt-bench-")
+    runs: dict[str, Run] = {}
     async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as kube:
         await localcluster.ensure_node(kube, NODE, localcluster.local_node_info())
         if await kube.get_or_none(NAMESPACES, NAMESPACE) is None:
             await kube.create(
                 NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
             )
-        await kube.delete(NODE_DRIVER_CONFIGS, NODE)
-        agent = Agent(NODE, cfg.kubeconfig, NAMESPACE, root)
-        write_probe(agent.driver_dir)
-        follower = StatusFollower(kube)
         try:
-            agent.start("--max-loaded-drivers", str(MAX))
-            await asyncio.sleep(1.0)
-            await follower.start()
-            await asyncio.sleep(2.0)
-            rss: dict[int, tuple[int, list[int]]] = {0: memory(agent)}
-
-            loads: list[float] = []
-            for count in range(1, MAX + 1):
-                names = driver_names(count)
-                began = time.monotonic()
-                await set_drivers(kube, names)
-                seen = await follower.until(lambda p, n=names[-1]: p.get(n) == "Loaded")
-                loads.append(seen - began)
-                if count in COUNTS:
-                    await asyncio.sleep(2.0)  # let the agent settle before reading its memory
-                    rss[count] = memory(agent)
-
-            unloads: list[float] = []
-            for count in range(MAX - 1, -1, -1):
-                names = driver_names(count)
-                gone = driver_names(count + 1)[-1]
-                began = time.monotonic()
-                await set_drivers(kube, names)
-                seen = await follower.until(lambda p, g=gone: g not in p)
-                unloads.append(seen - began)
-            reactions, agent_loads, agent_unloads = agent_times(agent.log_path.read_text())
-
-            began = time.monotonic()
-            await set_drivers(kube, driver_names(MAX))
-            burst_load = (
-                await follower.until(lambda p: len(p) == MAX and all(v == "Loaded" for v in p.values()))
-                - began
-            )
-            began = time.monotonic()
-            await set_drivers(kube, [])
-            burst_unload = await follower.until(lambda p: not p) - began
-            hosts_left = len(agent.hosts())
+            for label, launcher, start in STARTS:
+                runs[label] = await measure_start(kube, cfg, launcher, start)
         finally:
-            await follower.stop()
-            agent.cleanup()
-            kill_hosts(agent.state_dir)
-            await kube.delete(NODE_DRIVER_CONFIGS, NODE)
             await kube.delete(NODES, NODE)
-        shutil.rmtree(root, ignore_errors=True)
 
     latency = Table(
         "Driver load and unload latency (one driver at a time, 0 to 50 loaded)",
-        ["operation", "samples", "p50", "p95", "max"],
+        ["host start", "operation", "samples", "p50", "p95", "max"],
         command=COMMAND,
         notes=(
             "Load: spec patch until the watched status shows the driver Loaded (file verified, driver host "
             "process started, driver started, status written). Unload: spec patch until the driver leaves the "
             "status (stop() returned, host exited). The 'agent:' rows start when the agent receives the spec "
-            "change from its watch and end at its log line (host spawned; driver loaded; host exited), so they "
-            "leave out the API server's write and watch round trips, which grow with the NodeDriverConfig's "
-            "size on a busy control plane. "
+            "change from its watch and end at its log line (host spawned; driver loaded, i.e. the host is "
+            "ready and its driver started; host exited), so they leave out the API server's write and watch "
+            "round trips, which grow with the NodeDriverConfig's size on a busy control plane. "
             f"The machine's 1-minute load average was {load_before:.1f} before and {os.getloadavg()[0]:.1f} "
             f"after the run ({os.cpu_count()} cores; other work shares the machine)."
         ),
     )
-    rows = (
-        ("load (patch -> status Loaded)", loads),
-        ("unload (patch -> gone from status)", unloads),
-        ("agent: spec event -> host spawned", reactions),
-        ("agent: spec event -> driver loaded", agent_loads),
-        ("agent: spec event -> driver unloaded", agent_unloads),
-    )
-    for name, samples in rows:
-        latency.add(
-            name, len(samples), ms(percentile(samples, 50)), ms(percentile(samples, 95)), ms(max(samples))
-        )
     burst = Table(
         f"{MAX} drivers at once",
-        ["operation", "all done after"],
+        ["host start", f"load {MAX}: all Loaded after", f"unload {MAX}: all gone after", "hosts left"],
         command=COMMAND,
-        notes=f"One spec patch adding (then removing) {MAX} drivers; {hosts_left} driver hosts were left afterwards.",
+        notes=f"One spec patch adding (then removing) {MAX} drivers.",
     )
-    burst.add(f"load {MAX}", ms(burst_load))
-    burst.add(f"unload {MAX}", ms(burst_unload))
     mem = Table(
-        "Memory (RSS) with loaded drivers",
-        ["loaded drivers", "agent", "driver hosts (total)", "per driver host (mean)"],
+        "Memory with loaded drivers",
+        ["host start", "loaded drivers", "agent (RSS)", "per host: USS", "per host: PSS", "per host: RSS"],
         command=COMMAND,
         notes="Each driver runs in its own process; a host running the small probe driver is mostly the "
-        "Python interpreter. The agent's own memory barely depends on the number of drivers.",
+        "Python interpreter. USS (memory only that host holds) and PSS (its share of what it shares) are "
+        "means over the hosts, from /proc/PID/smaps_rollup. A host forked from the template shares the "
+        "interpreter and the imported runtime with it and its siblings, so its RSS counts pages that "
+        "cost it nothing. The agent's own memory barely depends on the number of drivers.",
     )
-    for count in COUNTS:
-        agent_kib, hosts = rss[count]
-        mean = statistics.mean(hosts) if hosts else 0
-        mem.add(count, mib(agent_kib), mib(sum(hosts)), mib(mean) if hosts else "-")
+    for label, run in runs.items():
+        rows = (
+            ("load (patch -> status Loaded)", run.loads),
+            ("unload (patch -> gone from status)", run.unloads),
+            ("agent: spec event -> host spawned", run.reactions),
+            ("agent: spec event -> driver loaded", run.agent_loads),
+            ("agent: spec event -> driver unloaded", run.agent_unloads),
+        )
+        for name, samples in rows:
+            latency.add(
+                label,
+                name,
+                len(samples),
+                ms(percentile(samples, 50)),
+                ms(percentile(samples, 95)),
+                ms(max(samples)),
+            )
+        burst.add(label, ms(run.burst_load), ms(run.burst_unload), run.hosts_left)
+        for count in COUNTS:
+            agent_kib, hosts = run.rss[count]
+            if hosts:
+                uss, pss, rss = (statistics.mean(h[i] for h in hosts) for i in range(3))
+                mem.add(label, count, mib(agent_kib), mib(uss), mib(pss), mib(rss))
+            else:
+                mem.add(label, count, mib(agent_kib), "-", "-", "-")
     return [latency, burst, mem]
 
 

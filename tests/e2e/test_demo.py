@@ -171,7 +171,7 @@ async def test_make_demo_loads_and_unloads_then_demo_down_stops_everything(
     assert "A previous demo is still running: stopping it first" in shown
     assert LOADED_ROW.search(shown) and "The demo stopped: interrupted" in shown
     assert not release_pods(cluster), "the interrupted demo left its pods running"
-    assert not podprocesses.driver_hosts(), "the interrupted demo left a driver host running"
+    assert not podprocesses.image_driver_hosts(), "the interrupted demo left a driver host running"
     assert not demo.demo_loop_devices(layout), "the interrupted demo left its loop device attached"
 
     # A run after the interrupted one (which left the driver in the node's spec) still works.
@@ -184,6 +184,6 @@ async def test_make_demo_loads_and_unloads_then_demo_down_stops_everything(
     down = make(cluster, "demo-down")
     assert down.returncode == 0, down.stderr
     assert not release_pods(cluster)
-    assert not podprocesses.driver_hosts()
+    assert not podprocesses.image_driver_hosts()
     assert not demo.demo_loop_devices(layout)
     assert localcluster.is_up(cluster), "demo-down without CLUSTER=1 keeps the local cluster"

@@ -102,8 +102,8 @@ class ClusterConfig:
 
     @property
     def ports(self) -> tuple[int, ...]:
-        """Every port the cluster listens on (on loopback, or the bridge for the kubelet). Without
-        a node of its own, the node's ports are another cluster's (the machine's node) to use."""
+        """Every port the cluster listens on (on loopback, or the bridge for the kubelet); the
+        node's only when it runs one (without, another cluster's node may hold them)."""
         control_plane = (
             self.etcd_port,
             self.etcd_peer_port,

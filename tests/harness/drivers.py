@@ -236,6 +236,24 @@ def remove_host_cgroups(state_dir: Path) -> None:
                 time.sleep(0.05)
 
 
+def start_supervisor(
+    state_dir: Path, log: Path, *extra: str, ready: str = "supervisor listening"
+) -> ComponentProcess:
+    """A real `storage-agent supervise` for one state directory (a test's own), started; `extra`
+    are further options (--host-start, --host-cgroup, --stop-timeout)."""
+    argv = [
+        console_script("storage-agent"),
+        "supervise",
+        "--state-dir",
+        str(state_dir),
+        "--log-format",
+        "text",
+    ]
+    process = ComponentProcess("supervisor", [*argv, *extra], log).start()
+    process.wait_for_log(ready)
+    return process
+
+
 # --- NodeDevices for real loop devices -------------------------------------------------------
 
 

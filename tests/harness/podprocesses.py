@@ -104,3 +104,13 @@ def driver_hosts(match: str = "") -> list[HostProcess]:
         for p in (processes(match) if match else processes("/"))
         if "storage_driver_agent.drivers.host" in p.cmdline
     ]
+
+
+# The interpreter of the project's images (images/Containerfile): a driver host started by a
+# pod runs it, one started by a process-level test runs the checkout's.
+IMAGE_PYTHON = "/opt/storage-driver-operator/bin/python"
+
+
+def image_driver_hosts() -> list[HostProcess]:
+    """Driver hosts on this machine that the project's pods started (their images' interpreter)."""
+    return [p for p in driver_hosts() if p.cmdline[:1] == [IMAGE_PYTHON]]

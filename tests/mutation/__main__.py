@@ -61,6 +61,7 @@ class Settings:
     sample: int
     threshold: float
     timeout: float
+    memory_limit_mib: int
     property_examples: int
     modules: dict[str, list[list[str]]]
     equivalents: tuple[Equivalent, ...]
@@ -77,6 +78,7 @@ def load_settings(path: Path = CONFIG) -> Settings:
         sample=int(data["sample"]),
         threshold=float(data["threshold"]),
         timeout=float(data["timeout"]),
+        memory_limit_mib=int(data["memory_limit_mib"]),
         property_examples=int(data["property_examples"]),
         modules={str(k): [[str(t) for t in stage] for stage in v] for k, v in data["modules"].items()},
         equivalents=equivalents,
@@ -238,11 +240,14 @@ def make_copy(into: Path) -> Path:
     return into
 
 
-def test_command(stages: Sequence[Sequence[str]], timeout: float) -> str:
+def test_command(stages: Sequence[Sequence[str]], settings: Settings) -> str:
     """pytest per stage, each stage only when the one before passed, as one command line
     (cosmic-ray splits it with shlex and runs it without a shell). A stage whose files do not
-    use hypothesis runs without its plugin, whose import is the largest part of a pytest start."""
-    commands = []
+    use hypothesis runs without its plugin, whose import is the largest part of a pytest start.
+    The address space is capped: a mutant that allocates without bound (a loop that no longer
+    ends, appending) fails with MemoryError instead of taking the machine's memory."""
+    timeout = settings.timeout
+    commands = [f"ulimit -v {settings.memory_limit_mib * 1024}"]
     for stage in stages:
         plain = not any("hypothesis" in (ROOT / test).read_text() for test in stage)
         commands.append(
@@ -259,14 +264,14 @@ def test_command(stages: Sequence[Sequence[str]], timeout: float) -> str:
     return shlex.join(["bash", "-c", " && ".join(commands)])
 
 
-def cosmic_ray_config(module: Module, timeout: float) -> str:
+def cosmic_ray_config(module: Module, settings: Settings) -> str:
     # JSON strings are valid TOML basic strings.
     return (
         "[cosmic-ray]\n"
         f"module-path = {json.dumps(module.path)}\n"
-        f"timeout = {timeout}\n"
+        f"timeout = {settings.timeout}\n"
         "excluded-modules = []\n"
-        f"test-command = {json.dumps(test_command(module.stages, timeout))}\n"
+        f"test-command = {json.dumps(test_command(module.stages, settings))}\n"
         '[cosmic-ray.distributor]\nname = "local"\n'
     )
 
@@ -315,7 +320,7 @@ def run_module(module: Module, tree: Path, settings: Settings) -> None:
 def baseline(tests: Sequence[str], tree: Path, settings: Settings) -> None:
     """The unmutated tests must pass, started as cosmic-ray starts them (shlex-split, no
     shell), or every mutant would count as killed."""
-    command = shlex.split(test_command([tests], settings.timeout))
+    command = shlex.split(test_command([tests], settings))
     done = subprocess.run(command, cwd=tree, env=environment(tree, settings), capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the tests fail without any mutant:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
@@ -455,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def init(module: Module) -> None:
             config = module.db.with_suffix(".toml")
-            config.write_text(cosmic_ray_config(module, settings.timeout))
+            config.write_text(cosmic_ray_config(module, settings))
             if args.again:
                 if not module.db.exists():
                     raise SystemExit(f"{module.db} does not exist: run {module.path} with --sessions first")

@@ -1,7 +1,7 @@
 """The product through its own pods: `helm install` on the local node, hot-plug through the
 containerized agent, the upgrade and crash promises of docs/driver-runtime.md, the operator pod
 replaced mid-deletion, two operator pods electing a leader, the securityContexts that really ran,
-and `helm uninstall`.
+a device mounted on the node that keeps its driver, no refusal in any log, and `helm uninstall`.
 
 The tests share one release (module scope) and run in file order; each leaves the release Ready
 for the next, and the last one uninstalls it.
@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +26,7 @@ from storage_driver_api.kube import LEASES, KubeClient
 
 from tests.conftest import REPO_ROOT
 from tests.harness import localcluster, podprocesses
-from tests.harness.loopdev import LoopDevice
+from tests.harness.loopdev import LoopDevice, mount_filesystem, unmount
 from tests.harness.waiting import eventually
 from tests.pods.conftest import COMPONENTS, DRIVER_FILE, NAMESPACE, Installed, pod_ready, wait_all_ready
 
@@ -372,6 +374,57 @@ async def test_two_operator_pods_elect_one_leader_and_hand_over_when_its_pod_is_
     await eventually(two_ready, timeout=150, interval=0.5, what="the Deployment back at two pods")
 
 
+# --- 7. a device in use, as the node's mount table shows it --------------------------------------
+
+
+async def test_a_device_mounted_on_the_node_keeps_its_driver_until_it_is_unmounted(
+    installed: Installed,
+    kube: KubeClient,
+    apply: Apply,
+    loop_devices: Callable[..., LoopDevice],
+    tmp_path: Path,
+) -> None:
+    """The containerized agent reads the node's mount table, not its container's: a device that
+    is mounted on the host blocks the unload, and the node says what holds it."""
+    size = unique_size(15)
+    loop = loop_devices(size_bytes=size)
+    point = tmp_path / "mounted on the node"
+    mount_filesystem(loop, point)
+    try:
+        await apply(size)
+        name, loaded = await load(kube, loop)
+        installed.kubectl("delete", "storagedriver", DRIVER, "--wait=false")
+
+        async def blocked() -> dict[str, Any] | None:
+            entry = await driver_status(kube)
+            return entry if entry.get("unloadBlocked") else None
+
+        entry = await eventually(blocked, timeout=60, what="the agent pod to report UnloadBlocked")
+        assert entry is not None
+        (blocker,) = entry["unloadBlocked"]
+        assert blocker["name"] == name and any(f"mounted at {point}" in h for h in blocker["heldBy"]), blocker
+        assert entry["pid"] == loaded["pid"] and len(driver_hosts(installed)) == 1
+    finally:
+        unmount(point)
+
+    async def released() -> bool:
+        gone = await kube.get_or_none(STORAGE_DRIVERS, DRIVER) is None
+        return gone and not await driver_status(kube) and not driver_hosts(installed)
+
+    await eventually(
+        released, timeout=90, what=f"{DRIVER} unloaded once unmounted, and its finalizer released"
+    )
+
+
+def test_no_component_was_refused_by_the_api_server(installed: Installed) -> None:
+    """A right the chart's RBAC lacks shows only in the logs (the components retry and carry on)."""
+    for component in COMPONENTS:
+        for pod in installed.pods(component):
+            logs = installed.kubectl("-n", NAMESPACE, "logs", pod["metadata"]["name"])
+            refused = [line for line in logs.splitlines() if re.search("forbidden|unauthorized", line, re.I)]
+            assert not refused, f"{component} {pod['metadata']['name']}: {refused[:3]}"
+
+
 # --- 1. uninstall ------------------------------------------------------------------------------
 
 
@@ -394,7 +447,7 @@ async def test_uninstall_leaves_no_pod_no_driver_host_and_nothing_in_the_host_di
         return installed.release.get("validatingwebhookconfiguration", webhook) is None
 
     await eventually(configuration_gone, timeout=60, what=f"webhook configuration {webhook} collected")
-    assert not host.alive() and not podprocesses.driver_hosts(), "a driver host outlived the release"
+    assert not host.alive() and not podprocesses.image_driver_hosts(), "a driver host outlived the release"
     # What the administrator put there stays; nothing the chart's pods wrote does.
     assert sorted(p.name for p in installed.driver_dir.iterdir()) == [DRIVER_FILE.name]
     assert not any(installed.state_dir.iterdir()), sorted(installed.state_dir.rglob("*"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -82,6 +83,13 @@ class HostArgs:
 
 
 def parse_args(argv: list[str] | None) -> HostArgs:
+    ns = parser().parse_args(argv)
+    return HostArgs(**{k: v for k, v in vars(ns).items()})
+
+
+@functools.cache
+def parser() -> argparse.ArgumentParser:
+    """Built once: a host forked from the template (template.py) reuses the template's."""
     parser = argparse.ArgumentParser(prog=f"python -m {HOST_MODULE}", description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="StorageDriver name (shown by ps)")
     parser.add_argument("--driver-name", required=True)
@@ -99,8 +107,7 @@ def parse_args(argv: list[str] | None) -> HostArgs:
     parser.add_argument(
         "--cgroup", type=Path, default=None, help="the cgroup to join before loading the driver"
     )
-    ns = parser.parse_args(argv)
-    return HostArgs(**{k: v for k, v in vars(ns).items()})
+    return parser
 
 
 # --- process set-up --------------------------------------------------------------------------

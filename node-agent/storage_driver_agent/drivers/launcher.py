@@ -92,12 +92,23 @@ def host_socket(argv: list[str]) -> Path:
         raise LauncherError("a driver host's argv must name its --socket") from None
 
 
-def spawn_host(argv: list[str], log_path: Path, trees: ProcessTrees) -> subprocess.Popen[bytes]:
-    """Start a driver host in a new session and (where the node has one) a fresh cgroup."""
+def prepare_host(argv: list[str], log_path: Path, trees: ProcessTrees) -> list[str]:
+    """Before a driver host starts: the checked argv, with its fresh cgroup (where the node has
+    one) to join; its log rotated."""
     checked = check_host_argv(argv)
     checked += trees.prepare(host_socket(checked))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     rotate_log(log_path)
+    return checked
+
+
+def spawn_host(argv: list[str], log_path: Path, trees: ProcessTrees) -> subprocess.Popen[bytes]:
+    """Start a driver host in a new session and (where the node has one) a fresh cgroup."""
+    return exec_host(prepare_host(argv, log_path, trees), log_path)
+
+
+def exec_host(checked: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a prepared host as a fresh interpreter (the path without the host template)."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
             checked,

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from storage_driver_api.constants import API_VERSION, NODE_DEVICES, NODE_DRIVER_CONFIGS, lease_name
 from storage_driver_api.events import EVENT_NAMESPACE, event_body
-from storage_driver_api.kube import EVENTS, LEASES, NODES, ApiError, KubeClient
+from storage_driver_api.kube import EVENTS, LEASES, NODES, TRANSPORT_ERRORS, ApiError, KubeClient
 from storage_driver_api.logs import fields
 
 from storage_driver_agent.drivers.status import merge_patch
@@ -77,7 +77,7 @@ class StatusWriter:
                     await sleep_or_stop(stop, delay)
                     delay = min(delay * 2, 10.0)
                     self._wake.set()
-            except (OSError, TimeoutError) as exc:
+            except TRANSPORT_ERRORS as exc:
                 log.warning("cannot write NodeDriverConfig status", extra=fields(error=repr(exc)))
                 await sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 10.0)
@@ -125,7 +125,7 @@ class BindingWriter:
                     await sleep_or_stop(stop, 1.0)
                     self._wake.set()
                     break
-                except (TimeoutError, OSError) as exc:
+                except TRANSPORT_ERRORS as exc:
                     log.warning(
                         "cannot write NodeDevice boundDrivers", extra=fields(device=device, error=repr(exc))
                     )
@@ -176,7 +176,7 @@ class EventRecorder:
             body = getter.result()
             try:
                 await self.kube.create(EVENTS, body, namespace=EVENT_NAMESPACE)
-            except (TimeoutError, ApiError, OSError) as exc:
+            except (ApiError, *TRANSPORT_ERRORS) as exc:
                 log.warning("cannot create an Event", extra=fields(reason=body["reason"], error=str(exc)))
 
 
@@ -248,7 +248,7 @@ class LeaseKeeper:
                 if self._warned:
                     log.info("lease renewed again", extra=fields(lease=f"{self.namespace}/{self.name}"))
                 self._warned = False
-            except (TimeoutError, ApiError, OSError) as exc:
+            except (ApiError, *TRANSPORT_ERRORS) as exc:
                 if not self._warned:
                     log.warning(
                         "cannot renew the agent's lease; the operator may consider this agent down",

@@ -27,7 +27,7 @@ from storage_driver_api.constants import (
     NODE_LABEL,
     node_label_value,
 )
-from storage_driver_api.kube import NODES, ApiError, KubeClient
+from storage_driver_api.kube import NODES, TRANSPORT_ERRORS, ApiError, KubeClient
 from storage_driver_api.logs import fields
 from storage_driver_api.meta import describe_validation_error
 from storage_driver_api.nodedevice import is_present
@@ -444,7 +444,7 @@ class DriverRuntime:
                     if not exc.conflict:  # 409: the operator created it meanwhile
                         raise
                 self.config_missing.clear()
-            except (TimeoutError, _Retry, ApiError, OSError) as exc:
+            except (_Retry, ApiError, *TRANSPORT_ERRORS) as exc:
                 if not isinstance(exc, _Retry):
                     log.warning(
                         "cannot create the NodeDriverConfig", extra=fields(node=self.node, error=str(exc))

@@ -134,7 +134,10 @@ async def published_device(kube: KubeClient, node: str, device: LoopDevice) -> s
                 c["type"] == "Present" and c["status"] == "True"
                 for c in item.get("status", {}).get("conditions", [])
             )
-            if item["spec"]["kernelName"] == device.name and present:
+            # The backing file too: a kernel name (loop4) is reused by the next loop device
+            # attached, and another test's may still be published under it.
+            ours = item["spec"].get("backingFile") == str(device.backing_file)
+            if item["spec"]["kernelName"] == device.name and ours and present:
                 return str(item["metadata"]["name"])
         return None
 

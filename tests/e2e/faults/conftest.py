@@ -4,6 +4,7 @@ points that are unmounted after the test."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,6 +16,7 @@ from storage_driver_api.constants import STORAGE_DRIVERS
 from storage_driver_api.kube import EVENTS, KubeClient
 
 from tests.e2e.drivers.test_agent import driver, published_device
+from tests.harness.auditlog import Write
 from tests.harness.drivers import Agent, short_tmpdir, write_probe
 from tests.harness.localcluster import ClusterConfig
 from tests.harness.loopdev import LoopDevice, unmount
@@ -69,6 +71,32 @@ def unique_size() -> int:
     """A loop device size nobody else on this shared machine uses: a selector on it matches only
     the test's device."""
     return 6 * 2**20 + random.randrange(1, 1024) * 4096
+
+
+def sizes(count: int) -> list[int]:
+    found: set[int] = set()
+    while len(found) < count:
+        found.add(unique_size())
+    return sorted(found)
+
+
+def pinned(agent: Agent) -> dict[str, Any]:
+    """The probe driver's source with its sha256 pinned, as a careful user writes it."""
+    sha = hashlib.sha256((agent.driver_dir / "probe.py").read_bytes()).hexdigest()
+    return {"hostPath": {"path": "probe.py", "sha256": sha}}
+
+
+def sha_of(source: dict[str, Any]) -> str:
+    return str(source["hostPath"]["sha256"])
+
+
+def spec_writes(writes: list[Write]) -> list[Write]:
+    """Successful writes of NodeDriverConfig specs (only the operator writes them)."""
+    return [
+        w
+        for w in writes
+        if w.resource == "nodedriverconfigs" and w.verb in ("update", "patch") and w.succeeded
+    ]
 
 
 def storage_driver(name: str, size: int, journal_path: Path, **spec: Any) -> dict[str, Any]:

@@ -196,6 +196,7 @@ HOST_MOUNTS_AGENT = {
     "/sys": ("/sys", True),
     "/dev": ("/dev", True),
     "/run/udev": ("/run/udev", True),
+    "/host/proc/1/mountinfo": ("/proc/1/mountinfo", True),
     "/var/lib/storage-drivers": ("/var/lib/storage-drivers", False),
     "/var/lib/storage-agent": ("/var/lib/storage-agent", False),
 }
@@ -221,6 +222,7 @@ def test_agent_host_mounts_and_downward_api(defaults: list[dict[str, Any]]) -> N
     assert "--driver-dir=/var/lib/storage-drivers" in args and "--state-dir=/var/lib/storage-agent" in args
     # The kubelet's probes ask the agent itself: ready once devices are published and the spec read.
     assert "--health=0.0.0.0:8090" in args
+    assert "--mountinfo=/host/proc/1/mountinfo" in args, "the node's mounts, not the container's"
     probes = {kind: container(agent)[kind]["httpGet"] for kind in ("readinessProbe", "livenessProbe")}
     assert probes == {
         "readinessProbe": {"path": "/readyz", "port": "health"},

@@ -1,16 +1,16 @@
-"""Real driver host processes, started through both launchers: the protocol, the lifecycle,
-the memory limit, SIGTERM, and the adoption window."""
+"""Real driver host processes, started through both launchers (and by the supervisor both from
+its host template and as a fresh interpreter): the protocol, the lifecycle, the memory limit,
+SIGTERM, and the adoption window."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +28,14 @@ from storage_driver_sdk.protocol import Op
 
 from tests.harness.drivers import (
     journal,
-    kill_hosts,
     parent_pid,
     pid_alive,
     process_args,
     process_name,
-    short_tmpdir,
+    start_supervisor,
     write_probe,
 )
-from tests.harness.processes import ComponentProcess, console_script
+from tests.harness.processes import ComponentProcess
 from tests.harness.waiting import eventually
 
 DEVICE = {
@@ -100,47 +99,42 @@ class HostFixture:
         return self.root / f"{name}.journal"
 
 
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    kill_hosts(path / "state")
-    shutil.rmtree(path, ignore_errors=True)
+def supervise(root: Path, host_start: str) -> ComponentProcess:
+    return start_supervisor(
+        root / "state", root / "supervisor.log", "--stop-timeout", "5", "--host-start", host_start
+    )
 
 
-@pytest.fixture
-async def direct(root: Path) -> AsyncIterator[HostFixture]:
-    launcher = DirectLauncher()
+@pytest.fixture(params=["direct", "template"])
+async def hosts(request: pytest.FixtureRequest, root: Path) -> AsyncIterator[HostFixture]:
+    """Hosts started as a fresh interpreter (the direct launcher) and forked from the
+    supervisor's host template: every test of a host's behaviour runs on both."""
+    if request.param == "direct":
+        launcher: Launcher = DirectLauncher()
+        yield HostFixture(root, launcher)
+        await launcher.close()
+        return
+    supervisor = supervise(root, "template")
+    launcher = SupervisorLauncher(root / "state" / "supervisor.sock")
     yield HostFixture(root, launcher)
     await launcher.close()
+    supervisor.stop()
 
 
-@pytest.fixture
-async def supervised(root: Path) -> AsyncIterator[tuple[HostFixture, ComponentProcess]]:
-    supervisor = ComponentProcess(
-        "supervisor",
-        [
-            console_script("storage-agent"),
-            "supervise",
-            "--state-dir",
-            str(root / "state"),
-            "--stop-timeout",
-            "5",
-            "--log-format",
-            "text",
-        ],
-        root / "supervisor.log",
-    ).start()
-    supervisor.wait_for_log("supervisor listening")
+@pytest.fixture(params=["template", "exec"])
+async def supervised(
+    request: pytest.FixtureRequest, root: Path
+) -> AsyncIterator[tuple[HostFixture, ComponentProcess]]:
+    supervisor = supervise(root, request.param)
     launcher = SupervisorLauncher(root / "state" / "supervisor.sock")
     yield HostFixture(root, launcher), supervisor
     await launcher.close()
     supervisor.stop()
 
 
-async def test_a_host_runs_the_driver_lifecycle(direct: HostFixture) -> None:
-    process, conn = await direct.spawn("probe-a")
-    trail = direct.journal("probe-a")
+async def test_a_host_runs_the_driver_lifecycle(hosts: HostFixture) -> None:
+    process, conn = await hosts.spawn("probe-a")
+    trail = hosts.journal("probe-a")
     # ps shows which driver the process runs.
     cmdline = process_args(process.pid)
     assert cmdline[cmdline.index("--name") + 1] == "probe-a"
@@ -155,7 +149,7 @@ async def test_a_host_runs_the_driver_lifecycle(direct: HostFixture) -> None:
     assert result["attached"] == {
         DEVICE["name"]: {"devPath": "/dev/loop9", "sizeBytes": 4096, "marker": "Probe Driver"}
     }
-    state = json.loads((direct.state_dir / "hosts" / "probe-a.json").read_text())
+    state = json.loads((hosts.state_dir / "hosts" / "probe-a.json").read_text())
     assert (
         state["phase"] == "running" and state["attached"] == [DEVICE["name"]] and state["pid"] == process.pid
     )
@@ -165,20 +159,20 @@ async def test_a_host_runs_the_driver_lifecycle(direct: HostFixture) -> None:
     assert (await conn.call(Op.HELLO))["attached"] == []
     assert (await conn.call(Op.UNLOAD))["errors"] == []
     assert await conn.wait_closed(10)
-    await eventually(lambda: _exited(direct.launcher, process), what="the host to exit")
-    assert await direct.launcher.exit_status(process) == 0
+    await eventually(lambda: _exited(hosts.launcher, process), what="the host to exit")
+    assert await hosts.launcher.exit_status(process) == 0
     assert [e["event"] for e in journal(trail)] == ["start", "attach", "detach", "stop"]
     assert journal(trail)[0]["config"] == {"journal": str(trail), "x": 1}
-    assert not (direct.state_dir / "hosts" / "probe-a.sock").exists()
-    assert not (direct.state_dir / "hosts" / "probe-a.json").exists()
+    assert not (hosts.state_dir / "hosts" / "probe-a.sock").exists()
+    assert not (hosts.state_dir / "hosts" / "probe-a.json").exists()
 
 
 async def _exited(launcher: Launcher, process: HostProcess) -> bool:
     return not await launcher.alive(process)
 
 
-async def test_a_failing_attach_leaves_the_driver_loaded(direct: HostFixture) -> None:
-    _, conn = await direct.spawn("probe-b")
+async def test_a_failing_attach_leaves_the_driver_loaded(hosts: HostFixture) -> None:
+    _, conn = await hosts.spawn("probe-b")
     result = await conn.call(Op.LOAD, {"config": {"failAttach": [DEVICE["name"]]}, "devices": [DEVICE]})
     assert result["attached"] == {}
     assert "failAttach" in result["failed"][DEVICE["name"]]["message"]
@@ -187,55 +181,55 @@ async def test_a_failing_attach_leaves_the_driver_loaded(direct: HostFixture) ->
     assert (await conn.call(Op.HELLO))["phase"] == "running"
 
 
-async def test_a_failing_start_is_reported_and_the_host_exits(direct: HostFixture) -> None:
-    process, conn = await direct.spawn("probe-c")
+async def test_a_failing_start_is_reported_and_the_host_exits(hosts: HostFixture) -> None:
+    process, conn = await hosts.spawn("probe-c")
     with pytest.raises(HostCallError) as failed:
         await conn.call(Op.LOAD, {"config": {"failStart": True}})
     assert failed.value.error.type == "RuntimeError" and "failStart" in failed.value.error.message
     assert "Traceback" in failed.value.error.traceback
     assert await conn.wait_closed(10)
-    await eventually(lambda: _exited(direct.launcher, process), what="the host to exit")
-    assert await direct.launcher.exit_status(process) == 3
+    await eventually(lambda: _exited(hosts.launcher, process), what="the host to exit")
+    assert await hosts.launcher.exit_status(process) == 3
 
 
-async def test_a_driver_over_its_memory_limit_is_contained(direct: HostFixture) -> None:
-    bystander, bystander_conn = await direct.spawn("bystander")
+async def test_a_driver_over_its_memory_limit_is_contained(hosts: HostFixture) -> None:
+    bystander, bystander_conn = await hosts.spawn("bystander")
     await bystander_conn.call(Op.LOAD, {"config": {}})
-    hog, conn = await direct.spawn("hog", memory_limit=256 * 2**20)
+    hog, conn = await hosts.spawn("hog", memory_limit=256 * 2**20)
     with pytest.raises(HostCallError) as failed:
         await conn.call(Op.LOAD, {"config": {"allocateInStart": 1024 * 2**20}})
     assert failed.value.error.type == "MemoryError"
-    await eventually(lambda: _exited(direct.launcher, hog), what="the memory hog's host to exit")
+    await eventually(lambda: _exited(hosts.launcher, hog), what="the memory hog's host to exit")
     # The other driver and this process are untouched.
     assert (await bystander_conn.call(Op.HEALTH))["healthy"] is True
     assert pid_alive(bystander.pid)
 
 
-async def test_a_file_changed_after_verification_is_not_loaded(direct: HostFixture) -> None:
-    sha = write_probe(direct.driver_dir)
-    argv = direct.argv("changed", sha)
-    (direct.driver_dir / "probe.py").write_text("# replaced by someone else\n")
-    pid = await direct.launcher.spawn("changed", argv, direct.root / "changed.log")
-    process = HostProcess(pid, direct.state_dir / "hosts" / "changed.sock")
-    conn = await HostConnection.connect(process.socket, alive=lambda: direct.launcher.alive(process))
+async def test_a_file_changed_after_verification_is_not_loaded(hosts: HostFixture) -> None:
+    sha = write_probe(hosts.driver_dir)
+    argv = hosts.argv("changed", sha)
+    (hosts.driver_dir / "probe.py").write_text("# replaced by someone else\n")
+    pid = await hosts.launcher.spawn("changed", argv, hosts.root / "changed.log")
+    process = HostProcess(pid, hosts.state_dir / "hosts" / "changed.sock")
+    conn = await HostConnection.connect(process.socket, alive=lambda: hosts.launcher.alive(process))
     with pytest.raises(HostCallError) as failed:
         await conn.call(Op.LOAD, {"config": {}})
     assert failed.value.error.type == "ChecksumMismatch"
 
 
-async def test_a_host_without_agent_stops_its_driver_after_the_adoption_window(direct: HostFixture) -> None:
-    process, conn = await direct.spawn("orphan", adoption_window=1.5)
-    trail = direct.journal("orphan")
+async def test_a_host_without_agent_stops_its_driver_after_the_adoption_window(hosts: HostFixture) -> None:
+    process, conn = await hosts.spawn("orphan", adoption_window=1.5)
+    trail = hosts.journal("orphan")
     await conn.call(Op.LOAD, {"config": {"journal": str(trail)}, "devices": [DEVICE]})
     await conn.close()  # the agent goes away
-    await eventually(lambda: _exited(direct.launcher, process), timeout=30, what="the orphaned host to exit")
+    await eventually(lambda: _exited(hosts.launcher, process), timeout=30, what="the orphaned host to exit")
     assert [e["event"] for e in journal(trail)] == ["start", "attach", "detach", "stop"]
-    assert await direct.launcher.exit_status(process) == 0
+    assert await hosts.launcher.exit_status(process) == 0
 
 
-async def test_a_returning_agent_adopts_the_host(direct: HostFixture) -> None:
-    process, conn = await direct.spawn("adoptee", adoption_window=30)
-    trail = direct.journal("adoptee")
+async def test_a_returning_agent_adopts_the_host(hosts: HostFixture) -> None:
+    process, conn = await hosts.spawn("adoptee", adoption_window=30)
+    trail = hosts.journal("adoptee")
     await conn.call(Op.LOAD, {"config": {"journal": str(trail)}, "configJson": "{}", "devices": [DEVICE]})
     await conn.close()
     await asyncio.sleep(0.5)
@@ -247,27 +241,27 @@ async def test_a_returning_agent_adopts_the_host(direct: HostFixture) -> None:
     await again.call(Op.UNLOAD)
 
 
-async def test_sigterm_stops_the_driver_cleanly(direct: HostFixture) -> None:
-    process, conn = await direct.spawn("termed")
-    trail = direct.journal("termed")
+async def test_sigterm_stops_the_driver_cleanly(hosts: HostFixture) -> None:
+    process, conn = await hosts.spawn("termed")
+    trail = hosts.journal("termed")
     await conn.call(Op.LOAD, {"config": {"journal": str(trail)}, "devices": [DEVICE]})
-    await direct.launcher.signal(process, signal.SIGTERM)
+    await hosts.launcher.signal(process, signal.SIGTERM)
     assert await conn.wait_closed(10)
-    await eventually(lambda: _exited(direct.launcher, process), what="the host to exit")
+    await eventually(lambda: _exited(hosts.launcher, process), what="the host to exit")
     assert [e["event"] for e in journal(trail)] == ["start", "attach", "detach", "stop"]
 
 
-async def test_a_host_that_ignores_sigterm_while_stopping_is_killed(direct: HostFixture) -> None:
-    process, conn = await direct.spawn("stubborn")
+async def test_a_host_that_ignores_sigterm_while_stopping_is_killed(hosts: HostFixture) -> None:
+    process, conn = await hosts.spawn("stubborn")
     await conn.call(Op.LOAD, {"config": {"hangInStop": True, "ignoreSigterm": True}})
     with pytest.raises(TimeoutError):
         await conn.call(Op.UNLOAD, timeout=1.0)
-    await direct.launcher.signal(process, signal.SIGTERM)
+    await hosts.launcher.signal(process, signal.SIGTERM)
     await asyncio.sleep(1.0)
-    assert await direct.launcher.alive(process)  # SIGTERM is ignored
-    await direct.launcher.signal(process, signal.SIGKILL)
-    await eventually(lambda: _exited(direct.launcher, process), what="the host to die")
-    assert await direct.launcher.exit_status(process) == -signal.SIGKILL
+    assert await hosts.launcher.alive(process)  # SIGTERM is ignored
+    await hosts.launcher.signal(process, signal.SIGKILL)
+    await eventually(lambda: _exited(hosts.launcher, process), what="the host to die")
+    assert await hosts.launcher.exit_status(process) == -signal.SIGKILL
 
 
 def start_and_kill_a_starter(argv: list[str]) -> int:
@@ -365,9 +359,9 @@ async def _gone(pid: int) -> bool:
     return not pid_alive(pid)
 
 
-async def test_connecting_to_a_dead_host_fails_fast(direct: HostFixture) -> None:
+async def test_connecting_to_a_dead_host_fails_fast(hosts: HostFixture) -> None:
     with pytest.raises(HostGone):
-        await HostConnection.connect(direct.root / "nothing.sock", timeout=0.5)
+        await HostConnection.connect(hosts.root / "nothing.sock", timeout=0.5)
 
 
 def test_sha_of_probe_is_stable(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import time
 import uuid
@@ -29,8 +28,8 @@ from storage_driver_agent.drivers.statemachine import Artifact, Desired, SourceR
 from storage_driver_sdk.protocol import Op
 
 from tests.conftest import require
-from tests.harness.drivers import journal, kill_hosts, pid_alive, short_tmpdir, write_probe
-from tests.harness.processes import ComponentProcess, console_script
+from tests.harness.drivers import journal, pid_alive, start_supervisor, write_probe
+from tests.harness.processes import ComponentProcess
 from tests.harness.waiting import eventually
 
 HIERARCHIES = {"cgroup-v2": Path("/sys/fs/cgroup/unified"), "cgroup-v1-pids": Path("/sys/fs/cgroup/pids")}
@@ -74,14 +73,6 @@ def make_trees(kind: str) -> Iterator[proctree.ProcessTrees]:
 @pytest.fixture(params=["cgroup-v2", "cgroup-v1-pids", "session"])
 def trees(request: pytest.FixtureRequest) -> Iterator[proctree.ProcessTrees]:
     yield from make_trees(request.param)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    kill_hosts(path / "state")
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
@@ -147,6 +138,36 @@ async def direct(root: Path, trees: proctree.ProcessTrees) -> AsyncIterator[Node
     await launcher.close()
 
 
+@pytest.fixture(params=["direct", "template"])
+async def started(
+    request: pytest.FixtureRequest, root: Path, trees: proctree.ProcessTrees
+) -> AsyncIterator[Node]:
+    """Hosts started by the agent's direct launcher (fresh interpreters), and forked from the
+    host template of a supervisor holding trees the same way."""
+    if request.param == "direct":
+        direct_launcher = DirectLauncher(trees)
+        node = Node(root, direct_launcher)
+        yield node
+        await node.cleanup()
+        await direct_launcher.close()
+        return
+    supervisor = start_supervisor(
+        root / "state",
+        root / "supervisor.log",
+        "--host-cgroup",
+        str(trees.base) if trees.base is not None else proctree.OFF,
+        "--host-start",
+        "template",
+        ready="host template started",
+    )
+    launcher = SupervisorLauncher(root / "state" / "supervisor.sock")
+    supervised = Node(root, launcher)
+    yield supervised
+    await supervised.cleanup()
+    await launcher.close()
+    supervisor.stop()
+
+
 async def all_gone(pids: list[int]) -> bool:
     return not any(pid_alive(p) for p in pids)
 
@@ -157,8 +178,9 @@ def escapes(trees: proctree.ProcessTrees) -> bool:
 
 
 async def test_unload_ends_the_drivers_children_and_daemons(
-    direct: Node, trees: proctree.ProcessTrees
+    started: Node, trees: proctree.ProcessTrees
 ) -> None:
+    direct = started
     host = await direct.start("spawner")
     assert all(pid_alive(p) for p in host.pids)
     if trees.base is not None:
@@ -222,21 +244,7 @@ async def _dead(pid: int) -> bool:
 
 @pytest.fixture
 def supervisor(root: Path) -> Iterator[ComponentProcess]:
-    process = ComponentProcess(
-        "supervisor",
-        [
-            console_script("storage-agent"),
-            "supervise",
-            "--state-dir",
-            str(root / "state"),
-            "--stop-timeout",
-            "3",
-            "--log-format",
-            "text",
-        ],
-        root / "supervisor.log",
-    ).start()
-    process.wait_for_log("supervisor listening")
+    process = start_supervisor(root / "state", root / "supervisor.log", "--stop-timeout", "3")
     yield process
     process.stop()
 

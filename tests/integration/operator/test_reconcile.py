@@ -173,9 +173,12 @@ async def test_a_device_deleted_before_the_delay_ends_still_waits_out_the_delay(
     await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info", unloadDelaySeconds=8))
     await sim.add_device(kube, "dd-a", "dd-a-loop0", node_uid=uid)
     await wait_devices(kube, "dd-a", "loop-info", ["dd-a-loop0"])
+    # Taken before the removal: the operator counts from the removal time the NodeDevice records,
+    # which the API keeps to the second (truncated), so the unload may come up to 1 s before
+    # `delay` has passed since the removal itself, never before `delay - 1` since this moment.
+    removed = time.monotonic()
     await sim.set_present(kube, "dd-a-loop0", False)
     await wait_devices(kube, "dd-a", "loop-info", [])
-    removed = time.monotonic()
     await kube.delete(NODE_DEVICES, "dd-a-loop0")
 
     async def kept() -> bool:
@@ -198,9 +201,10 @@ async def test_an_operator_restart_during_the_delay_unloads_nothing_early(
     await kube.create(STORAGE_DRIVERS, sim.storage_driver("loop-info", unloadDelaySeconds=delay))
     await sim.add_device(kube, "rs-a", "rs-a-loop0", node_uid=uid)
     await wait_devices(kube, "rs-a", "loop-info", ["rs-a-loop0"])
+    # Before the removal, as in the test above (the recorded removal time is truncated).
+    removed = time.monotonic()
     await sim.set_present(kube, "rs-a-loop0", False)
     await wait_devices(kube, "rs-a", "loop-info", [])
-    removed = time.monotonic()
     annotations = (await kube.get(NODE_DRIVER_CONFIGS, "rs-a"))["metadata"].get("annotations") or {}
     assert set(json.loads(annotations[UNLOAD_AFTER_ANNOTATION])) == {"loop-info"}
     await kube.delete(NODE_DEVICES, "rs-a-loop0")
