@@ -133,6 +133,12 @@ INVALID_CASES = [
         False,
     ),
     InvalidCase(
+        "regex-backreference",  # RE2 (linear time) has no backreferences
+        {"deviceSelector": [{"key": "model", "operator": "Regex", "values": ["(a)\\1"]}]},
+        "spec.deviceSelector[0].values",
+        False,
+    ),
+    InvalidCase(
         "in-without-values",
         {"deviceSelector": [{"key": "model", "operator": "In"}]},
         "spec.deviceSelector[0].values",

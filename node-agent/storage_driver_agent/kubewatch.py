@@ -2,7 +2,9 @@
 
 `on_sync(items)` receives the full set after each (re)list, `on_event(type, object)` every change
 after it. A watch that ends normally resumes from the last resourceVersion; one that is too old
-(410 Gone) or fails lists again, with a backoff on errors.
+(410 Gone) or fails lists again, with a backoff on errors. An event not newer than the last one
+taken (a duplicate, a replay) is dropped (`WatchOrder`): acting on an older spec or an older
+device state again would load, unload or bind what the newer one had already settled.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import aiohttp
 from storage_driver_api.kube import ApiError, KubeClient
 from storage_driver_api.logs import fields
 from storage_driver_api.resource import Resource
+from storage_driver_api.watchorder import WatchOrder
 
 from storage_driver_agent import metrics
 
@@ -47,12 +50,14 @@ async def list_watch(
             metrics.WATCH_LISTS.labels(resource.kind).inc()
             metrics.WATCH_SYNCED.labels(resource.kind).set(1)
             on_sync(items)
+            order = WatchOrder(version)
             delay = 0.5
             while not stop.is_set():
                 version = await _watch_until_end(
                     kube,
                     resource=resource,
                     version=version,
+                    order=order,
                     on_event=on_event,
                     stop=stop,
                     label_selector=label_selector,
@@ -84,6 +89,7 @@ async def _watch_until_end(
     *,
     resource: Resource,
     version: str,
+    order: WatchOrder,
     on_event: Callable[[str, Obj], None],
     stop: asyncio.Event,
     label_selector: str | None,
@@ -102,7 +108,13 @@ async def _watch_until_end(
             field_selector=field_selector,
             timeout_seconds=timeout,
         ):
-            latest = str((event.object.get("metadata") or {}).get("resourceVersion") or latest)
+            event_version = (event.object.get("metadata") or {}).get("resourceVersion")
+            if not order.take(event_version):
+                log.debug(
+                    "stale watch event dropped", extra=fields(resource=resource.plural, version=event_version)
+                )
+                continue  # and never resume from it: that would ask for the replay again
+            latest = str(event_version or latest)
             if event.type != "BOOKMARK":
                 metrics.WATCH_EVENTS.labels(resource.kind).inc()
                 on_event(event.type, event.object)

@@ -21,7 +21,13 @@ from typing import Any, Final
 
 from storage_driver_sdk.decorator import DriverDeclarationError, MinimumPlatform, check_declaration
 from storage_driver_sdk.devices import DeviceType
-from storage_driver_sdk.digest import MAX_FILE_BYTES, package_files, package_sha256
+from storage_driver_sdk.digest import (
+    MAX_FILE_BYTES,
+    irregular_refused,
+    package_files,
+    package_irregular,
+    package_sha256,
+)
 
 MAX_DEPTH: Final = 4
 SDK_MODULES: Final = ("storage_driver_sdk", "storage_driver_sdk.decorator", "storage_driver_sdk.devices")
@@ -261,8 +267,11 @@ def scan_file(path: Path, relative: str) -> ScannedDriver:
 def scan_package(path: Path, relative: str) -> ScannedDriver:
     try:
         sha = package_sha256(path)
+        irregular = package_irregular(path)
     except (OSError, ScanError) as exc:
         return ScannedDriver(relative, "", error=f"cannot read package: {exc}")
+    if irregular:
+        return ScannedDriver(relative, sha, error=irregular_refused(irregular))
     declarations: list[Declaration] = []
     try:
         for file in package_files(path):

@@ -38,6 +38,7 @@ LEASE_NAMESPACE_DEFAULT: Final = "storage-driver-operator"
 LEASE_PREFIX: Final = "storage-agent-"
 
 MAX_LABEL_VALUE: Final = 63
+MAX_OBJECT_NAME: Final = 253  # a DNS subdomain, as Node names are
 
 
 def short_hash(text: str, length: int = 10) -> str:
@@ -49,6 +50,17 @@ def node_label_value(node_name: str) -> str:
     if len(node_name) <= MAX_LABEL_VALUE:
         return node_name
     return f"{node_name[: MAX_LABEL_VALUE - 11].rstrip('-.')}-{short_hash(node_name)}"
+
+
+def lease_name(node_name: str) -> str:
+    """The name of a node's agent Lease. A node name too long for the prefix (Node names may
+    have 253 characters, as may a Lease's) is cut and keeps a unique suffix; the Lease's
+    `spec.holderIdentity` names the node in full."""
+    name = LEASE_PREFIX + node_name
+    if len(name) <= MAX_OBJECT_NAME:
+        return name
+    cut = node_name[: MAX_OBJECT_NAME - len(LEASE_PREFIX) - 11].rstrip("-.")
+    return f"{LEASE_PREFIX}{cut}-{short_hash(node_name)}"
 
 
 def opt_in_label(storage_driver_name: str) -> str:

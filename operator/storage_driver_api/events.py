@@ -31,8 +31,12 @@ def event_body(
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        # Unique per event, as the kubelet names them: the object's name and a random suffix.
-        "metadata": {"name": f"{involved['name'][:200]}.{secrets.token_hex(8)}", "namespace": namespace},
+        # Unique per event, as the kubelet names them: the object's name and a random suffix (the
+        # name cut so that a DNS subdomain stays one: no label may end in '-' or '.').
+        "metadata": {
+            "name": f"{involved['name'][:200].rstrip('-.')}.{secrets.token_hex(8)}",
+            "namespace": namespace,
+        },
         "involvedObject": involved,
         "type": "Warning" if warning else "Normal",
         "reason": reason,

@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from storage_driver_api.constants import LEASE_PREFIX, NODE_LABEL, node_label_value
+from storage_driver_api.constants import NODE_LABEL, lease_name, node_label_value
 from storage_driver_api.nodedevice import node_device_name_prefix
 from storage_driver_api.storagedriver import StorageDriverSpec
 
@@ -226,7 +226,7 @@ def _node_driver_config_problems(write: Write, node: str) -> list[str]:
 
 
 def _lease_problems(write: Write, node: str, lease_namespace: str) -> list[str]:
-    own = LEASE_PREFIX + node
+    own = lease_name(node)
     problems = []
     if write.name != own or write.namespace != lease_namespace:
         problems.append(f"it is not the Lease of node {node} ({lease_namespace}/{own})")

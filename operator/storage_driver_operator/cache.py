@@ -32,6 +32,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 from storage_driver_api.kube import ApiError, KubeClient, Resource
 from storage_driver_api.logs import fields
+from storage_driver_api.watchorder import WatchOrder, version_number
 
 from storage_driver_operator.liststream import ListParser
 
@@ -43,11 +44,6 @@ ChangeFn = Callable[[str, Any, Any], None]
 
 PROGRESS_EVERY_SECONDS = 2.0
 MAX_BACKOFF_SECONDS = 30.0
-
-
-def _version(text: str) -> int | None:
-    """resourceVersions are opaque, but etcd's are increasing integers: compare them when so."""
-    return int(text) if text.isdigit() else None
 
 
 def object_name(obj: Obj) -> str:
@@ -90,6 +86,7 @@ class Informer(Generic[V]):
         self.items: dict[str, V] = {}
         self._versions: dict[str, int] = {}
         self.resource_version = ""
+        self._order = WatchOrder()  # drops duplicated and replayed events, DELETED ones included
         self.synced = asyncio.Event()
         self.lists = 0
         self.watches = 0
@@ -127,7 +124,7 @@ class Informer(Generic[V]):
         """Take an object the caller just wrote (write-through), without calling on_change; the
         watch event for the same version is then ignored."""
         key = self.key(obj)
-        version = _version(str((obj.get("metadata") or {}).get("resourceVersion") or ""))
+        version = version_number((obj.get("metadata") or {}).get("resourceVersion"))
         if key and self._newer(key, version):
             view = self.project(obj)
             if view is None:
@@ -143,7 +140,7 @@ class Informer(Generic[V]):
         key = self.key(obj)
         view = self.project(obj)
         if key and view is not None:
-            version = _version(str((obj.get("metadata") or {}).get("resourceVersion") or ""))
+            version = version_number((obj.get("metadata") or {}).get("resourceVersion"))
             fresh[key] = (view, version)
 
     async def _list_pages(self, fresh: dict[str, tuple[V, int | None]]) -> str:
@@ -206,6 +203,7 @@ class Informer(Generic[V]):
             source = "pages"
             version = await self._list_pages(fresh)
         self.resource_version = version
+        self._order.restart(version)
         for key in [k for k in self.items if k not in fresh]:
             self._put(key, None, None)
         for key, (view, item_version) in fresh.items():
@@ -226,7 +224,10 @@ class Informer(Generic[V]):
 
     def _event(self, kind: str, obj: Obj) -> None:
         meta = obj.get("metadata") or {}
-        if rv := meta.get("resourceVersion"):
+        rv = meta.get("resourceVersion")
+        if not self._order.take(rv):
+            return  # a duplicate or replay; resuming from its version would ask for it again
+        if rv:
             self.resource_version = str(rv)
         if kind == "BOOKMARK":
             return
@@ -234,7 +235,7 @@ class Informer(Generic[V]):
         key = self.key(obj)
         if not key:
             return
-        version = _version(str(rv or ""))
+        version = version_number(rv)
         if kind == "DELETED":
             self._put(key, None, None)
         elif self._newer(key, version):

@@ -70,7 +70,7 @@ SETTLE_SECONDS = 1.0
 
 
 def _lease_key(obj: Any) -> str | None:
-    return lease_node(str((obj.get("metadata") or {}).get("name", "")))
+    return lease_node(obj)
 
 
 class Controller:

@@ -16,12 +16,13 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import aiohttp
-from storage_driver_api.constants import LEASE_PREFIX, NODE_DEVICES, NODE_DRIVER_CONFIGS
+from storage_driver_api.constants import NODE_DEVICES, NODE_DRIVER_CONFIGS
 from storage_driver_api.kube import LEASES, NODES, ApiError, KubeClient
 from storage_driver_api.logs import fields
 from storage_driver_api.resource import Resource
 
 from storage_driver_operator.orphans import PerNodeObject, orphans
+from storage_driver_operator.views import lease_node
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,7 @@ class Sweeper:
         configs, _ = await self.kube.list(NODE_DRIVER_CONFIGS)
         found += [_object(NODE_DRIVER_CONFIGS, c, c["metadata"]["name"]) for c in configs]
         leases, _ = await self.kube.list(LEASES, namespace=self.lease_namespace)
-        for lease in leases:
-            name = str(lease["metadata"]["name"])
-            if name.startswith(LEASE_PREFIX):
-                found.append(_object(LEASES, lease, name[len(LEASE_PREFIX) :]))
+        found += [_object(LEASES, lease, lease_node(lease)) for lease in leases]
         return [o for o in found if o is not None]
 
     async def sweep_once(self) -> list[PerNodeObject]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pydantic import ValidationError
-from storage_driver_api.constants import LEASE_PREFIX, UNLOAD_AFTER_ANNOTATION
+from storage_driver_api.constants import LEASE_PREFIX, UNLOAD_AFTER_ANNOTATION, lease_name
 from storage_driver_api.meta import describe_validation_error
 from storage_driver_api.nodedriverconfig import DesiredDriver, DriverPhase, ResolvedSource
 from storage_driver_api.storagedriver import (
@@ -371,12 +371,19 @@ class LeaseView:
         return now < self.renew_time + self.duration_seconds
 
 
-def lease_node(lease_name: str) -> str | None:
-    return lease_name[len(LEASE_PREFIX) :] if lease_name.startswith(LEASE_PREFIX) else None
+def lease_node(obj: Obj) -> str | None:
+    """The node whose agent Lease this is: the one whose Lease name it has (a long node name is
+    cut in the name, so its holderIdentity names it, and must give the same name back)."""
+    name = str(_meta(obj).get("name", ""))
+    holder = (obj.get("spec") or {}).get("holderIdentity")
+    if isinstance(holder, str) and holder and lease_name(holder) == name:
+        return holder
+    plain = name[len(LEASE_PREFIX) :] if name.startswith(LEASE_PREFIX) else ""
+    return plain if plain and lease_name(plain) == name else None
 
 
 def lease_view(obj: Obj) -> LeaseView | None:
-    node = lease_node(str(_meta(obj).get("name", "")))
+    node = lease_node(obj)
     if not node:
         return None
     spec = obj.get("spec") or {}

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from storage_driver_sdk.decorator import driver_metadata
-from storage_driver_sdk.digest import package_sha256
+from storage_driver_sdk.digest import irregular_refused, manifest_sha256, package_contents, package_irregular
 from storage_driver_sdk.driver import Device
 from storage_driver_sdk.protocol import (
     MAX_MESSAGE_BYTES,
@@ -53,6 +53,7 @@ from storage_driver_sdk.protocol import (
 )
 
 from storage_driver_agent.drivers import proctree
+from storage_driver_agent.drivers.verified import VerifiedPackage
 
 HOST_MODULE: Final = "storage_driver_agent.drivers.host"
 EXIT_OK: Final = 0
@@ -171,18 +172,17 @@ def import_driver_class(args: HostArgs) -> type:
     """Import the verified driver file (or package) and return its decorated class."""
     path = args.path
     if path.is_dir():
-        actual = package_sha256(path)
+        if irregular := package_irregular(path):
+            raise LoadError("InvalidDriverFile", f"package {path}: {irregular_refused(irregular)}")
+        # Import exactly the bytes whose hash was checked, as for a file: a package file replaced
+        # (or added) after the check cannot slip in.
+        contents = package_contents(path)
+        actual = manifest_sha256(contents)
         if actual != args.sha256:
             raise LoadError("ChecksumMismatch", f"package {path} has sha256 {actual}, expected {args.sha256}")
         name = _module_name(path.name)
-        spec = importlib.util.spec_from_file_location(
-            name, path / "__init__.py", submodule_search_locations=[str(path)]
-        )
-        if spec is None or spec.loader is None:
-            raise LoadError("ImportFailed", f"cannot import package {path}")
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[name] = package
-        spec.loader.exec_module(package)
+        sys.meta_path.insert(0, VerifiedPackage(name, path, contents))
+        package = importlib.import_module(name)
         module = importlib.import_module(f"{name}.{args.module}") if args.module else package
     else:
         # Compile exactly the bytes whose hash was checked: a file replaced meanwhile cannot slip in.

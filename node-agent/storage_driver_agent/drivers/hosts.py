@@ -44,6 +44,16 @@ def error_reason(error_type: str) -> str:
     }.get(error_type, "StartFailed")
 
 
+HOST_FORKED = "HostForked"
+
+
+def forked_message(pid: int) -> str:
+    return (
+        f"the driver host (pid {pid}) exited, yet a process it forked answered for it: a driver "
+        "must not fork and exit (run helpers as children instead); its processes were ended"
+    )
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "the driver host exited unexpectedly"
@@ -188,6 +198,13 @@ class HostRunner:
             await self.stop(process, conn, KILL_WAIT)
             slot.remove_files()
             raise HostLoadFailed(reason, message, pid) from exc
+        if not await self.launcher.alive(process):
+            # The driver forked and the host exited (at import, in start()): the answer came from
+            # the forked copy, which no pid the agent knows stands for. End it with the tree.
+            await self.end_tree(process)
+            await conn.close()
+            slot.remove_files()
+            raise HostLoadFailed(HOST_FORKED, forked_message(pid), pid)
         return Loaded(
             pid,
             conn,

@@ -29,7 +29,13 @@ from storage_driver_agent import metrics
 from storage_driver_agent.drivers import failures, inuse
 from storage_driver_agent.drivers.binding import attach_failed, bind, device_message
 from storage_driver_agent.drivers.hostclient import HostCallError, HostConnection, HostGone
-from storage_driver_agent.drivers.hosts import Adopted, HostLoadFailed, HostRunner
+from storage_driver_agent.drivers.hosts import (
+    HOST_FORKED,
+    Adopted,
+    HostLoadFailed,
+    HostRunner,
+    forked_message,
+)
 from storage_driver_agent.drivers.inventory import Inventory
 from storage_driver_agent.drivers.launcher import HostProcess, Launcher, LauncherError
 from storage_driver_agent.drivers.liveness import Healthy, Hung, Outcome, Unhealthy, judge
@@ -429,8 +435,26 @@ class NodeReconciler:
             return
         checked = {Healthy: "healthy", Unhealthy: "unhealthy", Hung: "hung"}[type(outcome)]
         metrics.HEALTH_CHECKS.labels(record.state.name, checked).inc()
-        if record.conn is conn:
-            await self._judge(record, outcome)
+        host = record.state.host
+        if record.conn is not conn or host is None:
+            return
+        process = HostProcess(host.pid, self.hosts.slot(record.state.name).socket)
+        if not isinstance(outcome, Hung) and not await self.launcher.alive(process):
+            await self._forked_away(record, process)
+            return
+        await self._judge(record, outcome)
+
+    async def _forked_away(self, record: Record, process: HostProcess) -> None:
+        """The host is gone, yet its connection answers: the driver forked and the host exited.
+        Ending the tree ends the copy too; its connection closing takes the crash path."""
+        if record.killed_for is not None:
+            return
+        record.killed_for = (HOST_FORKED, forked_message(process.pid))
+        log.warning(
+            "a driver host exited and a process it forked answered for it; ending them",
+            extra=fields(driver=record.state.name, pid=process.pid),
+        )
+        await self.hosts.end_tree(process)
 
     async def _judge(self, record: Record, outcome: Outcome) -> None:
         """Act on a timed call's outcome: record it, and restart the host if liveness says so."""

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from storage_driver_api.constants import API_VERSION, LEASE_PREFIX, NODE_DEVICES, NODE_DRIVER_CONFIGS
+from storage_driver_api.constants import API_VERSION, NODE_DEVICES, NODE_DRIVER_CONFIGS, lease_name
 from storage_driver_api.events import EVENT_NAMESPACE, event_body
 from storage_driver_api.kube import EVENTS, LEASES, NODES, TRANSPORT_ERRORS, ApiError, KubeClient
 from storage_driver_api.logs import fields
@@ -196,7 +196,7 @@ class LeaseKeeper:
         self.namespace = namespace
         self.duration = duration
         self.renew = renew
-        self.name = LEASE_PREFIX + node
+        self.name = lease_name(node)
         self._warned = False
         self._owner_uid: str | None = None
 

@@ -181,6 +181,17 @@ def test_requirement(
     assert requirement_matches(requirement, attributes) is expected
 
 
+def test_a_regex_that_backtracks_without_end_is_matched_at_once() -> None:
+    """Found broken (scenario 8): deviceSelector Regex used Python's backtracking `re`, so one
+    StorageDriver with `(a|aa)+b` and a device attribute of a few dozen characters kept the
+    operator's planning loop busy for minutes per device (every node, every driver waited).
+    RE2 matches in time linear in the attribute: this returns at once (before: past the
+    per-test timeout)."""
+    serial = "a" * 200
+    assert requirement_matches(req("serial", "Regex", "(a|aa)+b"), {"serial": serial}) is False
+    assert requirement_matches(req("serial", "Regex", "(.*.*)*a"), {"serial": serial}) is True
+
+
 def test_device_attributes_are_seen_as_selector_strings() -> None:
     dev = device(
         "d", sizeBytes=8388608, rotational=False, readOnly=True, vendor="ACME", udev={"ID_BUS": "usb"}
