@@ -18,7 +18,7 @@ from storage_driver_operator.views import (
     storage_driver_view,
 )
 
-from tests.unit.operator.builders import device, driver, entry, node
+from tests.unit.operator.builders import device, driver, entry, lease, node
 
 
 def test_parse_time() -> None:
@@ -265,6 +265,7 @@ def test_an_object_the_api_server_has_not_numbered_yet_is_settled_by_any_report(
         (DriverRun(phase="Loaded", pid=7), "phase"),
         (device("n1-dev"), "present"),
         (driver(), "generation"),
+        (lease(), "renew_time"),
     ],
 )
 def test_views_are_values_the_planner_can_share(view: object, field: str) -> None:
