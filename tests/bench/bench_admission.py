@@ -12,9 +12,6 @@ times with no webhook configured, in alternating rounds. Each write changes the 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from storage_driver_api.kube import (
     load_kubeconfig,
 )
 
+from tests.bench.oncluster import run_on_local_cluster
 from tests.bench.table import Table, percentile
 from tests.harness import localcluster
 from tests.harness.agentidentity import bound_token, pod_on_node, webhook_certificate
@@ -208,19 +206,4 @@ def free_port() -> int:
 
 
 def run() -> list[Table]:
-    cfg = localcluster.ClusterConfig.from_env()
-    started = not localcluster.is_up(cfg)
-    if started:
-        localcluster.up(cfg)
-    subprocess.run(
-        [str(cfg.kubectl), f"--kubeconfig={cfg.kubeconfig}", "apply", "-f", str(REPO_ROOT / "crds")],
-        check=True,
-        capture_output=True,
-    )
-    work = Path(tempfile.mkdtemp(prefix="sdo-bench-admission-"))
-    try:
-        return asyncio.run(measure(cfg, work))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if started:
-            localcluster.down(cfg)
+    return run_on_local_cluster("admission", measure)

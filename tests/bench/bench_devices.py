@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import select
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,9 +24,10 @@ import pyudev
 from storage_driver_api.constants import NODE_DEVICES, NODE_LABEL, node_label_value
 from storage_driver_api.kube import KubeClient, load_kubeconfig
 
+from tests.bench.oncluster import run_on_local_cluster
 from tests.bench.table import Table, ms, percentile
 from tests.harness import localcluster
-from tests.harness.loopdev import LoopDevice, attach, detach, loop_devices_available
+from tests.harness.loopdev import LoopDevice, attach, detach
 from tests.harness.processes import ComponentProcess, console_script
 
 ATTACHES = 25
@@ -244,39 +242,4 @@ def tables(results: Results) -> list[Table]:
 
 
 def run() -> list[Table]:
-    missing = loop_devices_available()
-    if missing:
-        raise SystemExit(f"bench_devices: {missing}")
-    cfg = localcluster.ClusterConfig.from_env()
-    started = not localcluster.is_up(cfg)
-    if started:
-        localcluster.up(cfg)
-    subprocess.run(
-        [
-            str(cfg.kubectl),
-            f"--kubeconfig={cfg.kubeconfig}",
-            "apply",
-            "-f",
-            str(localcluster.REPO_ROOT / "crds"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            str(cfg.kubectl),
-            f"--kubeconfig={cfg.kubeconfig}",
-            "wait",
-            "--for=condition=Established",
-            "crd/nodedevices.storage.datawarehouse.io",
-            "--timeout=60s",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-devices-") as work:
-            return asyncio.run(measure(cfg, Path(work)))
-    finally:
-        if started and os.environ.get("SDO_KEEP_CLUSTER") != "1":
-            localcluster.down(cfg)
+    return run_on_local_cluster("devices", measure, loop_devices=True)

@@ -13,8 +13,6 @@ replica again as the next follower.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +26,9 @@ from storage_driver_api.constants import (
 from storage_driver_api.kube import NAMESPACES, NODES, KubeClient, load_kubeconfig
 
 from tests.api_cases import apply_changes, valid_storage_driver
+from tests.bench.oncluster import run_on_local_cluster
 from tests.bench.table import Table, percentile
+from tests.conftest import apply_crds, kubectl
 from tests.harness import localcluster
 from tests.harness.replicas import LEASE_DURATION, Replica, start_replica, wait_for_leader
 
@@ -163,27 +163,10 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
     return [table]
 
 
-def run() -> list[Table]:
-    cfg = localcluster.ClusterConfig.from_env()
-    started = not localcluster.is_up(cfg)
-    if started:
-        localcluster.up(cfg)
-    work = Path(tempfile.mkdtemp(prefix="sdo-bench-failover-"))
-    try:
-        import subprocess
+def prepare(cfg: localcluster.ClusterConfig) -> None:
+    apply_crds(cfg)
+    kubectl(cfg, "create", "namespace", NAMESPACE, check=False)
 
-        repo = Path(__file__).resolve().parents[2]
-        subprocess.run(
-            [str(cfg.kubectl), f"--kubeconfig={cfg.kubeconfig}", "apply", "-f", str(repo / "crds")],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [str(cfg.kubectl), f"--kubeconfig={cfg.kubeconfig}", "create", "namespace", NAMESPACE],
-            capture_output=True,
-        )
-        return asyncio.run(measure(cfg, work))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if started:
-            localcluster.down(cfg)
+
+def run() -> list[Table]:
+    return run_on_local_cluster("failover", measure, prepare=prepare)

@@ -20,7 +20,6 @@ import contextlib
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -42,10 +41,10 @@ from storage_driver_api.kube import NAMESPACES, KubeClient, Resource, load_kubec
 from tests.bench import apimetrics, trail
 from tests.bench.bench_operator import rss_mb
 from tests.bench.floor import FLOOR_STAGES_IN, FLOOR_STAGES_OUT, Floor
+from tests.bench.oncluster import run_on_local_cluster
 from tests.bench.table import Table, ms, percentile
-from tests.conftest import apply_crds
 from tests.harness import localcluster
-from tests.harness.loopdev import attach, detach, loop_devices_available
+from tests.harness.loopdev import attach, detach
 from tests.harness.processes import ComponentProcess, console_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -577,18 +576,4 @@ def add_stages(table: Table, ins: dict[str, list[float]], outs: dict[str, list[f
 
 
 def run() -> list[Table]:
-    missing = loop_devices_available()
-    if missing:
-        raise SystemExit(f"bench hotplug: {missing}")
-    cfg = localcluster.ClusterConfig.from_env()
-    started = not localcluster.is_up(cfg)
-    if started:
-        localcluster.up(cfg)
-    apply_crds(cfg)
-    work = Path(tempfile.mkdtemp(prefix="sdo-bench-hotplug-"))
-    try:
-        return asyncio.run(measure(cfg, work))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if started:
-            localcluster.down(cfg)
+    return run_on_local_cluster("hotplug", measure, loop_devices=True)

@@ -17,7 +17,6 @@ import os
 import random
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,9 +42,9 @@ from tests.bench.bench_hotplug import (
     follow,
     until,
 )
+from tests.bench.oncluster import run_on_local_cluster
 from tests.bench.table import Table
 from tests.harness import localcluster
-from tests.harness.loopdev import loop_devices_available
 from tests.integration.chart.release import Release, delete_namespace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -146,18 +145,4 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
 
 
 def run() -> list[Table]:
-    missing = loop_devices_available()
-    if missing:
-        raise SystemExit(f"bench pods: {missing}")
-    cfg = localcluster.ClusterConfig.from_env()
-    started = not localcluster.is_up(cfg)
-    if started:
-        localcluster.up(cfg)
-    images(cfg)
-    work = Path(tempfile.mkdtemp(prefix="sdo-bench-pods-"))
-    try:
-        return asyncio.run(measure(cfg, work))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if started:
-            localcluster.down(cfg)
+    return run_on_local_cluster("pods", measure, loop_devices=True, prepare=images)

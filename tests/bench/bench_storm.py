@@ -11,24 +11,21 @@ matching all five. The storm runs ROUNDS times on the same processes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from storage_driver_api.constants import LEASE_NAMESPACE_DEFAULT, STORAGE_DRIVERS
 from storage_driver_api.kube import NAMESPACES, NODES, KubeClient, load_kubeconfig
 
 from tests.bench.bench_operator import create_node
+from tests.bench.oncluster import run_on_local_cluster
 from tests.bench.table import Table
-from tests.conftest import apply_crds
 from tests.e2e.faults.conftest import storage_driver
 from tests.e2e.faults.test_storm import MIB, NAME, converged, make_loops, run_storm
 from tests.harness import localcluster
 from tests.harness.drivers import Agent, short_tmpdir, write_probe
-from tests.harness.loopdev import loop_devices_available
 from tests.harness.waiting import eventually
 from tests.integration.operator.conftest import Operator
 
@@ -126,18 +123,4 @@ async def gone(kube: KubeClient) -> bool:
 
 
 def run() -> list[Table]:
-    missing = loop_devices_available()
-    if missing:
-        raise SystemExit(f"bench storm: {missing}")
-    cfg = localcluster.ClusterConfig.from_env()
-    started = not localcluster.is_up(cfg)
-    if started:
-        localcluster.up(cfg)
-    apply_crds(cfg)
-    work = Path(tempfile.mkdtemp(prefix="sdo-bench-storm-"))
-    try:
-        return asyncio.run(measure(cfg, work))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if started:
-            localcluster.down(cfg)
+    return run_on_local_cluster("storm", measure, loop_devices=True)

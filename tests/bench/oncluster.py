@@ -1,0 +1,44 @@
+"""How most benchmarks run: on the local cluster (started for the run and stopped after it, when
+it was not up already, unless SDO_KEEP_CLUSTER=1), with the CRDs applied, in a scratch directory
+that goes afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+
+from tests.bench.table import Table
+from tests.conftest import apply_crds
+from tests.harness import localcluster
+from tests.harness.loopdev import loop_devices_available
+
+Measure = Callable[[localcluster.ClusterConfig, Path], Coroutine[object, object, list[Table]]]
+
+
+def run_on_local_cluster(
+    name: str,
+    measure: Measure,
+    *,
+    loop_devices: bool = False,
+    prepare: Callable[[localcluster.ClusterConfig], None] = apply_crds,
+) -> list[Table]:
+    """`measure(cluster, scratch directory)`, after `prepare(cluster)`; `loop_devices`: refuse
+    to start, saying why, where this machine cannot attach them."""
+    if loop_devices and (missing := loop_devices_available()):
+        raise SystemExit(f"bench {name}: {missing}")
+    cfg = localcluster.ClusterConfig.from_env()
+    started = not localcluster.is_up(cfg)
+    if started:
+        localcluster.up(cfg)
+    work = Path(tempfile.mkdtemp(prefix=f"sdo-bench-{name}-"))
+    try:
+        prepare(cfg)
+        return asyncio.run(measure(cfg, work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if started and os.environ.get("SDO_KEEP_CLUSTER") != "1":
+            localcluster.down(cfg)
