@@ -335,19 +335,25 @@ def from_api(objects: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return parsed
 
 
-def test_the_actions_of_a_plan_cannot_change_after_it_is_made() -> None:
+def test_plans_and_their_actions_cannot_change_after_they_are_made() -> None:
     api = FakeApi()
-    run(api, want(loop_spec()))
-    gone = plan({}, api.objects, OWNER, now=T0, retention=RETENTION)
+    created = run(api, want(loop_spec(size=8 << 20)))
+    (create,) = created.actions
+    (update,) = run(api, want(loop_spec(size=16 << 20))).actions
+    gone = run(api, {}, now=T0)
     (presence,) = gone.actions
-    assert isinstance(presence, SetPresence)
-    with pytest.raises(FrozenInstanceError):
-        presence.present = True  # type: ignore[misc]
-    api.apply(gone)
     (delete,) = plan({}, api.objects, OWNER, now=T0 + RETENTION, retention=RETENTION).actions
-    assert isinstance(delete, Delete)
-    with pytest.raises(FrozenInstanceError):
-        delete.uid = "someone-else"  # type: ignore[misc]
+    changes: list[tuple[object, str, object]] = [
+        (OWNER, "uid", "uid-node-2"),
+        (created, "actions", ()),
+        (create, "name", "other"),
+        (update, "changed", ()),
+        (presence, "present", True),
+        (delete, "uid", "someone-else"),
+    ]
+    for target, attribute, value in changes:
+        with pytest.raises(FrozenInstanceError):
+            setattr(target, attribute, value)
 
 
 def test_a_device_whose_old_object_is_being_deleted_does_not_hold_up_the_others() -> None:
@@ -418,19 +424,60 @@ def test_labels_someone_else_changed_are_put_back() -> None:
 
 def test_an_object_owned_by_another_node_is_given_to_this_one_keeping_its_other_owners() -> None:
     """An ownerReference to another Node (a NodeDevice copied from elsewhere) is replaced by this
-    Node's; owners of other kinds stay, whichever way their kind sorts."""
+    Node's; owners of other kinds stay, even when they are named after the node, whichever way
+    their kind, the other Node's name and its uid sort."""
     ours = {"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": OWNER.uid}
     others = [
-        {"apiVersion": "v1", "kind": "ConfigMap", "name": "inventory", "uid": "uid-cm"},
-        {"apiVersion": "v1", "kind": "Pod", "name": "scanner", "uid": "uid-pod"},
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": NODE, "uid": "uid-cm"},
+        {"apiVersion": "v1", "kind": "Pod", "name": NODE, "uid": "uid-pod"},
     ]
-    for foreign_uid in ("uid-node-0", "uid-node-9"):  # sorting before and after this Node's uid
+    for foreign_name, foreign_uid in (("worker-0", "uid-node-0"), ("worker-2", "uid-node-9")):
         api = FakeApi()
         spec = loop_spec()
         run(api, want(spec))
         obj = next(iter(api.objects.values()))
-        foreign = {"apiVersion": "v1", "kind": "Node", "name": "worker-2", "uid": foreign_uid}
+        foreign = {"apiVersion": "v1", "kind": "Node", "name": foreign_name, "uid": foreign_uid}
         obj["metadata"]["ownerReferences"] = [others[0], foreign, others[1]]
         (action,) = plan(want(spec), from_api(api.objects), OWNER, now=T0, retention=RETENTION).actions
         assert isinstance(action, UpdateSpec) and action.changed == ("ownerReferences",)
         assert action.patch["metadata"]["ownerReferences"] == [*others, ours]
+
+
+def test_a_gone_device_whose_present_condition_is_unset_or_unknown_is_marked_absent() -> None:
+    for conditions in ([], [{"type": "Present", "status": "Unknown", "reason": "Probing", "message": ""}]):
+        api = FakeApi()
+        run(api, want(loop_spec()))
+        obj = next(iter(api.objects.values()))
+        obj["status"]["conditions"] = [
+            {**c, "lastTransitionTime": "2026-11-25T09:00:00Z"} for c in conditions
+        ]
+        outcome = plan({}, from_api(api.objects), OWNER, now=T0, retention=RETENTION)
+        (action,) = outcome.actions
+        assert isinstance(action, SetPresence) and not action.present
+        assert outcome.wake_at == T0 + RETENTION  # the retention starts now, not at the old time
+
+
+def test_an_absent_object_being_deleted_is_left_to_its_deletion() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    next(iter(api.objects.values()))["metadata"]["deletionTimestamp"] = "2026-11-25T10:00:00Z"
+    outcome = plan({}, from_api(api.objects), OWNER, now=T0 + 2 * RETENTION, retention=RETENTION)
+    assert outcome.empty and outcome.wake_at is None
+
+
+def test_a_broken_condition_does_not_take_the_conditions_after_it_with_it() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    obj = next(iter(api.objects.values()))
+    bound = {
+        "type": "Bound",
+        "status": "True",
+        "reason": "Attached",
+        "message": "",
+        "lastTransitionTime": "2026-11-25T10:00:00Z",
+    }
+    obj["status"]["conditions"] = [{"type": "Broken", "status": "maybe"}, *obj["status"]["conditions"], bound]
+    outcome = plan({}, from_api(api.objects), OWNER, now=T0, retention=RETENTION)
+    (action,) = outcome.actions
+    assert isinstance(action, SetPresence) and not action.present
+    assert [c["type"] for c in action.conditions] == ["Present", "Bound"]
