@@ -343,6 +343,7 @@ def test_plans_and_their_actions_cannot_change_after_they_are_made() -> None:
     gone = run(api, {}, now=T0)
     (presence,) = gone.actions
     (delete,) = plan({}, api.objects, OWNER, now=T0 + RETENTION, retention=RETENTION).actions
+    assert not created.empty and not gone.empty  # each has a write to make
     changes: list[tuple[object, str, object]] = [
         (OWNER, "uid", "uid-node-2"),
         (created, "actions", ()),
