@@ -26,7 +26,7 @@ from storage_driver_agent.devices.identity import (
 from storage_driver_api.nodedevice import DeviceIdentity, IdentityKind, node_device_name
 from storage_driver_sdk.devices import DeviceType
 
-from tests.unit.devices.hosts import NODE, block_device, scsi_disk
+from tests.unit.devices.hosts import NODE, block_device, mmc_card, scsi_disk
 
 
 def identity_of(device: RawDevice) -> DeviceIdentity:
@@ -373,13 +373,7 @@ def test_a_usb_stick_whose_scsi_layer_reports_no_model_takes_the_usb_product() -
 
 def test_a_partition_of_an_mmc_card_does_not_report_the_cards_serial_as_its_own() -> None:
     # A selector on serial picks the card, not each of its partitions (as for SCSI disks).
-    card = SysNode(
-        "/sys/devices/platform/fe320000.mmc/mmc_host/mmc0/mmc0:0001",
-        "mmc",
-        "mmcblk",
-        {},
-        {"name": "DG4016", "serial": "0x1a2b3c4d"},
-    )
+    card = mmc_card()
     disk = block_device("mmcblk0", card.path + "/block/mmcblk0", card)
     part_node = SysNode(
         disk.node.path + "/mmcblk0p1",
