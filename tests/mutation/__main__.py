@@ -53,6 +53,7 @@ class Equivalent:
     line: str  # the source line, stripped
     mutant: str  # the same line after the mutation, stripped
     reason: str
+    previous: str | None = None  # the line before it, stripped, when the line occurs more than once
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,13 @@ class Settings:
 def load_settings(path: Path = CONFIG) -> Settings:
     data = tomllib.loads(path.read_text())
     equivalents = tuple(
-        Equivalent(e["file"], e["line"].strip(), e["mutant"].strip(), e["reason"])
+        Equivalent(
+            e["file"],
+            e["line"].strip(),
+            e["mutant"].strip(),
+            e["reason"],
+            e["previous"].strip() if "previous" in e else None,
+        )
         for e in data.get("equivalent", [])
     )
     return Settings(
@@ -171,8 +178,14 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
     source = (ROOT / module.path).read_text()
     lines = source.splitlines()
     spans = never_matter(source)
-    equivalents = {(e.line, e.mutant): e for e in settings.equivalents if e.file == module.path}
-    listed_lines = {line for line, _ in equivalents}
+    equivalents: dict[tuple[str, str, str | None], Equivalent] = {
+        (e.line, e.mutant, e.previous): e for e in settings.equivalents if e.file == module.path
+    }
+    listed_lines = {line for line, _, _ in equivalents}
+
+    def listed(text: str, mutant: str, previous: str) -> Equivalent | None:
+        return equivalents.get((text, mutant, previous)) or equivalents.get((text, mutant, None))
+
     candidates: dict[tuple[str, str, int], str] = {}  # (operator, line, nth on that line) -> job
     with use_db(str(module.db), WorkDB.Mode.open) as db:
         items = sorted(db.pending_work_items, key=lambda i: i.mutations[0].start_pos)
@@ -181,13 +194,13 @@ def select(module: Module, settings: Settings, sample: int | None) -> None:
             mutation = item.mutations[0]
             row, col = mutation.start_pos
             text = lines[row - 1].strip()
-            listed = text in listed_lines
+            previous = lines[row - 2].strip() if row > 1 else ""
             if inside(spans, row, col, mutation.operator_name):
                 module.by_rule += 1
                 db.set_result(item.job_id, WorkResult(WorkerOutcome.SKIPPED, output=RULE))
-            elif listed and (
-                (eq := equivalents.get((text, "*")))
-                or (eq := equivalents.get((text, mutated_line(source, mutation))))
+            elif text in listed_lines and (
+                (eq := listed(text, "*", previous))
+                or (eq := listed(text, mutated_line(source, mutation), previous))
             ):
                 module.equivalent += 1
                 module.matched_equivalents.add(eq)
@@ -222,7 +235,8 @@ def equivalents_table(settings: Settings) -> str:
         module = module.partition("/")[2]
         where = f"{'operator' if side == 'operator' else 'agent'} `{module}`"
         mutant = "every mutant of the line" if eq.mutant == "*" else f"`{cell(eq.mutant)}`"
-        rows.append(f"| {where} | `{cell(eq.line)}` | {mutant} | {cell(eq.reason)} |")
+        line = f"`{cell(eq.line)}`" + (f" (after `{cell(eq.previous)}`)" if eq.previous else "")
+        rows.append(f"| {where} | {line} | {mutant} | {cell(eq.reason)} |")
     return "\n".join(rows) + "\n"
 
 

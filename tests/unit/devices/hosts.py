@@ -64,3 +64,14 @@ def scsi_disk(
         usb_path = scsi_path.split("/host", maxsplit=1)[0].rsplit("/", 1)[0]
         chain.append(SysNode(usb_path, "usb", "usb", {"DEVTYPE": "usb_device"}, {"serial": usb_serial}))
     return block_device(name, f"{scsi_path}/block/{name}", *chain)
+
+
+def mmc_card() -> SysNode:
+    """An eMMC card (the parent of mmcblk0 and its boot areas and partitions)."""
+    return SysNode(
+        "/sys/devices/platform/fe320000.mmc/mmc_host/mmc0/mmc0:0001",
+        "mmc",
+        "mmcblk",
+        {},
+        {"name": "DG4016", "serial": "0x1a2b3c4d"},
+    )

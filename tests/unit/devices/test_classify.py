@@ -11,7 +11,7 @@ from storage_driver_agent.devices.identity import MMC_AREA
 from storage_driver_api.nodedevice import NodeDeviceSpec
 from storage_driver_sdk.devices import DeviceType
 
-from tests.unit.devices.hosts import NODE, block_device, scsi_disk
+from tests.unit.devices.hosts import NODE, block_device, mmc_card, scsi_disk
 
 
 def scsi(path: str, type_: str = "0") -> SysNode:
@@ -93,13 +93,7 @@ def test_nvme_over_fabrics_names_the_fabric() -> None:
 
 
 def test_mmc_cards_and_their_boot_areas() -> None:
-    card = SysNode(
-        "/sys/devices/platform/fe320000.mmc/mmc_host/mmc0/mmc0:0001",
-        "mmc",
-        "mmcblk",
-        {},
-        {"name": "DG4016", "serial": "0x1a2b3c4d"},
-    )
+    card = mmc_card()
     main = block_device("mmcblk0", card.path + "/block/mmcblk0", card)
     boot = block_device("mmcblk0boot0", card.path + "/block/mmcblk0boot0", card)
     assert device_type(main) == device_type(boot) == DeviceType.MMC

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
+from dataclasses import FrozenInstanceError
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from storage_driver_agent.devices.describe import DescribedDevice
@@ -321,3 +324,161 @@ def test_any_sequence_of_states_converges_in_one_round_and_repeats_write_nothing
         for _ in range(repeats):
             assert run(api, wanted, now=now).empty
         assert api.writes == writes
+
+
+# --- what the full mutation run found unpinned -------------------------------------------------
+
+
+def from_api(objects: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The objects as the agent reads them: parsed from the API server's JSON."""
+    parsed: dict[str, dict[str, Any]] = json.loads(json.dumps(objects))
+    return parsed
+
+
+def test_plans_and_their_actions_cannot_change_after_they_are_made() -> None:
+    api = FakeApi()
+    created = run(api, want(loop_spec(size=8 << 20)))
+    (create,) = created.actions
+    (update,) = run(api, want(loop_spec(size=16 << 20))).actions
+    gone = run(api, {}, now=T0)
+    (presence,) = gone.actions
+    (delete,) = plan({}, api.objects, OWNER, now=T0 + RETENTION, retention=RETENTION).actions
+    assert not created.empty and not gone.empty  # each has a write to make
+    changes: list[tuple[object, str, object]] = [
+        (OWNER, "uid", "uid-node-2"),
+        (created, "actions", ()),
+        (create, "name", "other"),
+        (update, "changed", ()),
+        (presence, "present", True),
+        (delete, "uid", "someone-else"),
+    ]
+    for target, attribute, value in changes:
+        with pytest.raises(FrozenInstanceError):
+            setattr(target, attribute, value)
+
+
+def test_a_device_whose_old_object_is_being_deleted_does_not_hold_up_the_others() -> None:
+    api = FakeApi()
+    # The one being deleted is the first by name, so the other comes after it.
+    first, second = sorted(
+        (loop_spec("loop1"), loop_spec("loop2")), key=lambda s: node_device_name(NODE, s.identity)
+    )
+    run(api, want(first))
+    deleting = node_device_name(NODE, first.identity)
+    api.objects[deleting]["metadata"]["deletionTimestamp"] = "2026-11-25T10:00:00Z"
+    outcome = plan(want(first, second), api.objects, OWNER, now=T0, retention=RETENTION)
+    assert outcome.waiting_for_deletion == (deleting,)
+    assert [(type(a), a.name) for a in outcome.actions] == [(Create, node_device_name(NODE, second.identity))]
+
+
+def test_every_device_of_a_recreated_node_is_deleted_at_once_whatever_its_new_uid() -> None:
+    """Read from the API (JSON), each object the earlier Node owned is deleted in the same round;
+    uids are random, so the new one may sort before or after the old one."""
+    specs = [loop_spec(f"loop{i}") for i in range(3)]
+    for new_uid in ("uid-node-0", "uid-node-2"):
+        api = FakeApi()
+        run(api, want(*specs))
+        outcome = plan(want(*specs), from_api(api.objects), Owner(NODE, new_uid), now=T0, retention=RETENTION)
+        assert [type(a) for a in outcome.actions] == [Delete] * 3
+        assert all(isinstance(a, Delete) and a.earlier_node for a in outcome.actions)
+        assert sorted(outcome.waiting_for_deletion) == sorted(want(*specs))
+
+
+def test_absent_devices_whose_retention_ended_while_the_agent_was_away_are_all_deleted() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec("loop1"), loop_spec("loop2")))
+    run(api, {}, now=T0)
+    # The agent was down when the retention ended; it looks again an hour later.
+    outcome = plan({}, api.objects, OWNER, now=T0 + RETENTION + dt.timedelta(hours=1), retention=RETENTION)
+    assert [type(a) for a in outcome.actions] == [Delete, Delete]
+    assert outcome.wake_at is None
+
+
+def test_an_object_read_back_from_the_api_unchanged_needs_no_write() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec("loop1"), loop_spec("loop2")))
+    assert plan(
+        want(loop_spec("loop1"), loop_spec("loop2")),
+        from_api(api.objects),
+        OWNER,
+        now=T0,
+        retention=RETENTION,
+    ).empty
+
+
+def test_labels_someone_else_changed_are_put_back() -> None:
+    api = FakeApi()
+    spec = loop_spec()
+    run(api, want(spec))
+    obj = next(iter(api.objects.values()))
+    # One value that sorts after the agent's, one before, one removed.
+    obj["metadata"]["labels"].update({MANAGED_BY_LABEL: "zz-someone", DEVICE_TYPE_LABEL: "a-disk"})
+    del obj["metadata"]["labels"][NODE_LABEL]
+    (action,) = plan(want(spec), from_api(api.objects), OWNER, now=T0, retention=RETENTION).actions
+    assert isinstance(action, UpdateSpec)
+    assert action.patch["metadata"]["labels"] == {
+        NODE_LABEL: NODE,
+        DEVICE_TYPE_LABEL: "loop",
+        MANAGED_BY_LABEL: "storage-agent",
+    }
+
+
+def test_an_object_owned_by_another_node_is_given_to_this_one_keeping_its_other_owners() -> None:
+    """An ownerReference to another Node (a NodeDevice copied from elsewhere) is replaced by this
+    Node's; owners of other kinds stay, even when they are named after the node, whichever way
+    their kind, the other Node's name and its uid sort."""
+    ours = {"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": OWNER.uid}
+    others = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": NODE, "uid": "uid-cm"},
+        {"apiVersion": "v1", "kind": "Pod", "name": NODE, "uid": "uid-pod"},
+    ]
+    for foreign_name, foreign_uid in (("worker-0", "uid-node-0"), ("worker-2", "uid-node-9")):
+        api = FakeApi()
+        spec = loop_spec()
+        run(api, want(spec))
+        obj = next(iter(api.objects.values()))
+        foreign = {"apiVersion": "v1", "kind": "Node", "name": foreign_name, "uid": foreign_uid}
+        obj["metadata"]["ownerReferences"] = [others[0], foreign, others[1]]
+        (action,) = plan(want(spec), from_api(api.objects), OWNER, now=T0, retention=RETENTION).actions
+        assert isinstance(action, UpdateSpec) and action.changed == ("ownerReferences",)
+        assert action.patch["metadata"]["ownerReferences"] == [*others, ours]
+
+
+def test_a_gone_device_whose_present_condition_is_unset_or_unknown_is_marked_absent() -> None:
+    for conditions in ([], [{"type": "Present", "status": "Unknown", "reason": "Probing", "message": ""}]):
+        api = FakeApi()
+        run(api, want(loop_spec()))
+        obj = next(iter(api.objects.values()))
+        obj["status"]["conditions"] = [
+            {**c, "lastTransitionTime": "2026-11-25T09:00:00Z"} for c in conditions
+        ]
+        outcome = plan({}, from_api(api.objects), OWNER, now=T0, retention=RETENTION)
+        (action,) = outcome.actions
+        assert isinstance(action, SetPresence) and not action.present
+        assert outcome.wake_at == T0 + RETENTION  # the retention starts now, not at the old time
+
+
+def test_an_absent_object_being_deleted_is_left_to_its_deletion() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    next(iter(api.objects.values()))["metadata"]["deletionTimestamp"] = "2026-11-25T10:00:00Z"
+    outcome = plan({}, from_api(api.objects), OWNER, now=T0 + 2 * RETENTION, retention=RETENTION)
+    assert outcome.empty and outcome.wake_at is None
+
+
+def test_a_broken_condition_does_not_take_the_conditions_after_it_with_it() -> None:
+    api = FakeApi()
+    run(api, want(loop_spec()))
+    obj = next(iter(api.objects.values()))
+    bound = {
+        "type": "Bound",
+        "status": "True",
+        "reason": "Attached",
+        "message": "",
+        "lastTransitionTime": "2026-11-25T10:00:00Z",
+    }
+    obj["status"]["conditions"] = [{"type": "Broken", "status": "maybe"}, *obj["status"]["conditions"], bound]
+    outcome = plan({}, from_api(api.objects), OWNER, now=T0, retention=RETENTION)
+    (action,) = outcome.actions
+    assert isinstance(action, SetPresence) and not action.present
+    assert [c["type"] for c in action.conditions] == ["Present", "Bound"]

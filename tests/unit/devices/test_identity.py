@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import string
+from dataclasses import FrozenInstanceError
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from storage_driver_agent.devices.describe import describe, describe_all
@@ -23,7 +26,7 @@ from storage_driver_agent.devices.identity import (
 from storage_driver_api.nodedevice import DeviceIdentity, IdentityKind, node_device_name
 from storage_driver_sdk.devices import DeviceType
 
-from tests.unit.devices.hosts import NODE, block_device, scsi_disk
+from tests.unit.devices.hosts import NODE, block_device, mmc_card, scsi_disk
 
 
 def identity_of(device: RawDevice) -> DeviceIdentity:
@@ -326,3 +329,116 @@ def test_claims_are_read_from_the_nodedevices_the_api_holds_and_keep_the_first_s
         [Candidate("sdc", SERIAL, location(sys_path)), Candidate("sdd", SERIAL, PORT_3)], claims
     )
     assert second["sdc"] == SERIAL
+
+
+# --- what the full mutation run found unpinned -------------------------------------------------
+
+
+def test_an_identity_exactly_as_long_as_the_api_allows_is_kept_whole() -> None:
+    # NodeDevice.spec.identity.value has maxLength 1024: a value of that length needs no hash.
+    head = f"{NODE}/loop1/"
+    tail = "@1:2"
+    path = "/" + "p" * (1024 - len(head) - len(tail) - 1)
+    value = identity_of(loop("loop1", path, BackingFile(1, 2))).value
+    assert value == f"{head}{path}{tail}" and len(value) == 1024
+    longer = identity_of(loop("loop1", path + "q", BackingFile(1, 2))).value
+    assert len(longer) == 1024 and "...sha256:" in longer
+
+
+def test_a_partition_whose_uevent_has_no_number_is_named_by_its_sysfs_number() -> None:
+    disk = scsi_disk("sda", wwid="naa.5002538f4123abcd")
+    part_node = SysNode(disk.node.path + "/sda2", "block", None, {"DEVTYPE": "partition"}, {"partition": "2"})
+    partition = type(disk)("sda2", disk.device_class, (part_node, *disk.chain))
+    found = {d.spec.kernel_name: d.spec for d in describe_all({"sda": disk, "sda2": partition}, NODE)}
+    assert found["sda2"].identity == DeviceIdentity(kind=IdentityKind.WWN, value="naa.5002538f4123abcd/part2")
+
+
+def test_a_usb_stick_whose_scsi_layer_reports_no_model_takes_the_usb_product() -> None:
+    slot = "pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0"
+    scsi = SysNode(f"/sys/devices/{slot}", "scsi", "sd", {"DEVTYPE": "scsi_device"}, {"type": "0"})
+    usb = SysNode(
+        "/sys/devices/pci0000:00/0000:00:14.0/usb2/2-1",
+        "usb",
+        "usb",
+        {"DEVTYPE": "usb_device"},
+        {"serial": "4C530001230521112345", "product": "Cruzer Blade"},
+    )
+    stick = block_device("sdb", f"{scsi.path}/block/sdb", scsi, usb)
+    assert identity_of(stick).value == "4C530001230521112345/Cruzer Blade"
+    # A SATA disk with a serial but no model (and no USB above it) is known by its serial alone.
+    bare = SysNode(scsi.path, "scsi", "sd", {"DEVTYPE": "scsi_device"}, {"type": "0", "vpd_pg80": "WD-123"})
+    disk = block_device("sdc", f"{scsi.path}/block/sdc", bare)
+    assert identity_of(disk) == DeviceIdentity(kind=IdentityKind.SERIAL_MODEL, value="WD-123")
+
+
+def test_a_partition_of_an_mmc_card_does_not_report_the_cards_serial_as_its_own() -> None:
+    # A selector on serial picks the card, not each of its partitions (as for SCSI disks).
+    card = mmc_card()
+    disk = block_device("mmcblk0", card.path + "/block/mmcblk0", card)
+    part_node = SysNode(
+        disk.node.path + "/mmcblk0p1",
+        "block",
+        None,
+        {"DEVTYPE": "partition", "PARTN": "1"},
+        {"partition": "1"},
+    )
+    partition = type(disk)("mmcblk0p1", disk.device_class, (part_node, *disk.chain))
+    found = {
+        d.spec.kernel_name: d.spec for d in describe_all({"mmcblk0": disk, "mmcblk0p1": partition}, NODE)
+    }
+    assert (found["mmcblk0"].serial, found["mmcblk0"].model) == ("0x1a2b3c4d", "DG4016")
+    assert found["mmcblk0p1"].serial is None
+    assert found["mmcblk0p1"].identity.value == "0x1a2b3c4d/DG4016/part1"
+
+
+def test_candidates_and_claims_cannot_change_while_identities_are_resolved() -> None:
+    candidate = Candidate("sdc", SERIAL, PORT_2)
+    claim = Claim(SERIAL, PORT_2, present=True)
+    with pytest.raises(FrozenInstanceError):
+        candidate.location = PORT_3  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        claim.present = False  # type: ignore[misc]
+
+
+def test_an_unplugged_stick_that_comes_back_with_a_twin_keeps_its_nodedevice() -> None:
+    # The first stick was alone (plain identity); it was unplugged, so its NodeDevice is not
+    # Present. After a reboot it comes back together with a second stick of the same serial.
+    claims = [Claim(SERIAL, PORT_2, present=False)]
+    both = resolve_duplicates([Candidate("sdc", SERIAL, PORT_2), Candidate("sdd", SERIAL, PORT_3)], claims)
+    assert both == {"sdc": SERIAL, "sdd": qualified(SERIAL, PORT_3)}
+    # The same when the old NodeDevice is listed twice, once absent and once present.
+    twice = [Claim(SERIAL, PORT_2, present=True), Claim(SERIAL, PORT_2, present=False)]
+    again = resolve_duplicates([Candidate("sdc", SERIAL, PORT_2), Candidate("sdd", SERIAL, PORT_3)], twice)
+    assert again == both
+
+
+def test_a_malformed_nodedevice_does_not_hide_the_claims_of_the_ones_after_it() -> None:
+    sys_path = "/sys/devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block/sdc"
+    objects: dict[str, dict[str, object]] = {
+        "bad-spec": {"spec": "text"},
+        "no-path": {"spec": {"identity": SERIAL.to_api()}},
+        "bad-identity": {"spec": {"identity": {"kind": "unheard-of", "value": ""}, "sysPath": sys_path}},
+        "first": {"spec": {"identity": SERIAL.to_api(), "sysPath": sys_path}},
+    }
+    assert claims_from(objects) == [Claim(SERIAL, location(sys_path), present=False)]
+
+
+def present_in(conditions: list[dict[str, str]] | None) -> bool:
+    """Whether claims_from reads a NodeDevice as present, the object parsed from the API's JSON."""
+    obj: dict[str, object] = {"spec": {"identity": SERIAL.to_api(), "sysPath": "/sys/devices/virtual/x"}}
+    if conditions is not None:
+        obj["status"] = {"conditions": conditions}
+    (claim,) = claims_from({"x": json.loads(json.dumps(obj))})
+    return claim.present
+
+
+def test_a_nodedevice_is_present_only_when_its_present_condition_is_true() -> None:
+    assert present_in([{"type": "Present", "status": "True"}])
+    assert not present_in(None)  # just created, no status yet
+    assert not present_in([])
+    assert not present_in([{"type": "Present", "status": "Unknown"}])
+    assert not present_in([{"type": "Present", "status": "False"}])
+    # Other conditions, before Present and sorting either side of it, are not Present.
+    assert not present_in([{"type": "Bound", "status": "True"}, {"type": "Present", "status": "False"}])
+    assert not present_in([{"type": "Ready", "status": "True"}, {"type": "Present", "status": "False"}])
+    assert not present_in([{"type": "Ready", "status": "True"}])
