@@ -46,6 +46,7 @@ class LeaderElector:
         timing: Timing,
         *,
         on_lost: Callable[[str], NoReturn] = exit_now,
+        on_elected: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.kube = kube
@@ -54,6 +55,7 @@ class LeaderElector:
         self.identity = identity
         self.timing = timing
         self.on_lost = on_lost
+        self.on_elected = on_elected  # called as leading is set, before anything can run
         self.clock = clock
         self.leading = asyncio.Event()
         self.became_leader_at: float | None = None
@@ -105,6 +107,7 @@ class LeaderElector:
         if not self.leading.is_set():
             self.became_leader_at = self.clock()
             self.leading.set()
+            self.on_elected()
             log.info(
                 "became the leader",
                 extra=fields(lease=f"{self.namespace}/{self.name}", identity=self.identity, action=action),

@@ -164,6 +164,18 @@ async def run(options: Options) -> int:
             lease_namespace=options.lease_namespace,
         ),
     )
+    # SIGTERM and SIGINT stop the operator whenever they come. kopf installs its own handlers for
+    # each of its runs and never removes them, so a signal that arrives while the follower's kopf
+    # is ending (it is told to stop at the election, and may take seconds) would reach that dead
+    # run's handler and be lost: this replica's handlers are put back at once when it is elected.
+    stopping = asyncio.Event()
+
+    def own_signals() -> None:
+        running = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            running.add_signal_handler(sig, stopping.set)
+
+    own_signals()
     async with contextlib.AsyncExitStack() as stack:
         user_agent = f"storage-operator/{operator_version()}"
         kube = await stack.enter_async_context(KubeClient(credentials, user_agent=user_agent))
@@ -174,7 +186,12 @@ async def run(options: Options) -> int:
                 options.leader_lease_duration, options.leader_renew_deadline, options.leader_retry
             )
             elector = election.LeaderElector(
-                kube, options.lease_namespace, options.leader_lease, options.identity, timing
+                kube,
+                options.lease_namespace,
+                options.leader_lease,
+                options.identity,
+                timing,
+                on_elected=own_signals,
             )
             controller_kube = await stack.enter_async_context(
                 election.FencedKubeClient(credentials, fence=elector.fence, user_agent=user_agent)
@@ -200,24 +217,20 @@ async def run(options: Options) -> int:
                 background.append(group.create_task(keeper.run(), name="webhook-configuration"))
             if elector is not None:
                 background.append(group.create_task(elector.run(), name="leader-election"))
-                if not await follow(
+                led = await follow(
                     elector,
+                    stopping,
                     controller=controller,
                     credentials=credentials,
                     options=options,
                     server=server,
                     kube=kube,
-                ):
+                )
+                if not led or stopping.is_set():  # stopped (SIGTERM) while following, or as elected
                     for task in background:
                         task.cancel()
-                    return 0  # stopped (SIGTERM) while following
-            # Between the follower's kopf and the leader's, a SIGTERM would reach the finished
-            # kopf's handler and be lost: until the leader's kopf installs its own (replacing this
-            # one), the signal is sent again a moment later, so that it reaches that kopf.
-            if elector is not None:
-                running = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    running.add_signal_handler(sig, running.call_later, 0.2, os.kill, os.getpid(), sig)
+                    await elector.release()
+                    return 0
             loop = group.create_task(controller.run(), name="controller")
             sweeper = Sweeper(kube, options.lease_namespace, options.gc_interval)
             sweep = group.create_task(sweeper.run(), name="sweep") if options.gc_interval > 0 else None
@@ -230,12 +243,14 @@ async def run(options: Options) -> int:
             )
             if server is not None:
                 webhook.register(registry, kube, options)
-            # kopf installs the SIGTERM/SIGINT handlers and returns when one arrives.
+            # kopf returns when a signal reaches its own handlers, or one reached ours before it
+            # installed them (`stopping`).
             await kopf.operator(
                 registry=registry,
                 clusterwide=True,
                 standalone=True,
                 liveness_endpoint=options.liveness or None,
+                stop_flag=stopping,
                 identity=operator_identity(),
             )
             loop.cancel()
@@ -257,6 +272,7 @@ def operator_identity() -> Any:  # kopf's Identity, a NewType of str it does not
 
 async def follow(
     elector: election.LeaderElector,
+    stopping: asyncio.Event,
     *,
     controller: Controller,
     credentials: Credentials,
@@ -266,13 +282,13 @@ async def follow(
 ) -> bool:
     """Serve the webhook, health and metrics with kopf until this replica is elected (True) or
     told to stop (False); kopf then starts again with the leader's handlers."""
-    elected = asyncio.Event()
+    done = asyncio.Event()
 
-    async def wait_for_election() -> None:
-        await elector.leading.wait()
-        elected.set()
+    async def set_done_after(flag: asyncio.Event) -> None:
+        await flag.wait()
+        done.set()
 
-    waiter = asyncio.create_task(wait_for_election())
+    waiters = [asyncio.create_task(set_done_after(flag)) for flag in (elector.leading, stopping)]
     registry = build_registry(
         controller, credentials, options, stop_controller=lambda: None, admission=server, leading=False
     )
@@ -284,11 +300,12 @@ async def follow(
             clusterwide=True,
             standalone=True,
             liveness_endpoint=options.liveness or None,
-            stop_flag=elected,
+            stop_flag=done,
             identity=operator_identity(),
         )
     finally:
-        waiter.cancel()
+        for waiter in waiters:
+            waiter.cancel()
     return elector.leading.is_set()
 
 
