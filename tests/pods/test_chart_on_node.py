@@ -1,7 +1,8 @@
 """The product through its own pods: `helm install` on the local node, hot-plug through the
 containerized agent, the upgrade and crash promises of docs/driver-runtime.md, the operator pod
 replaced mid-deletion, two operator pods electing a leader, the securityContexts that really ran,
-a device mounted on the node that keeps its driver, no refusal in any log, and `helm uninstall`.
+directory autoload, a device mounted on the node that keeps its driver, no refusal in any log,
+and `helm uninstall`.
 
 The tests share one release (module scope) and run in file order; each leaves the release Ready
 for the next, and the last one uninstalls it.
@@ -23,6 +24,7 @@ import yaml
 from storage_driver_api.constants import NODE_DEVICES, NODE_DRIVER_CONFIGS, NODE_LABEL, STORAGE_DRIVERS
 from storage_driver_api.constants import node_label_value as label_value
 from storage_driver_api.kube import LEASES, KubeClient
+from storage_driver_operator import autoload
 
 from tests.conftest import REPO_ROOT
 from tests.harness import localcluster, podprocesses
@@ -64,10 +66,10 @@ async def node_device(kube: KubeClient, loop: LoopDevice, *, present: bool = Tru
     return None
 
 
-async def driver_status(kube: KubeClient) -> dict[str, Any]:
+async def driver_status(kube: KubeClient, name: str = DRIVER) -> dict[str, Any]:
     config = await kube.get_or_none(NODE_DRIVER_CONFIGS, localcluster.local_node_name())
     for entry in ((config or {}).get("status") or {}).get("drivers") or []:
-        if entry.get("name") == DRIVER:
+        if entry.get("name") == name:
             return dict(entry)
     return {}
 
@@ -193,6 +195,20 @@ async def test_hotplug_loads_the_driver_in_the_supervisor_pod_and_unplug_unloads
 
     await eventually(unloaded, timeout=60, what=f"{DRIVER} unloaded and its host gone")
     assert await node_device(kube, loop, present=False) is not None, f"{name} marked absent"
+
+
+async def test_a_storage_driver_without_supported_devices_binds_what_the_nodes_file_declares(
+    installed: Installed, kube: KubeClient, apply: Apply, loop_devices: Callable[..., LoopDevice]
+) -> None:
+    """supportedDevices left out: the node's hostPath file (loop_info.py declares loop) decides."""
+    size = unique_size(10)
+    manifest = storage_driver(size)
+    del manifest["spec"]["supportedDevices"]
+    installed.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    stored = await kube.get(STORAGE_DRIVERS, DRIVER)
+    assert "supportedDevices" not in stored["spec"], stored["spec"]
+    loop = loop_devices(size_bytes=size)
+    await load(kube, loop)  # `apply` (unused here) deletes the StorageDriver afterwards
 
 
 # --- 3. upgrades ---------------------------------------------------------------------------------
@@ -372,6 +388,55 @@ async def test_two_operator_pods_elect_one_leader_and_hand_over_when_its_pod_is_
     loop = loop_devices(size_bytes=size)
     await load(kube, loop)
     await eventually(two_ready, timeout=150, interval=0.5, what="the Deployment back at two pods")
+
+
+# --- 8. directory autoload, turned on with the chart's value ----------------------------------
+
+
+async def test_directory_autoload_loads_the_dropped_in_file_without_a_storage_driver(
+    installed: Installed, kube: KubeClient, loop_devices: Callable[..., LoopDevice]
+) -> None:
+    """operator.directoryAutoload=true: the administrator's loop_info.py (auto_load=True, declares
+    loop) loads on the node's loop device with no StorageDriver; turned off, it unloads."""
+    entry_name = autoload.entry_name(DRIVER_FILE.name)
+    assert not (await kube.list(STORAGE_DRIVERS))[0]
+    installed.release.upgrade("--reuse-values", "--set", "operator.directoryAutoload=true")
+    try:
+        loop = loop_devices(size_bytes=unique_size(16))
+        device = await eventually(
+            lambda: node_device(kube, loop), timeout=60, what=f"a NodeDevice for {loop.path}"
+        )
+        assert device is not None
+        name = device["metadata"]["name"]
+
+        async def autoloaded() -> dict[str, Any] | None:
+            entry = await driver_status(kube, entry_name)
+            return (
+                entry
+                if entry.get("phase") == "Loaded" and name in (entry.get("boundDevices") or [])
+                else None
+            )
+
+        await eventually(
+            autoloaded, timeout=150, what=f"{entry_name} Loaded with {name}, with no StorageDriver"
+        )
+        assert len(driver_hosts(installed)) == 1
+    finally:
+        installed.release.upgrade("--reuse-values", "--set", "operator.directoryAutoload=false")
+
+    async def unloaded() -> bool:
+        return not await driver_status(kube, entry_name) and not driver_hosts(installed)
+
+    await eventually(unloaded, timeout=150, what=f"{entry_name} unloaded once autoload is off")
+
+    async def rolled_out() -> bool:  # the next tests find the operator's pods all Ready again
+        deployment = installed.release.get("deployment", f"{installed.release.fullname}-operator", NAMESPACE)
+        pods = installed.pods("operator")
+        return deployment is not None and len(pods) == deployment["spec"]["replicas"] and all(map(pod_ready, pods))
+
+    await eventually(
+        rolled_out, timeout=150, interval=0.5, what="the operator's pods Ready after the upgrades"
+    )
 
 
 # --- 7. a device in use, as the node's mount table shows it --------------------------------------
