@@ -432,7 +432,11 @@ async def test_directory_autoload_loads_the_dropped_in_file_without_a_storage_dr
     async def rolled_out() -> bool:  # the next tests find the operator's pods all Ready again
         deployment = installed.release.get("deployment", f"{installed.release.fullname}-operator", NAMESPACE)
         pods = installed.pods("operator")
-        return deployment is not None and len(pods) == deployment["spec"]["replicas"] and all(map(pod_ready, pods))
+        return (
+            deployment is not None
+            and len(pods) == deployment["spec"]["replicas"]
+            and all(map(pod_ready, pods))
+        )
 
     await eventually(
         rolled_out, timeout=150, interval=0.5, what="the operator's pods Ready after the upgrades"
