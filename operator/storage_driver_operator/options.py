@@ -17,6 +17,11 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _env_switch(name: str) -> bool:
+    """A switch that is off unless the environment sets it to 1 or true."""
+    return _env(name, "") in ("1", "true")
+
+
 @dataclass(frozen=True)
 class Options:
     kubeconfig: str | None = None
@@ -156,7 +161,7 @@ class Options:
         add(
             "--list-pages",
             action="store_true",
-            default=_env("LIST_PAGES", "") in ("1", "true"),
+            default=_env_switch("LIST_PAGES"),
             help="list page by page from etcd (consistent at once, several times slower at scale) "
             "instead of whole from the API server's watch cache",
         )
@@ -228,7 +233,7 @@ class Options:
         add(
             "--leader-election",
             action="store_true",
-            default=_env("LEADER_ELECTION", "") in ("1", "true"),
+            default=_env_switch("LEADER_ELECTION"),
             help="run with other replicas: only the holder of the leader Lease (in --lease-namespace) "
             "reconciles; every replica serves the webhook",
         )
@@ -263,13 +268,13 @@ class Options:
         add(
             "--require-sha256",
             action="store_true",
-            default=_env("REQUIRE_SHA256", "") in ("1", "true"),
+            default=_env_switch("REQUIRE_SHA256"),
             help="refuse configMap and url driver sources without a sha256 pin",
         )
         add(
             "--directory-autoload",
             action="store_true",
-            default=_env("DIRECTORY_AUTOLOAD", "") in ("1", "true"),
+            default=_env_switch("DIRECTORY_AUTOLOAD"),
             help="load a driver file that declares auto_load=True on its node's matching devices without a "
             "StorageDriver (default: off; $DIRECTORY_AUTOLOAD=true turns it on)",
         )
