@@ -245,14 +245,7 @@ async def run(options: Options) -> int:
                 webhook.register(registry, kube, options)
             # kopf returns when a signal reaches its own handlers, or one reached ours before it
             # installed them (`stopping`).
-            await kopf.operator(
-                registry=registry,
-                clusterwide=True,
-                standalone=True,
-                liveness_endpoint=options.liveness or None,
-                stop_flag=stopping,
-                identity=operator_identity(),
-            )
+            await run_kopf(registry, options, stopping)
             loop.cancel()
             if sweep is not None:
                 sweep.cancel()
@@ -282,18 +275,30 @@ async def follow(
 ) -> bool:
     """Serve the webhook, health and metrics with kopf until this replica is elected (True) or
     told to stop (False); kopf then starts again with the leader's handlers."""
+    registry = build_registry(
+        controller, credentials, options, stop_controller=lambda: None, admission=server, leading=False
+    )
+    if server is not None:
+        webhook.register(registry, kube, options)
+    await run_kopf(registry, options, elector.leading, stopping)
+    return elector.leading.is_set()
+
+
+async def run_kopf(registry: kopf.OperatorRegistry, options: Options, *until: asyncio.Event) -> None:
+    """Run kopf until one of `until` is set or a signal reaches kopf's own handlers. When a signal
+    stops it, kopf leaves the task that waits for its stop flag pending and then waits 5 s for
+    that "hung" task before it returns: the flag is also set at kopf's cleanup, so none is left."""
     done = asyncio.Event()
 
     async def set_done_after(flag: asyncio.Event) -> None:
         await flag.wait()
         done.set()
 
-    waiters = [asyncio.create_task(set_done_after(flag)) for flag in (elector.leading, stopping)]
-    registry = build_registry(
-        controller, credentials, options, stop_controller=lambda: None, admission=server, leading=False
-    )
-    if server is not None:
-        webhook.register(registry, kube, options)
+    @kopf.on.cleanup(registry=registry)
+    async def release_stop_flag(**_: Any) -> None:
+        done.set()
+
+    waiters = [asyncio.create_task(set_done_after(flag)) for flag in until]
     try:
         await kopf.operator(
             registry=registry,
@@ -306,7 +311,6 @@ async def follow(
     finally:
         for waiter in waiters:
             waiter.cancel()
-    return elector.leading.is_set()
 
 
 def build_parser() -> argparse.ArgumentParser:

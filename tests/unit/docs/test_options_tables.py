@@ -58,8 +58,9 @@ def test_the_operator_options_are_the_ones_in_operator_md() -> None:
 
 
 def environment_variables_read() -> set[str]:
-    """Every environment variable the programs read (`os.environ.get("X"`, `_env("X"`)."""
-    pattern = re.compile(r"(?:_env|environ\.get)\(\s*\"([A-Z][A-Z0-9_]+)\"")
+    """Every environment variable the programs read (`os.environ.get("X"`, `_env("X"`,
+    `_env_switch("X"`)."""
+    pattern = re.compile(r"(?:_env|_env_switch|environ\.get)\(\s*\"([A-Z][A-Z0-9_]+)\"")
     sources = [*(REPO_ROOT / "operator").rglob("*.py"), *(REPO_ROOT / "node-agent").rglob("*.py")]
     return {name for source in sources for name in pattern.findall(source.read_text())}
 
