@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import FrozenInstanceError, dataclass, field, replace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from storage_driver_agent.drivers import service
 from storage_driver_agent.drivers.statemachine import (
     IDLE,
     NEVER,
@@ -239,6 +240,121 @@ def test_backoff_starts_over_after_a_stable_run() -> None:
     assert failure.attempts == 1 and failure.retry_at == 2001.0
 
 
+def separate(text: str) -> str:
+    """An equal string that is another object, as two values read from two API objects are."""
+    copy = "".join(list(text))
+    assert copy == text and copy is not text
+    return copy
+
+
+def test_an_equal_spec_delivered_again_keeps_the_verified_file_and_the_host() -> None:
+    d = desired()
+    running = ready(d, host=host_for(d, attached=frozenset({"d1"})))
+    again = replace(running, desired=replace(d, driver_name=separate(d.driver_name)))
+    assert next_action(again, PRESENT, 0) == IDLE
+    assert phase_of(again, PRESENT, 0, None) == (Phase.LOADED, "")
+
+
+def test_a_host_that_runs_what_the_spec_says_is_kept_whatever_objects_hold_the_values() -> None:
+    d = desired(config='{"read_ahead_kb":1024}')
+    host = Host(
+        pid=42,
+        driver_name=separate(d.driver_name),
+        version=separate(d.version),
+        sha256=separate("a" * 64),
+        config_json=separate(d.config_json),
+        attached=frozenset({"d1"}),
+    )
+    state = DriverState(
+        "loop-info", desired=d, artifact=artifact_for(d), file_sha=separate("a" * 64), host=host
+    )
+    assert next_action(state, PRESENT, 0) == IDLE
+
+
+@pytest.mark.parametrize(
+    "running",
+    [
+        {"sha256": "0" * 64},
+        {"sha256": "f" * 64},
+        {"driver_name": "Loop Infn"},
+        {"driver_name": "Loop Infp"},
+        {"config_json": '{"read_ahead_kb":1023}'},
+        {"config_json": '{"read_ahead_kb":1025}'},
+    ],
+    ids=lambda change: "-".join(f"{k}={v[:12]}" for k, v in change.items()),
+)
+def test_a_host_that_runs_anything_else_is_reloaded_whichever_way_the_values_sort(
+    running: dict[str, Any],
+) -> None:
+    d = desired(config='{"read_ahead_kb":1024}')
+    host = replace(host_for(d, sha="8" * 64, attached=frozenset({"d1"})), **running)
+    state = ready(d, sha="8" * 64, host=host)
+    assert next_action(state, PRESENT, 0) == Stop(StopReason.RELOAD)
+
+
+def test_a_refused_file_that_did_not_change_is_not_fetched_again() -> None:
+    d = desired()
+    refusal = Refusal(d.fetch_key, "ChecksumMismatch", "wrong sha", file_sha="b" * 64)
+    state = DriverState("loop-info", desired=d, artifact=refusal, file_sha=separate("b" * 64))
+    assert next_action(state, PRESENT, 0) == IDLE
+
+
+@pytest.mark.parametrize("old_path", ["a_old.py", "z_old.py"])
+def test_a_refusal_of_the_previous_source_is_not_reported_for_the_new_one(old_path: str) -> None:
+    d = desired()
+    old = replace(d, source=SourceRef("hostPath", old_path))
+    refusal = Refusal(old.fetch_key, "ChecksumMismatch", "wrong sha", file_sha="b" * 64)
+    state = DriverState("loop-info", desired=d, artifact=refusal, file_sha="b" * 64)
+    assert phase_of(state, PRESENT, 0, Fetch()) == (Phase.LOADING, "fetching the driver file")
+    assert phase_of(state, PRESENT, 0, None) == (Phase.PENDING, "waiting to load")
+
+
+def test_a_runtime_built_without_options_backs_off_as_the_agent_does_by_default() -> None:
+    options = service.Options()
+    assert BackoffPolicy() == BackoffPolicy(options.restart_backoff, options.restart_backoff_max)
+
+
+def test_the_agents_backoff_starts_over_after_ten_minutes_of_running() -> None:
+    """As docs/driver-runtime.md says, with the policy the agent builds from its options, on a
+    clock that, like the agent's, is far from zero."""
+    policy = BackoffPolicy(1.0, 300.0)
+    start = 1_700_000_000.0
+    first = next_failure(None, "Crashed", "", now=start, policy=policy)
+    short = next_failure(
+        first, "Crashed", "", now=start + 10.0 + 599.0, policy=policy, running_since=start + 10.0
+    )
+    assert short.attempts == 2
+    stable = next_failure(
+        first, "Crashed", "", now=start + 10.0 + 600.0, policy=policy, running_since=start + 10.0
+    )
+    assert stable.attempts == 1 and stable.retry_at == start + 10.0 + 600.0 + 1.0
+
+
+def test_the_states_and_actions_are_values() -> None:
+    """The reconciler keeps each driver's state, and the action in flight while another task
+    runs it, beside the status writer that reads them: none can change under another."""
+    d = desired()
+    failure = next_failure(None, "Crashed", "", now=0.0, policy=POLICY)
+    values: list[tuple[object, str]] = [
+        (d, "version"),
+        (artifact_for(d), "sha256"),
+        (Refusal(d.fetch_key, "ChecksumMismatch", "wrong sha"), "reason"),
+        (host_for(d), "sha256"),
+        (failure, "retry_at"),
+        (POLICY, "max_seconds"),
+        (ready(d), "host"),
+        (IDLE, "x"),
+        (Wait(1.0), "until"),
+        (Fetch(), "x"),
+        (Start(frozenset({"d1"})), "devices"),
+        (Bind(frozenset(), frozenset({"d1"})), "attach"),
+        (Stop(StopReason.RELOAD), "reason"),
+    ]
+    for value, name in values:
+        with pytest.raises(FrozenInstanceError):
+            setattr(value, name, None)
+
+
 # --- capacity --------------------------------------------------------------------------------
 
 
@@ -251,6 +367,7 @@ def test_admission_by_priority_then_name() -> None:
     ]
     assert admitted(drivers, 2) == {"z", "a"}
     assert admitted(drivers, 0) == frozenset()
+    assert admitted(drivers, -1) == frozenset()
     assert admitted(drivers, 100) == {"a", "b", "c", "z"}
 
 
@@ -441,6 +558,13 @@ def _phase_cases() -> list[tuple[str, DriverState, Any, float, tuple[Phase, str]
             (Phase.UNLOADING, "unloading (SourceRemoved)"),
         ),
         (
+            "an unload for capacity is not a reload",
+            ready(d, host=attached),
+            Stop(StopReason.CAPACITY),
+            0,
+            (Phase.UNLOADING, "unloading (CapacityExceeded)"),
+        ),
+        (
             "removed from the spec, still running",
             DriverState("loop-info", host=attached),
             None,
@@ -526,6 +650,13 @@ def _phase_cases() -> list[tuple[str, DriverState, Any, float, tuple[Phase, str]
             ready(d, failure=failure),
             None,
             failure.retry_at,
+            (Phase.PENDING, "waiting to load"),
+        ),
+        (
+            "the backoff is long over",
+            ready(d, failure=failure),
+            None,
+            failure.retry_at + 60.0,
             (Phase.PENDING, "waiting to load"),
         ),
     ]
