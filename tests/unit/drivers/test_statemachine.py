@@ -177,6 +177,7 @@ def test_a_crash_waits_out_the_backoff_before_the_next_start() -> None:
     assert next_action(state, PRESENT, 100.5) == Wait(101.0)
     assert phase_of(state, PRESENT, 100.5, None)[0] is Phase.FAILED
     assert next_action(state, PRESENT, 101.0) == Start(frozenset({"d1"}))
+    assert next_action(state, PRESENT, 500.0) == Start(frozenset({"d1"}))
 
 
 def test_a_refused_source_does_not_start() -> None:
@@ -651,6 +652,17 @@ def _phase_cases() -> list[tuple[str, DriverState, Any, float, tuple[Phase, str]
             None,
             failure.retry_at,
             (Phase.PENDING, "waiting to load"),
+        ),
+        (
+            "a device left to detach does not count as one that failed to attach",
+            ready(
+                desired(devices=frozenset({"d1", "d2"})),
+                host=host_for(desired(devices=frozenset({"d1", "d2"})), attached=frozenset({"d1", "d9"})),
+                attach_retry={"d2": 50.0},
+            ),
+            None,
+            10.0,
+            (Phase.LOADED, "1 device(s) failed to attach; retrying"),
         ),
         (
             "the backoff is long over",
