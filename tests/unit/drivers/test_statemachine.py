@@ -210,6 +210,7 @@ def test_a_refusal_is_retried_when_the_file_changes_or_its_time_comes() -> None:
     state = DriverState("loop-info", desired=d, artifact=refusal, file_sha=None)
     assert next_action(state, PRESENT, 10.0) == Wait(30.0)
     assert next_action(state, PRESENT, 30.0) == Fetch()
+    assert next_action(state, PRESENT, 45.0) == Fetch()
     assert next_action(replace(state, file_sha="c" * 64), PRESENT, 10.0) == Fetch()
 
 
@@ -652,6 +653,13 @@ def _phase_cases() -> list[tuple[str, DriverState, Any, float, tuple[Phase, str]
             None,
             failure.retry_at,
             (Phase.PENDING, "waiting to load"),
+        ),
+        (
+            "a device never tried is being bound, at any time",
+            ready(d, host=unattached),
+            None,
+            1_700_000_000.0,
+            (Phase.LOADED, "binding devices"),
         ),
         (
             "a device left to detach does not count as one that failed to attach",
