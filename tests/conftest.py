@@ -4,6 +4,7 @@ real loop devices, and the rule that nothing skips in CI."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import subprocess
@@ -33,6 +34,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.fspath)).relative_to(REPO_ROOT).parts
         if len(parts) > 1 and parts[1] in LAYER_BY_DIR:
             item.add_marker(getattr(pytest.mark, LAYER_BY_DIR[parts[1]]))
+
+
+def pytest_collect_file(file_path: Path) -> None:
+    """Property tests run without hypothesis's timing checks (a deadline per example, a health
+    check for slow input generation): on a busy shared machine those fail for the machine, not
+    the code. Set before the first module that uses hypothesis is imported (its decorators read
+    the settings then), and only then, so that runs without property tests do not import it."""
+    if file_path.suffix == ".py" and "hypothesis" in file_path.read_text():
+        _load_hypothesis_profile()
+
+
+@functools.cache
+def _load_hypothesis_profile() -> None:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("shared-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("shared-machine")
 
 
 @pytest.hookimpl(hookwrapper=True)
