@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,15 @@ from tests.bench.oncluster import run_on_local_cluster
 from tests.bench.procstat import cpu_seconds, reset_peak, rss_peak_kib, smaps_kib, wakeups
 from tests.bench.table import Table
 from tests.harness import localcluster
-from tests.harness.drivers import Agent, kill_hosts, parent_pid, process_args, start_supervisor, write_probe
+from tests.harness.drivers import (
+    Agent,
+    kill_hosts,
+    parent_pid,
+    process_args,
+    short_tmpdir,
+    start_supervisor,
+    write_probe,
+)
 from tests.harness.processes import ComponentProcess
 from tests.harness.promql import parse_scrape
 from tests.harness.replicas import free_port
@@ -180,11 +189,11 @@ async def measure_window(
     return Window(drivers, seconds, usage, +agent_delta, server_writes, uevents, peak_reset)
 
 
-async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
+async def measure(cfg: localcluster.ClusterConfig, _work: Path) -> list[Table]:
     loads = [os.getloadavg()[0]]
     windows: list[Window] = []
     health_port, metrics_port, supervisor_metrics_port = free_port(), free_port(), free_port()
-    agent = Agent(NODE, cfg.kubeconfig, NAMESPACE, work)
+    agent = Agent(NODE, cfg.kubeconfig, NAMESPACE, short_tmpdir("sdo-fp-"))  # short socket paths
     write_probe(agent.driver_dir)
     supervisor: ComponentProcess | None = None
     async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as kube, aiohttp.ClientSession() as session:
@@ -200,7 +209,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
             supervisor = await asyncio.to_thread(
                 start_supervisor,
                 agent.state_dir,
-                work / "supervisor.log",
+                agent.root / "supervisor.log",
                 "--host-start=template",
                 f"--metrics=127.0.0.1:{supervisor_metrics_port}",
             )
@@ -249,6 +258,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
             if supervisor is not None:
                 supervisor.stop()
             kill_hosts(agent.state_dir)
+            shutil.rmtree(agent.root, ignore_errors=True)
             await kube.delete(NODE_DRIVER_CONFIGS, NODE)
             await kube.delete(NODES, NODE)
     costs = await asyncio.to_thread(import_costs, cfg.kubeconfig)
