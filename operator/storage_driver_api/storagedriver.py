@@ -3,12 +3,12 @@ status written by the operator."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
-import re2
 from pydantic import Field, field_validator, model_validator
 from storage_driver_sdk.devices import DeviceType
 
@@ -49,8 +49,15 @@ CONFIG_MAX_BYTES = 16 * 1024
 MAX_UNLOAD_DELAY_SECONDS = 86400
 
 
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # a refused expression is reported to the user, not logged by RE2
+@functools.cache
+def _re2_options() -> Any:
+    # Imported on first use: the agent, which imports this module but never compiles a
+    # selector, would carry RE2 and the C++ runtime it loads (~1.8 MB resident) for nothing.
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # a refused expression is reported to the user, not logged by RE2
+    return options
 
 
 def selector_pattern(expression: str) -> Any:
@@ -58,8 +65,10 @@ def selector_pattern(expression: str) -> Any:
     length whatever the expression (Python's `re` backtracks: `(a|aa)+b` against 40 characters
     takes minutes, and the operator plans every node in one loop). Raises ValueError, naming
     what RE2 refused (backreferences and lookaround, which only backtracking can do)."""
+    import re2
+
     try:
-        return re2.compile(expression, options=_RE2_OPTIONS)
+        return re2.compile(expression, options=_re2_options())
     except re2.error as exc:
         reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         raise ValueError(

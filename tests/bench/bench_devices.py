@@ -25,6 +25,7 @@ from storage_driver_api.constants import NODE_DEVICES, NODE_LABEL, node_label_va
 from storage_driver_api.kube import KubeClient, load_kubeconfig
 
 from tests.bench.oncluster import run_on_local_cluster
+from tests.bench.procstat import rss_peak_kib
 from tests.bench.table import Table, ms, percentile
 from tests.harness import localcluster
 from tests.harness.loopdev import LoopDevice, attach, detach
@@ -121,15 +122,6 @@ def first_uevent_after(observed: Observed, name: str, since: float) -> float | N
     return next((t for t in observed.uevents.get(name, []) if t >= since), None)
 
 
-def rss_kib(pid: int) -> tuple[int, int]:
-    values: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    return values["VmRSS"], values["VmHWM"]
-
-
 async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
     node = localcluster.local_node_name()
     observed = Observed()
@@ -158,7 +150,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
             await asyncio.to_thread(agent.wait_for_log, "device discovery started", 60)
             await asyncio.sleep(1.0)  # the first pass publishes the machine's disks
             results = Results()
-            results.idle_rss_kib, _ = rss_kib(agent.pid)
+            results.idle_rss_kib, _ = rss_peak_kib(agent.pid)
             for index in range(ATTACHES):
                 backing = work / f"bench-{index}.img"
                 started = time.monotonic()
@@ -189,7 +181,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
             results.storm_seconds = time.monotonic() - storm_started
             await asyncio.sleep(3.0)
             results.storm_writes = sum(len(v) for v in observed.versions.values()) - versions_before
-            results.rss_kib, results.peak_rss_kib = rss_kib(agent.pid)
+            results.rss_kib, results.peak_rss_kib = rss_peak_kib(agent.pid)
         finally:
             agent.stop()
             for device in attached:

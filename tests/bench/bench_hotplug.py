@@ -39,9 +39,9 @@ from storage_driver_api.constants import (
 from storage_driver_api.kube import NAMESPACES, KubeClient, Resource, load_kubeconfig
 
 from tests.bench import apimetrics, trail
-from tests.bench.bench_operator import rss_mb
 from tests.bench.floor import FLOOR_STAGES_IN, FLOOR_STAGES_OUT, Floor
 from tests.bench.oncluster import run_on_local_cluster
+from tests.bench.procstat import cpu_seconds, rss_peak_kib
 from tests.bench.table import Table, ms, percentile
 from tests.harness import localcluster
 from tests.harness.loopdev import attach, detach
@@ -372,10 +372,10 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
                         rest_from = time.time()
                         cpu_before = {c.name: cpu_seconds(c.pid) for c in components}
                         await asyncio.sleep(REST_SECONDS)
-                        footprint = [
-                            (c.name, *rss_mb(c.pid), (cpu_seconds(c.pid) - cpu_before[c.name]) / REST_SECONDS)
-                            for c in components
-                        ]
+                        for c in components:
+                            rss, peak = rss_peak_kib(c.pid)
+                            cpu = (cpu_seconds(c.pid) - cpu_before[c.name]) / REST_SECONDS
+                            footprint.append((c.name, rss / 1024, peak / 1024, cpu))
                         at_rest = apimetrics.writes(await apimetrics.snapshot(kube) - before)
                         device_changes = sum(
                             1
@@ -490,12 +490,6 @@ def floor_table(floor: Samples, phases: list[Phase], load_note: str) -> Table:
             "",
         )
     return table
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def footprint_table(footprint: list[tuple[str, float, float, float]], load_note: str) -> Table:

@@ -30,12 +30,12 @@ import re
 import shutil
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 from storage_driver_api.constants import NODE_DRIVER_CONFIGS
 from storage_driver_api.kube import NAMESPACES, NODES, ApiError, KubeClient, load_kubeconfig
 
+from tests.bench.procstat import mib, rss_kib, smaps_kib
 from tests.bench.table import Table, ms, percentile
 from tests.harness import localcluster
 from tests.harness.drivers import (
@@ -61,37 +61,18 @@ STARTS = (
 )
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def mib(kib: float) -> str:
-    return f"{kib / 1024:.1f} MiB"
-
-
-def smaps_kib(pid: int) -> tuple[int, int]:
-    """(USS, PSS) in KiB: the memory only this process holds, and its share of what it shares."""
-    fields: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, value = line.split(":", 1)
-        fields[key] = int(value.split()[0])
-    return fields["Private_Clean"] + fields["Private_Dirty"], fields["Pss"]
-
-
 class StatusFollower:
     """Watches the node's NodeDriverConfig and records when each driver reaches a phase or leaves."""
 
-    def __init__(self, kube: KubeClient):
+    def __init__(self, kube: KubeClient, node: str = NODE):
         self.kube = kube
+        self.node = node
         self.phases: dict[str, str] = {}
         self.changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        obj = await self.kube.get(NODE_DRIVER_CONFIGS, NODE)
+        obj = await self.kube.get(NODE_DRIVER_CONFIGS, self.node)
         self._record(obj)
         self.task = asyncio.create_task(self._follow(str(obj["metadata"]["resourceVersion"])))
 
@@ -104,13 +85,13 @@ class StatusFollower:
         while True:
             try:
                 async for event in self.kube.watch(
-                    NODE_DRIVER_CONFIGS, resource_version=version, field_selector=f"metadata.name={NODE}"
+                    NODE_DRIVER_CONFIGS, resource_version=version, field_selector=f"metadata.name={self.node}"
                 ):
                     version = str(event.object["metadata"]["resourceVersion"])
                     if event.type != "BOOKMARK":
                         self._record(event.object)
             except ApiError:
-                obj = await self.kube.get(NODE_DRIVER_CONFIGS, NODE)
+                obj = await self.kube.get(NODE_DRIVER_CONFIGS, self.node)
                 version = str(obj["metadata"]["resourceVersion"])
                 self._record(obj)
 
@@ -137,9 +118,9 @@ def driver_names(count: int) -> list[str]:
     return [f"bench-{i:02d}" for i in range(count)]
 
 
-async def set_drivers(kube: KubeClient, names: list[str]) -> None:
+async def set_drivers(kube: KubeClient, names: list[str], node: str = NODE) -> None:
     await kube.patch(
-        NODE_DRIVER_CONFIGS, NODE, {"spec": {"drivers": [desired_driver(n, grace=5) for n in names]}}
+        NODE_DRIVER_CONFIGS, node, {"spec": {"drivers": [desired_driver(n, grace=5) for n in names]}}
     )
 
 
