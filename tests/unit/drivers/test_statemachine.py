@@ -338,6 +338,7 @@ def test_the_states_and_actions_are_values() -> None:
     d = desired()
     failure = next_failure(None, "Crashed", "", now=0.0, policy=POLICY)
     values: list[tuple[object, str]] = [
+        (SOURCE, "path"),
         (d, "version"),
         (artifact_for(d), "sha256"),
         (Refusal(d.fetch_key, "ChecksumMismatch", "wrong sha"), "reason"),
