@@ -12,13 +12,18 @@ decision); the StorageDriver deleted -> the finalizer released and the object go
 operator's peak RSS (VmHWM). The nodes and NodeDevices are kept between runs and counts (grown
 or shrunk; bench_operator's world), unless SDO_BENCH_KEEP=0 removes them at the end.
 SDO_BENCH_BOUND_DRIVERS=0 leaves out the agents' NodeDevice boundDrivers writes;
-SDO_BENCH_LOGS=DIR keeps the operator's logs there.
+SDO_BENCH_LOGS=DIR keeps the operator's logs there; SDO_BENCH_PROFILE=DIR records each operator
+process with py-spy (collapsed stacks, `py-spy` installed in the environment) for finding where
+its time goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -60,8 +65,26 @@ AGENT_WRITES = frozenset({"nodedriverconfigs/status", "nodedevices/status"})
 TARGETS = {"apply": 15.0, "delete": 15.0, "restart": 10.0, "rss": 400.0}
 
 
+PROFILE = os.environ.get("SDO_BENCH_PROFILE")
+
+
 def log(message: str) -> None:
     print(f"[bench scale] {message}", flush=True)
+
+
+def profile(operator: OperatorRun, name: str) -> subprocess.Popen[bytes] | None:
+    """py-spy recording the operator until it exits (SDO_BENCH_PROFILE)."""
+    if not PROFILE or operator.process is None:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    Path(PROFILE).mkdir(parents=True, exist_ok=True)
+    output = Path(PROFILE) / f"{name}-{operator.starts}.txt"
+    argv = [spy, "record", "--pid", str(operator.process.pid), "--format", "raw", "--rate", "50"]
+    return subprocess.Popen(
+        [*argv, "--nonblocking", "--output", str(output)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @dataclass
@@ -217,14 +240,13 @@ async def settle(fleet: Fleet, quiet: float = 2.0, timeout: float = PHASE_TIMEOU
     raise AssertionError(f"the simulated agents were still busy after {timeout:.0f}s")
 
 
+STAGES = ("last spec change seen by an agent", "last agent status write", "last boundDrivers write")
+
+
 def stages(fleet: Fleet, started: float) -> dict[str, float]:
     marks = fleet.marks
-    found = {
-        "last spec change seen by an agent": marks.spec_seen,
-        "last agent status write": marks.status_written,
-        "last boundDrivers write": marks.bindings_written,
-    }
-    return {stage: at - started for stage, at in found.items() if at >= started}
+    found = zip(STAGES, (marks.spec_seen, marks.status_written, marks.bindings_written), strict=True)
+    return {stage: at - started for stage, at in found if at >= started}
 
 
 async def measure_count(
@@ -242,10 +264,12 @@ async def measure_count(
     log(f"the agents' NodeDriverConfigs and reports in {time.monotonic() - started:.1f}s")
     fleet.start()
     operator = OperatorRun(cluster, Path(os.environ.get("SDO_BENCH_LOGS") or logs) / f"{count}")
+    spies: list[subprocess.Popen[bytes] | None] = []
     try:
         load = os.getloadavg()[0]
         ready = await operator.start_async()
         assert operator.process is not None
+        spies.append(profile(operator, f"{count}"))
         await settle(fleet)  # leftovers of an interrupted run, if any
         result.phases["start"] = Phase(ready, peak_mb=rss_mb(operator.process.pid)[1], load=load)
         log(f"operator ready in {ready:.2f}s; {operator.ready_line().split(' ready ', 1)[1]}")
@@ -275,6 +299,7 @@ async def measure_count(
         before = await mark(kube)
         load = os.getloadavg()[0]
         ready = await operator.start_async()
+        spies.append(profile(operator, f"{count}"))
         await asyncio.sleep(QUIET_SECONDS)
         phase = Phase(ready, load=load)
         phase.writes = operator_writes(await writes_since(kube, before))
@@ -307,6 +332,7 @@ async def measure_count(
         load = os.getloadavg()[0]
         started = time.monotonic()
         ready = await operator.start_async()
+        spies.append(profile(operator, f"{count}"))
         decided_at = await watcher
         await asyncio.sleep(QUIET_SECONDS)
         phase = Phase(None if decided_at is None else decided_at - started, load=load)
@@ -341,6 +367,9 @@ async def measure_count(
     finally:
         operator.stop()
         await fleet.stop()
+        for spy in spies:
+            if spy is not None:
+                spy.wait(60)
     return result
 
 
@@ -386,24 +415,17 @@ def table(results: list[Result]) -> Table:
         "",
         lambda r: seconds(r.phases["start"].seconds),
     )
-    row(
-        "apply a StorageDriver matching every device -> Loaded on every node",
-        "<= 15 s",
-        lambda r: seconds(r.phases["apply"].seconds),
-    )
-    for name in ("last spec change seen by an agent", "last agent status write", "last boundDrivers write"):
-        row(f"  apply -> {name}", "", stage("apply", name))
-    row("  writes: operator", "", writes("apply", operator_writes))
-    row("  writes: agents", "", writes("apply", agent_writes))
-    row(
-        "delete it -> finalizer released, object gone",
-        "<= 15 s",
-        lambda r: seconds(r.phases["delete"].seconds),
-    )
-    for name in ("last spec change seen by an agent", "last agent status write", "last boundDrivers write"):
-        row(f"  delete -> {name}", "", stage("delete", name))
-    row("  writes: operator", "", writes("delete", operator_writes))
-    row("  writes: agents", "", writes("delete", agent_writes))
+
+    def converge(phase: str, what: str) -> None:
+        """The phase's time, when the agents last worked in it, and who wrote what."""
+        row(what, f"<= {TARGETS[phase]:.0f} s", lambda r: seconds(r.phases[phase].seconds))
+        for name in STAGES:
+            row(f"  {phase} -> {name}", "", stage(phase, name))
+        row("  writes: operator", "", writes(phase, operator_writes))
+        row("  writes: agents", "", writes(phase, agent_writes))
+
+    converge("apply", "apply a StorageDriver matching every device -> Loaded on every node")
+    converge("delete", "delete it -> finalizer released, object gone")
     row("operator restart -> ready", "<= 10 s", lambda r: seconds(r.phases["restart"].seconds))
     row(f"  operator writes, start to {QUIET_SECONDS:.0f} s after ready", "0", writes("restart", lambda c: c))
     row(
@@ -411,7 +433,7 @@ def table(results: list[Result]) -> Table:
         "<= 10 s",
         lambda r: seconds(r.phases["decision"].seconds),
     )
-    row("  of which to ready", "", stage("decision", "ready"))
+    row("  that start -> ready", "", stage("decision", "ready"))
     row("  operator writes (the decision: 1 spec patch)", "1", writes("decision", lambda c: c))
     for phase, what in (
         ("start", "after the first start"),
@@ -429,7 +451,8 @@ def table(results: list[Result]) -> Table:
         "",
         lambda r: f"{r.phases['apply'].load:.1f} / {r.phases['delete'].load:.1f}",
     )
-    result = Table("Scale: 1,000 and 5,000 simulated nodes, agents answering", columns, command=COMMAND)
+    counts = " and ".join(f"{r.nodes:,}" for r in results)
+    result = Table(f"Scale: {counts} simulated nodes, agents answering", columns, command=COMMAND)
     result.rows = rows
     result.notes = (
         f"{DEVICES_PER_NODE} NodeDevices per node (loop, NVMe namespaces, SCSI disks), one StorageDriver "
