@@ -9,8 +9,8 @@ real agent's status code). Measured for each node count (SDO_BENCH_SCALE_NODES, 
 every node; an operator restart -> ready, and the writes it made (the API server's /metrics); a
 restart after a device arrived while the operator was down -> the spec binds it (its first
 decision); the StorageDriver deleted -> the finalizer released and the object gone; the
-operator's peak RSS (VmHWM). The nodes and NodeDevices are kept between runs and counts (grown
-or shrunk; bench_operator's world), unless SDO_BENCH_KEEP=0 removes them at the end.
+operator's peak RSS (VmHWM). The nodes and NodeDevices are bench_operator's, grown (or shrunk)
+from one count to the next; SDO_BENCH_KEEP=1 keeps them for the next run, as there.
 SDO_BENCH_BOUND_DRIVERS=0 leaves out the agents' NodeDevice boundDrivers writes;
 SDO_BENCH_LOGS=DIR keeps the operator's logs there; SDO_BENCH_PROFILE=DIR records each operator
 process with py-spy (collapsed stacks, `py-spy` installed in the environment) for finding where
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from storage_driver_api.constants import MANAGED_BY_LABEL, NODE_DEVICES, NODE_DRIVER_CONFIGS, STORAGE_DRIVERS
 from storage_driver_api.events import EVENT_NAMESPACE
 from storage_driver_api.kube import EVENTS, NODES, ApiError, KubeClient, load_kubeconfig
@@ -39,6 +40,7 @@ from tests.bench import apimetrics
 from tests.bench.bench_operator import (
     BENCH_LABEL,
     DEVICES_PER_NODE,
+    KEEP,
     OperatorRun,
     clean,
     delete_collection,
@@ -54,7 +56,6 @@ from tests.integration.operator import simulated as sim
 
 COUNTS = tuple(int(n) for n in os.environ.get("SDO_BENCH_SCALE_NODES", "1000,5000").split(",") if n.strip())
 BINDINGS = os.environ.get("SDO_BENCH_BOUND_DRIVERS", "1") != "0"
-KEEP = os.environ.get("SDO_BENCH_KEEP", "1") != "0"
 COMMAND = "python -m tests.bench scale --write"
 DRIVER = "scale-all"
 ALL_TYPES = ["loop", "nvme-namespace", "scsi-disk"]  # every type bench_operator's devices have
@@ -69,7 +70,11 @@ PROFILE = os.environ.get("SDO_BENCH_PROFILE")
 
 
 def log(message: str) -> None:
-    print(f"[bench scale] {message}", flush=True)
+    """With the time of day, to hold beside the operator's log (SDO_BENCH_LOGS)."""
+    print(
+        f"[bench scale] {time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {message}",
+        flush=True,
+    )
 
 
 def profile(operator: OperatorRun, name: str) -> subprocess.Popen[bytes] | None:
@@ -101,6 +106,24 @@ class Result:
     nodes: int
     devices: int
     phases: dict[str, Phase] = field(default_factory=dict)
+    failure: str | None = None  # why the count did not finish
+    fleet: Fleet | None = None  # its agents, while they run
+
+
+async def progress(result: Result, every: float = 20.0) -> None:
+    """A line now and then while a long phase runs: what the agents have done so far."""
+    last = None
+    while True:
+        await asyncio.sleep(every)
+        if result.fleet is not None:
+            marks = result.fleet.marks
+            now = (marks.status_writes, marks.binding_writes, marks.errors)
+            if now != last:
+                log(
+                    f"{result.nodes} nodes, {len(result.phases)} phases done; agents in this phase: "
+                    f"{now[0]} status writes, {now[1]} boundDrivers writes, {now[2]} errors"
+                )
+            last = now
 
 
 def operator_writes(delta: apimetrics.Counts) -> apimetrics.Counts:
@@ -250,15 +273,15 @@ def stages(fleet: Fleet, started: float) -> dict[str, float]:
 
 
 async def measure_count(
-    kube: KubeClient, cluster: localcluster.ClusterConfig, logs: Path, count: int
-) -> Result:
-    devices = count * DEVICES_PER_NODE
+    kube: KubeClient, cluster: localcluster.ClusterConfig, logs: Path, result: Result
+) -> None:
+    """Fill `result` phase by phase (what a count that does not finish reached stays)."""
+    count, devices = result.nodes, result.devices
     log(f"=== {count:,} nodes x {DEVICES_PER_NODE} devices = {devices:,} NodeDevices")
     await remove_drivers(kube)
     uids, bound = await grow_world(kube, count)
     await nodes_marked(kube, uids)
-    result = Result(count, devices)
-    fleet = Fleet(kube, uids, bound, label=BENCH_LABEL, bindings=BINDINGS)
+    fleet = result.fleet = Fleet(kube, uids, bound, label=BENCH_LABEL, bindings=BINDINGS)
     started = time.monotonic()
     await fleet.prepare()
     log(f"the agents' NodeDriverConfigs and reports in {time.monotonic() - started:.1f}s")
@@ -281,6 +304,7 @@ async def measure_count(
         before = await mark(kube)
         load = os.getloadavg()[0]
         started = time.monotonic()
+        log(f"applying {DRIVER}")
         await kube.create(STORAGE_DRIVERS, body)
         loaded_at = await watch_until(kube, STORAGE_DRIVERS, DRIVER, version, loaded_everywhere(count))
         phase = Phase(None if loaded_at is None else loaded_at - started, load=load)
@@ -344,6 +368,9 @@ async def measure_count(
             f"restart with a new device: ready {ready:.2f}s, decided {phase.seconds}s; writes {apimetrics.describe(phase.writes)}"
         )
         await kube.delete(NODE_DEVICES, hot)
+        await watch_until(
+            kube, NODE_DRIVER_CONFIGS, node, config["metadata"]["resourceVersion"], lambda o: not binds(o)
+        )
         await settle(fleet)
 
         # Delete: the finalizer is released once every node reports the driver unloaded.
@@ -352,6 +379,7 @@ async def measure_count(
         before = await mark(kube)
         load = os.getloadavg()[0]
         started = time.monotonic()
+        log(f"deleting {DRIVER}")
         await kube.delete(STORAGE_DRIVERS, DRIVER)
         gone_at = await watch_until(
             kube, STORAGE_DRIVERS, DRIVER, obj["metadata"]["resourceVersion"], lambda o: o is None
@@ -370,7 +398,6 @@ async def measure_count(
         for spy in spies:
             if spy is not None:
                 spy.wait(60)
-    return result
 
 
 async def measure(cluster: localcluster.ClusterConfig, logs: Path) -> list[Table]:
@@ -379,7 +406,16 @@ async def measure(cluster: localcluster.ClusterConfig, logs: Path) -> list[Table
     async with KubeClient(load_kubeconfig(cluster.kubeconfig), request_timeout=900) as kube:
         try:
             for count in sorted(COUNTS):
-                results.append(await measure_count(kube, cluster, logs, count))
+                result = Result(count, count * DEVICES_PER_NODE)
+                results.append(result)
+                reporter = asyncio.create_task(progress(result))
+                try:
+                    await measure_count(kube, cluster, logs, result)
+                except (AssertionError, ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    result.failure = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                    log(f"{count} nodes did not finish: {result.failure}")
+                finally:
+                    reporter.cancel()
         finally:
             await remove_drivers(kube)
             await delete_collection(kube, NODE_DRIVER_CONFIGS, BENCH_LABEL)
@@ -398,59 +434,43 @@ def table(results: list[Result]) -> Table:
     columns = ["measured", "target", *(f"{r.nodes:,} nodes ({r.devices:,} NodeDevices)" for r in results)]
     rows: list[list[str]] = []
 
-    def row(what: str, target: str, cell: Callable[[Result], str]) -> None:
-        rows.append([what, target, *(cell(r) for r in results)])
+    def row(what: str, target: str, phase: str, cell: Callable[[Phase], str]) -> None:
+        rows.append([what, target, *(cell(r.phases[phase]) if phase in r.phases else "-" for r in results)])
 
-    def stage(phase: str, name: str) -> Callable[[Result], str]:
-        return lambda r: seconds(r.phases[phase].stages.get(name)) if name in r.phases[phase].stages else "-"
+    def took(p: Phase) -> str:
+        return seconds(p.seconds)
 
-    def writes(phase: str, pick: Callable[[apimetrics.Counts], apimetrics.Counts]) -> Callable[[Result], str]:
-        return lambda r: apimetrics.describe(pick(r.phases[phase].writes))
+    def stage(name: str) -> Callable[[Phase], str]:
+        return lambda p: seconds(p.stages[name]) if name in p.stages else "-"
 
-    def peak(phase: str) -> Callable[[Result], str]:
-        return lambda r: f"{r.phases[phase].peak_mb:.0f} MB"
-
-    row(
-        "operator start (agents' NodeDriverConfigs there) -> ready",
-        "",
-        lambda r: seconds(r.phases["start"].seconds),
-    )
+    def writes(pick: Callable[[apimetrics.Counts], apimetrics.Counts]) -> Callable[[Phase], str]:
+        return lambda p: apimetrics.describe(pick(p.writes))
 
     def converge(phase: str, what: str) -> None:
         """The phase's time, when the agents last worked in it, and who wrote what."""
-        row(what, f"<= {TARGETS[phase]:.0f} s", lambda r: seconds(r.phases[phase].seconds))
+        row(what, f"<= {TARGETS[phase]:.0f} s", phase, took)
         for name in STAGES:
-            row(f"  {phase} -> {name}", "", stage(phase, name))
-        row("  writes: operator", "", writes(phase, operator_writes))
-        row("  writes: agents", "", writes(phase, agent_writes))
+            row(f"  {phase} -> {name}", "", phase, stage(name))
+        row("  writes: operator", "", phase, writes(operator_writes))
+        row("  writes: agents", "", phase, writes(agent_writes))
+        row("  machine load (1 min) at the start", "", phase, lambda p: f"{p.load:.1f}")
 
+    row("operator start (agents' NodeDriverConfigs there) -> ready", "", "start", took)
     converge("apply", "apply a StorageDriver matching every device -> Loaded on every node")
+    row("operator restart -> ready", "<= 10 s", "restart", took)
+    row(f"  operator writes, start to {QUIET_SECONDS:.0f} s after ready", "0", "restart", writes(lambda c: c))
+    row("restart after a device arrived while down -> spec binds it", "<= 10 s", "decision", took)
+    row("  that start -> ready", "", "decision", stage("ready"))
+    row("  operator writes (the decision: 1 spec patch)", "1", "decision", writes(lambda c: c))
     converge("delete", "delete it -> finalizer released, object gone")
-    row("operator restart -> ready", "<= 10 s", lambda r: seconds(r.phases["restart"].seconds))
-    row(f"  operator writes, start to {QUIET_SECONDS:.0f} s after ready", "0", writes("restart", lambda c: c))
-    row(
-        "restart after a device arrived while down -> spec binds it",
-        "<= 10 s",
-        lambda r: seconds(r.phases["decision"].seconds),
-    )
-    row("  that start -> ready", "", stage("decision", "ready"))
-    row("  operator writes (the decision: 1 spec patch)", "1", writes("decision", lambda c: c))
     for phase, what in (
         ("start", "after the first start"),
         ("apply", "after apply"),
         ("restart", "after a restart"),
         ("delete", "after restart + delete"),
     ):
-        row(
-            f"operator peak RSS (VmHWM) {what}",
-            "<= 400 MB",
-            peak(phase),
-        )
-    row(
-        "machine load (1 min) at apply / delete",
-        "",
-        lambda r: f"{r.phases['apply'].load:.1f} / {r.phases['delete'].load:.1f}",
-    )
+        row(f"operator peak RSS (VmHWM) {what}", "<= 400 MB", phase, lambda p: f"{p.peak_mb:.0f} MB")
+    failures = "".join(f" {r.nodes:,} nodes did not finish: {r.failure}." for r in results if r.failure)
     counts = " and ".join(f"{r.nodes:,}" for r in results)
     result = Table(f"Scale: {counts} simulated nodes, agents answering", columns, command=COMMAND)
     result.rows = rows
@@ -464,7 +484,7 @@ def table(results: list[Result]) -> Table:
         "and Ready=True (Loaded), seen by a watch. Writes from the API server's /metrics "
         "(apiserver_request_total), by verb and resource; operator = nodedriverconfigs (spec), "
         "storagedrivers, events. The control plane, the operator and the simulated agents share the "
-        "machine's 2 cores."
+        "machine's 2 cores." + failures
     )
     return result
 
