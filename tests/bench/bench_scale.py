@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 from storage_driver_api.constants import MANAGED_BY_LABEL, NODE_DEVICES, NODE_DRIVER_CONFIGS, STORAGE_DRIVERS
 from storage_driver_api.events import EVENT_NAMESPACE
-from storage_driver_api.kube import EVENTS, NODES, ApiError, KubeClient, load_kubeconfig
+from storage_driver_api.kube import EVENTS, ApiError, KubeClient, load_kubeconfig
 
 from tests.bench import apimetrics
 from tests.bench.bench_operator import (
@@ -162,26 +162,6 @@ async def writes_since(kube: KubeClient, before: Before) -> apimetrics.Counts:
     return delta
 
 
-async def nodes_marked(kube: KubeClient, nodes: Mapping[str, str], timeout: float = 300) -> None:
-    """Until the node controller has marked every simulated Node NotReady (they have no kubelet:
-    40 s after their last heartbeat it updates each Node and posts an Event), so that this burst
-    of writes does not fall into a measurement."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        items, _ = await kube.list(NODES, label_selector=BENCH_LABEL, limit=1000)
-        fresh = [
-            n["metadata"]["name"]
-            for n in items
-            if n["metadata"]["name"] in nodes
-            and sim.condition(n.get("status") or {}, "Ready").get("status") == "True"
-        ]
-        if not fresh:
-            return
-        log(f"waiting for the node controller to mark {len(fresh)} simulated Nodes NotReady")
-        await asyncio.sleep(10)
-    log("the node controller did not mark every simulated Node in time; going on")
-
-
 def agent_writes(delta: apimetrics.Counts) -> apimetrics.Counts:
     return Counter({k: n for k, n in apimetrics.writes(delta).items() if k[1] in AGENT_WRITES})
 
@@ -280,7 +260,6 @@ async def measure_count(
     log(f"=== {count:,} nodes x {DEVICES_PER_NODE} devices = {devices:,} NodeDevices")
     await remove_drivers(kube)
     uids, bound = await grow_world(kube, count)
-    await nodes_marked(kube, uids)
     fleet = result.fleet = Fleet(kube, uids, bound, label=BENCH_LABEL, bindings=BINDINGS)
     started = time.monotonic()
     await fleet.prepare()
