@@ -21,12 +21,11 @@ from typing import Any
 
 from storage_driver_api.constants import (
     LEASE_NAMESPACE_DEFAULT,
+    LEASE_PREFIX,
     MANAGED_BY_LABEL,
     NODE_DEVICES,
     NODE_DRIVER_CONFIGS,
-    NODE_LABEL,
     STORAGE_DRIVERS,
-    node_label_value,
 )
 from storage_driver_api.kube import LEASES, NODES, ApiError, KubeClient, Resource, load_kubeconfig
 
@@ -207,9 +206,11 @@ async def grow_world(kube: KubeClient, count: int) -> tuple[dict[str, str], dict
     wanted = [node_name(i) for i in range(count)]
     extra = sorted(set(uids) - set(wanted))
     if extra:
-        log(f"removing {len(extra)} nodes beyond {count} (and their NodeDevices)")
-        for name in extra:
-            await delete_collection(kube, NODE_DEVICES, f"{NODE_LABEL}={node_label_value(name)}")
+        log(f"removing {len(extra)} nodes beyond {count} (their NodeDevices and Leases too)")
+        gone = set(extra)
+        owned = [d for d in await bench_devices(kube) if d.rsplit("-", 1)[0] in gone]
+        await bounded(kube.delete(NODE_DEVICES, name) for name in owned)
+        await bounded(kube.delete(LEASES, LEASE_PREFIX + name, LEASE_NAMESPACE_DEFAULT) for name in extra)
         await bounded(kube.delete(NODES, name) for name in extra)
         for name in extra:
             del uids[name]
