@@ -56,7 +56,17 @@ from tests.integration.operator import simulated as sim
 
 COUNTS = tuple(int(n) for n in os.environ.get("SDO_BENCH_SCALE_NODES", "1000,5000").split(",") if n.strip())
 BINDINGS = os.environ.get("SDO_BENCH_BOUND_DRIVERS", "1") != "0"
-COMMAND = "python -m tests.bench scale --write"
+# The command as run, with the settings that change what is measured.
+COMMAND = " ".join(
+    [
+        *(
+            f"{k}={os.environ[k]}"
+            for k in ("SDO_BENCH_SCALE_NODES", "SDO_BENCH_BOUND_DRIVERS")
+            if k in os.environ
+        ),
+        "python -m tests.bench scale --write",
+    ]
+)
 DRIVER = "scale-all"
 ALL_TYPES = ["loop", "nvme-namespace", "scsi-disk"]  # every type bench_operator's devices have
 PHASE_TIMEOUT = 900.0
