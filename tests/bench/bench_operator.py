@@ -21,6 +21,7 @@ from typing import Any
 
 from storage_driver_api.constants import (
     LEASE_NAMESPACE_DEFAULT,
+    LEASE_PREFIX,
     MANAGED_BY_LABEL,
     NODE_DEVICES,
     NODE_DRIVER_CONFIGS,
@@ -179,6 +180,66 @@ async def keep_only_the_world(kube: KubeClient) -> None:
     )
 
 
+async def bench_devices(kube: KubeClient) -> dict[str, list[str]]:
+    """Every benchmark NodeDevice: name -> its status.boundDrivers (page by page, names only,
+    so that 80,000 of them do not fill this process)."""
+    found: dict[str, list[str]] = {}
+    token: str | None = None
+    while True:
+        page = await kube.list_page(
+            NODE_DEVICES, label_selector=BENCH_LABEL, limit=1000, continue_token=token
+        )
+        for item in page.get("items") or []:
+            found[item["metadata"]["name"]] = list((item.get("status") or {}).get("boundDrivers") or [])
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return found
+
+
+async def grow_world(kube: KubeClient, count: int) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """`count` benchmark nodes (with fresh Leases) x 16 NodeDevices, creating only what is missing
+    and removing benchmark nodes beyond `count` and latency devices: (node -> uid, device ->
+    boundDrivers)."""
+    await sim.ensure_lease_namespace(kube)
+    nodes, _ = await kube.list(NODES, label_selector=BENCH_LABEL)
+    uids = {n["metadata"]["name"]: str(n["metadata"]["uid"]) for n in nodes}
+    wanted = [node_name(i) for i in range(count)]
+    extra = sorted(set(uids) - set(wanted))
+    if extra:
+        log(f"removing {len(extra)} nodes beyond {count} (their NodeDevices and Leases too)")
+        gone = set(extra)
+        owned = [d for d in await bench_devices(kube) if d.rsplit("-", 1)[0] in gone]
+        await bounded(kube.delete(NODE_DEVICES, name) for name in owned)
+        await bounded(kube.delete(LEASES, LEASE_PREFIX + name, LEASE_NAMESPACE_DEFAULT) for name in extra)
+        await bounded(kube.delete(NODES, name) for name in extra)
+        for name in extra:
+            del uids[name]
+    started = time.monotonic()
+
+    async def node_job(name: str) -> None:
+        if name in uids:
+            await sim.renew_lease(kube, name, duration=3600)
+        else:
+            uids[name] = await create_node(kube, name)
+
+    await bounded(node_job(n) for n in wanted)
+    log(f"{count} nodes with fresh Leases in {time.monotonic() - started:.1f}s")
+    devices = await bench_devices(kube)
+    hot = [name for name in devices if "-hot" in name]
+    await bounded(kube.delete(NODE_DEVICES, name) for name in hot)
+    for name in hot:
+        del devices[name]
+    missing = [(n, j) for n in wanted for j in range(DEVICES_PER_NODE) if f"{n}-d{j:02d}" not in devices]
+    if missing:
+        started = time.monotonic()
+        log(f"creating {len(missing)} NodeDevices ({len(devices)} kept from an earlier run)")
+        await bounded(create_device(kube, n, uids[n], j) for n, j in missing)
+        seconds = time.monotonic() - started
+        log(f"{len(missing)} NodeDevices in {seconds:.1f}s ({len(missing) / seconds:.0f}/s)")
+        devices.update({f"{n}-d{j:02d}": [] for n, j in missing})
+    return uids, devices
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process in MB."""
     values = {}
@@ -198,6 +259,23 @@ class OperatorRun:
 
     def start(self, *extra: str) -> float:
         """Start it and wait for its `ready` line; seconds from spawn to ready."""
+        started = self.spawn(*extra)
+        assert self.process is not None
+        self.process.wait_for_log(" ready ", timeout=600)
+        return time.monotonic() - started
+
+    async def start_async(self, *extra: str, timeout: float = 600) -> float:
+        """`start` for a caller whose event loop must go on meanwhile (simulated agents)."""
+        started = self.spawn(*extra)
+        assert self.process is not None
+        while " ready " not in self.process.log(100_000):
+            if not self.process.running or time.monotonic() - started > timeout:
+                raise AssertionError(f"the operator did not become ready:\n{self.process.log()}")
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+    def spawn(self, *extra: str) -> float:
+        """Start the process; its monotonic start time."""
         self.starts += 1
         started = time.monotonic()
         self.process = ComponentProcess(
@@ -215,8 +293,7 @@ class OperatorRun:
             self.logs / f"operator-{self.starts}.log",
             env={"KUBECONFIG": str(self.cluster.kubeconfig)},
         ).start()
-        self.process.wait_for_log(" ready ", timeout=600)
-        return time.monotonic() - started
+        return started
 
     def timings(self) -> str:
         """The operator's own account of its start: each list's duration, and ready."""

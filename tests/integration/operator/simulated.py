@@ -1,14 +1,18 @@
 """What a node's agent writes, written by the test instead: NodeDevices (spec, then the Present
 condition in status, as the agent must since status cannot be set on create), the Lease it
-renews, and its report in NodeDriverConfig status. Shared by the integration tests and the
-operator benchmark."""
+renews, and its report in NodeDriverConfig status (`agent_status` builds it with the agent's own
+pure status code, as a healthy agent whose drivers all load would). Shared by the integration
+tests and the operator benchmarks."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
+from storage_driver_agent.drivers.statemachine import Artifact, DriverState, Host, wanted_devices
+from storage_driver_agent.drivers.status import DriverReport, NodeReport, build_status, desired_from_api
 from storage_driver_api.constants import (
     API_VERSION,
     DEVICE_TYPE_LABEL,
@@ -21,6 +25,9 @@ from storage_driver_api.constants import (
     node_label_value,
 )
 from storage_driver_api.kube import LEASES, NAMESPACES, NODES, ApiError, KubeClient
+from storage_driver_api.nodedriverconfig import NodeDriverConfigSpec, NodeDriverConfigStatus
+
+SIMULATED_AGENT_VERSION = "0.0.0+simulated"
 
 
 def stamp(at: dt.datetime | None = None) -> str:
@@ -230,3 +237,52 @@ async def driver_status(kube: KubeClient, name: str) -> dict[str, Any]:
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+def agent_status(
+    config: Mapping[str, Any],
+    *,
+    started: dict[str, float],
+    boot_id: str = "",
+    previous: NodeDriverConfigStatus | None = None,
+    now: float | None = None,
+) -> NodeDriverConfigStatus:
+    """The status a healthy agent reports for this NodeDriverConfig once it acted on its spec:
+    every driver Loaded (its file verified, a host running) with every device the spec names
+    bound, observedGeneration the spec's generation, built by the agent's own `build_status`.
+    A driver gone from the spec is gone from the status, as after a finished unload.
+    `started` (driver -> host start time) is kept by the caller, so an unchanged spec gives an
+    unchanged status; `previous` keeps the conditions' transition times."""
+    at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    clock = now if now is not None else at.timestamp()
+    spec = NodeDriverConfigSpec.model_validate(config.get("spec") or {})
+    reports = []
+    for index, entry in enumerate(spec.drivers):
+        desired = desired_from_api(entry)
+        sha = entry.source.sha256 or sha256_of(entry.name)
+        start = started.setdefault(entry.name, clock)
+        host = Host(
+            pid=40000 + index,
+            driver_name=desired.driver_name,
+            version=desired.version,
+            sha256=sha,
+            config_json=desired.config_json,
+            attached=wanted_devices(desired, desired.devices),  # the node has every device named
+            started_at=start,
+        )
+        artifact = Artifact(desired.fetch_key, sha, class_name="SimulatedDriver")
+        state = DriverState(entry.name, desired=desired, artifact=artifact, file_sha=sha, host=host)
+        reports.append(DriverReport(state))
+    for name in [n for n in started if n not in {d.name for d in spec.drivers}]:
+        del started[name]
+    report = NodeReport(
+        generation=(config.get("metadata") or {}).get("generation"),
+        boot_id=boot_id,
+        agent_version=SIMULATED_AGENT_VERSION,
+        max_loaded_drivers=100,
+        drivers=reports,
+        available=[],
+        previous=previous,
+    )
+    present = frozenset(d for entry in spec.drivers for d in entry.devices)
+    return build_status(report, present, clock, at)
