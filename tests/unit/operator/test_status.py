@@ -412,3 +412,121 @@ def test_an_unload_blocked_by_a_device_in_use_is_reported_and_announced() -> Non
     # Once the host is gone, a stale list counts for nothing.
     done = DriverRun("Pending", unload_blocked="a-dev (x)")
     assert NodeDriverState("a", gone, done).failure() is None
+
+
+# --- what the full mutation run of status.py found unpinned ----------------------------------
+
+
+def test_node_states_and_observations_are_values() -> None:
+    """A round's states and observations are kept for the next round's Events: none can change."""
+    state = load("a")
+    for value, name in [(state, "run"), (observe(state), "phase")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, name, None)
+
+
+def test_a_failing_nodes_message_is_cut_to_what_the_api_accepts() -> None:
+    status = aggregate(driver(), [load("a", phase="Failed", error_message="x" * 5000)], AT)
+    assert status.failing_nodes[0].message == "x" * 1024
+
+
+def test_ready_names_the_first_reason_in_order_when_no_node_failed_to_load() -> None:
+    states = [
+        skip("a", Reason.DRIVER_NOT_AVAILABLE, has_hardware=True),
+        skip("b", Reason.CAPACITY_EXCEEDED, has_hardware=True),
+    ]
+    assert cond(aggregate(driver(), states, AT), "Ready").reason == "CapacityExceeded"
+
+
+def test_exactly_three_nodes_are_named_without_more() -> None:
+    states = [load(n, phase="Loading") for n in ("a", "b", "c")]
+    assert cond(aggregate(driver(), states, AT), "Progressing").message == "loading on 3 nodes: a, b, c"
+
+
+def test_hundreds_of_nodes_loaded_are_ready() -> None:
+    """Counts are compared by value (small integers are shared objects, larger ones are not)."""
+    status = aggregate(driver(), [load(f"n{i:03}") for i in range(300)], AT)
+    assert (cond(status, "Ready").status, cond(status, "Ready").reason) == ("True", "Loaded")
+
+
+def test_while_deleting_only_an_unload_blocked_node_blocks() -> None:
+    deleting = driver(deleting=True)
+    crashed = NodeDriverState(
+        "a",
+        Decision("drv", Action.UNLOAD, Reason.NODE_NOT_SELECTED, "deleting"),
+        DriverRun(phase="Failed", version="1.0.0", error_reason="Crashed"),
+    )
+    status = aggregate(deleting, [crashed], AT)  # crashed while deleted: it runs no more
+    assert cond(status, "Progressing").reason == "Unloaded"
+    blocked = NodeDriverState(
+        "a",
+        Decision("drv", Action.UNLOAD, Reason.NODE_NOT_SELECTED, "deleting"),
+        DriverRun(phase="Failed", version="1.0.0", error_reason="".join(list("UnloadBlocked"))),
+    )
+    assert cond(aggregate(deleting, [blocked], AT), "Progressing").reason == "UnloadBlocked"
+
+
+def test_a_rollback_that_loads_is_a_loaded_event() -> None:
+    before = {"a": observe(load("a", version="2.0.0"))}
+    after = {"a": observe(load("a", version="1.0.0"))}
+    assert [(e.reason, e.message) for e in transitions(before, after, [], [])] == [
+        ("Loaded", "node a: version 1.0.0")
+    ]
+
+
+def test_a_node_that_fails_at_its_first_report_is_a_warning() -> None:
+    after = {"a": observe(load("a", phase="Failed", error_reason="Crashed", error_message="boom"))}
+    events = transitions({}, after, [], [])
+    assert ("Warning", "LoadFailed", "node a: boom") in [(e.type, e.reason, e.message) for e in events]
+
+
+def test_a_node_whose_placement_problem_changes_gets_the_new_one() -> None:
+    before = {"a": observe(skip("a", Reason.DRIVER_NOT_AVAILABLE, has_hardware=True))}
+    after = {"a": observe(skip("a", Reason.CAPACITY_EXCEEDED, has_hardware=True))}
+    assert [(e.type, e.reason) for e in transitions(before, after, [], [])] == [
+        ("Warning", "CapacityExceeded")
+    ]
+
+
+def test_one_event_for_many_nodes_carries_the_first_nodes_message() -> None:
+    after = {
+        f"n{i}": observe(load(f"n{i}", phase="Failed", error_reason="Crashed", error_message=f"exit {i}"))
+        for i in range(5)
+    }
+    failed = [e for e in transitions({}, after, [], []) if e.reason == "LoadFailed"]
+    assert [e.message for e in failed] == ["5 nodes (n0, n1, n2 and 2 more): exit 0"]
+
+
+def test_a_node_without_hardware_is_not_waited_for_whatever_its_reason() -> None:
+    states = [load("a"), skip("b", Reason.DRIVER_NOT_AVAILABLE, has_hardware=False)]
+    ready = cond(aggregate(driver(), states, AT), "Ready")
+    assert (ready.status, ready.reason) == ("True", "Loaded")
+
+
+def test_a_failed_unload_is_not_an_unload_blocked_by_a_device_in_use() -> None:
+    deleting = driver(deleting=True)
+    failed = NodeDriverState(
+        "a",
+        Decision("drv", Action.UNLOAD, Reason.NODE_NOT_SELECTED, "deleting"),
+        DriverRun(
+            phase="Failed", version="1.0.0", error_reason="UnloadFailed", error_message="stop() raised"
+        ),
+    )
+    assert cond(aggregate(deleting, [failed], AT), "Progressing").reason == "Unloaded"
+    before = {"a": observe(load("a"))}
+    events = transitions(before, {"a": observe(failed)}, [], [])
+    assert "UnloadBlocked" not in [e.reason for e in events]
+
+
+@pytest.mark.parametrize("previous", ["UnloadFailed", "Crashed"])
+def test_a_node_newly_blocked_by_a_device_in_use_is_a_warning(previous: str) -> None:
+    def reported(reason: str) -> NodeDriverState:
+        return load("a", phase="Failed", error_reason=reason, error_message="held by /mnt")
+
+    events = transitions(
+        {"a": observe(reported(previous))}, {"a": observe(reported("UnloadBlocked"))}, [], []
+    )
+    assert ("Warning", "UnloadBlocked") in [(e.type, e.reason) for e in events]
+    # Reported again, as parsed from the API (another string object): no new Event.
+    again = {"a": observe(reported("".join(list("UnloadBlocked"))))}
+    assert transitions({"a": observe(reported("UnloadBlocked"))}, again, [], []) == []
