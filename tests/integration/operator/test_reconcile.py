@@ -70,6 +70,10 @@ async def event_reasons(kube: KubeClient, name: str) -> list[str]:
     return [item["reason"] for item in items]
 
 
+async def has_event(kube: KubeClient, name: str, reason: str) -> bool:
+    return reason in await event_reasons(kube, name)
+
+
 async def test_apply_loads_where_it_matches_and_says_why_not_elsewhere(
     operator: Operator, clean_cluster: KubeClient, make_node: NodeFactory, cluster: ClusterConfig
 ) -> None:
@@ -369,7 +373,9 @@ async def test_capacity_keeps_the_higher_priority_and_reports_the_rest(
     assert status["failingNodes"][0]["reason"] == "CapacityExceeded"
     degraded = sim.condition(status, "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "CapacityExceeded")
-    assert "CapacityExceeded" in await event_reasons(kube, "low")
+    await eventually(  # Events are posted after the status write that reports the change
+        lambda: has_event(kube, "low", "CapacityExceeded"), what="a CapacityExceeded Event about low"
+    )
 
 
 async def test_a_host_path_driver_waits_for_the_file_on_the_node(
@@ -431,7 +437,7 @@ async def test_an_invalid_spec_is_reported_and_changes_nothing_on_the_nodes(
     )
     message = sim.condition(status, "Ready")["message"]
     assert message.startswith("spec.deviceSelector[0].values:"), message
-    assert "InvalidSpec" in await event_reasons(kube, "shaky")
+    await eventually(lambda: has_event(kube, "shaky", "InvalidSpec"), what="an InvalidSpec Event about shaky")
     await sim.add_device(kube, "inv-a", "inv-a-loop1", node_uid=uid)
 
     async def unchanged() -> bool:
