@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from storage_driver_agent.drivers.template import TEMPLATE_MODULE
 from storage_driver_api.constants import NODE_DRIVER_CONFIGS
 from storage_driver_api.kube import NAMESPACES, NODES, KubeClient, load_kubeconfig
 
@@ -47,9 +46,8 @@ from tests.bench.table import Table
 from tests.harness import localcluster
 from tests.harness.drivers import (
     Agent,
+    host_templates,
     kill_hosts,
-    parent_pid,
-    process_args,
     short_tmpdir,
     start_supervisor,
     write_probe,
@@ -115,13 +113,9 @@ Pids = Callable[[], dict[str, list[int]]]
 
 
 def template_pid(supervisor: int) -> int | None:
-    """The supervisor's host template (its child running template.py)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and TEMPLATE_MODULE in process_args(int(entry.name)):
-            with contextlib.suppress(OSError):
-                if parent_pid(int(entry.name)) == supervisor:
-                    return int(entry.name)
-    return None
+    """The supervisor's host template."""
+    templates = host_templates(supervisor)
+    return templates[0] if templates else None
 
 
 async def agent_counters(session: aiohttp.ClientSession, metrics_url: str) -> Counter[str]:

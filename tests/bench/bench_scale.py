@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from storage_driver_api.constants import MANAGED_BY_LABEL, NODE_DEVICES, NODE_DRIVER_CONFIGS, STORAGE_DRIVERS
 from storage_driver_api.events import EVENT_NAMESPACE
-from storage_driver_api.kube import EVENTS, ApiError, KubeClient, load_kubeconfig
+from storage_driver_api.kube import EVENTS, TRANSPORT_ERRORS, ApiError, KubeClient, load_kubeconfig
 
 from tests.bench import apimetrics
 from tests.bench.bench_operator import (
@@ -400,7 +399,7 @@ async def measure(cluster: localcluster.ClusterConfig, logs: Path) -> list[Table
                 reporter = asyncio.create_task(progress(result))
                 try:
                     await measure_count(kube, cluster, logs, result)
-                except (AssertionError, ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                except (AssertionError, ApiError, *TRANSPORT_ERRORS) as exc:
                     result.failure = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                     log(f"{count} nodes did not finish: {result.failure}")
                 finally:

@@ -20,12 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from storage_driver_agent.drivers.status import merge_patch
 from storage_driver_api.constants import API_VERSION, NODE_DEVICES, NODE_DRIVER_CONFIGS
-from storage_driver_api.kube import ApiError, KubeClient
+from storage_driver_api.kube import TRANSPORT_ERRORS, ApiError, KubeClient
 from storage_driver_api.nodedriverconfig import NodeDriverConfigStatus
 
+from tests.bench.bench_operator import bounded
 from tests.integration.operator import simulated as sim
 
 log = logging.getLogger(__name__)
@@ -88,15 +88,13 @@ class Fleet:
         the agent creates it) and holds its report; every NodeDevice's boundDrivers is what runs."""
         existing, _ = await self.kube.list(NODE_DRIVER_CONFIGS, limit=1000)
         by_name = {c["metadata"]["name"]: c for c in existing}
-        gate = asyncio.Semaphore(in_flight)
 
         async def one(name: str) -> None:
-            async with gate:
-                config = by_name.get(name) or await self._create(name)
-                self._take(name, config)
-                await self._answer(name)
+            config = by_name.get(name) or await self._create(name)
+            self._take(name, config)
+            await self._answer(name)
 
-        await asyncio.gather(*(one(name) for name in self.nodes))
+        await bounded((one(name) for name in self.nodes), in_flight)
         await self._drain_bindings(in_flight)
 
     async def _create(self, name: str) -> Mapping[str, Any]:
@@ -169,7 +167,7 @@ class Fleet:
                 else:
                     log.warning("fleet watch: %s", exc)
                     await asyncio.sleep(1)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except TRANSPORT_ERRORS as exc:
                 log.warning("fleet watch: %r", exc)
                 await asyncio.sleep(1)
 
@@ -193,7 +191,7 @@ class Fleet:
             self._queued.discard(name)
             try:
                 await self._answer(name)
-            except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (ApiError, *TRANSPORT_ERRORS) as exc:
                 self.marks.errors += 1
                 log.warning("fleet: status of %s: %r", name, exc)
                 self.nodes[name].handled = None
@@ -250,7 +248,7 @@ class Fleet:
             if not exc.not_found:
                 self.marks.errors += 1
                 log.warning("fleet: boundDrivers of %s: %s", device, exc)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except TRANSPORT_ERRORS as exc:
             self.marks.errors += 1
             log.warning("fleet: boundDrivers of %s: %r", device, exc)
 
@@ -259,13 +257,7 @@ class Fleet:
         queued = []
         while not self._binding_queue.empty():
             queued.append(self._binding_queue.get_nowait())
-        gate = asyncio.Semaphore(in_flight)
-
-        async def one(device: str, wanted: list[str]) -> None:
-            async with gate:
-                await self._bind(device, wanted)
-
-        await asyncio.gather(*(one(d, w) for d, w in queued))
+        await bounded((self._bind(device, wanted) for device, wanted in queued), in_flight)
 
     def add_device(self, node: str, device: str) -> None:
         """A NodeDevice created during the run (its boundDrivers empty)."""

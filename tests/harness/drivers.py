@@ -18,6 +18,7 @@ from typing import Any
 
 from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.host import HOST_MODULE
+from storage_driver_agent.drivers.template import TEMPLATE_MODULE
 from storage_driver_api.constants import API_VERSION, DEVICE_TYPE_LABEL, NODE_LABEL, node_label_value
 from storage_driver_api.nodedevice import DeviceIdentity, IdentityKind, node_device_name
 
@@ -197,6 +198,18 @@ def parent_pid(pid: int) -> int:
 
 def process_args(pid: int) -> list[str]:
     return _cmdline(pid)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def host_templates(supervisor: int) -> list[int]:
+    """The pids of a supervisor's host templates (its children running template.py)."""
+    return [c for c in children(supervisor) if TEMPLATE_MODULE in process_args(c)]
 
 
 def process_name(pid: int) -> str:

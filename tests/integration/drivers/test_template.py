@@ -18,10 +18,11 @@ import pytest
 from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.hostclient import HostConnection, HostGone
 from storage_driver_agent.drivers.launcher import HostProcess, SupervisorLauncher
-from storage_driver_agent.drivers.template import TEMPLATE_MODULE
 from storage_driver_sdk.protocol import Op
 
 from tests.harness.drivers import (
+    children,
+    host_templates,
     parent_pid,
     pid_alive,
     process_args,
@@ -79,16 +80,9 @@ async def supervised(root: Path) -> AsyncIterator[tuple[HostFixture, ComponentPr
     supervisor.stop()
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
 def template_of(supervisor: ComponentProcess) -> int:
     """The pid of the supervisor's (one) host template."""
-    templates = [c for c in children(supervisor.pid) if TEMPLATE_MODULE in process_args(c)]
+    templates = host_templates(supervisor.pid)
     assert len(templates) == 1, templates
     return templates[0]
 
