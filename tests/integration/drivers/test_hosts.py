@@ -100,8 +100,17 @@ class HostFixture:
 
 
 def supervise(root: Path, host_start: str) -> ComponentProcess:
+    # The supervisor starts its host template after it listens: wait for it, so that a test
+    # looking for the template does not race its start.
+    ready = "host template started" if host_start == "template" else "supervisor listening"
     return start_supervisor(
-        root / "state", root / "supervisor.log", "--stop-timeout", "5", "--host-start", host_start
+        root / "state",
+        root / "supervisor.log",
+        "--stop-timeout",
+        "5",
+        "--host-start",
+        host_start,
+        ready=ready,
     )
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from storage_driver_agent.drivers.statemachine import Artifact, DriverState, Host, wanted_devices
 from storage_driver_agent.drivers.status import DriverReport, NodeReport, build_status, desired_from_api
@@ -26,6 +26,8 @@ from storage_driver_api.constants import (
 )
 from storage_driver_api.kube import LEASES, NAMESPACES, NODES, ApiError, KubeClient
 from storage_driver_api.nodedriverconfig import NodeDriverConfigSpec, NodeDriverConfigStatus
+
+T = TypeVar("T")
 
 SIMULATED_AGENT_VERSION = "0.0.0+simulated"
 
@@ -136,6 +138,18 @@ async def renew_lease(
         await kube.create(LEASES, body, namespace=namespace)
 
 
+async def rewritten_on_conflict(write: Callable[[], Awaitable[T]], attempts: int = 10) -> T:
+    """Run a read-then-write again when the object changed in between (409 Conflict), as the
+    agent does: the operator may write the same NodeDriverConfig at any moment."""
+    for _ in range(attempts - 1):
+        try:
+            return await write()
+        except ApiError as exc:
+            if not exc.conflict:
+                raise
+    return await write()
+
+
 async def report(
     kube: KubeClient,
     node: str,
@@ -148,6 +162,29 @@ async def report(
 ) -> dict[str, Any]:
     """Write the agent's part of a node's NodeDriverConfig (creating it with an empty spec if the
     operator has not yet). `observe` sets observedGeneration to the current generation."""
+    return await rewritten_on_conflict(
+        lambda: _write_report(
+            kube,
+            node,
+            drivers=drivers,
+            available=available,
+            max_loaded=max_loaded,
+            observe=observe,
+            boot_id=boot_id,
+        )
+    )
+
+
+async def _write_report(
+    kube: KubeClient,
+    node: str,
+    *,
+    drivers: list[dict[str, Any]] | None = None,
+    available: list[dict[str, Any]] | None = None,
+    max_loaded: int | None = None,
+    observe: bool = True,
+    boot_id: str | None = None,
+) -> dict[str, Any]:
     config = await kube.get_or_none(NODE_DRIVER_CONFIGS, node)
     if config is None:
         node_obj = await kube.get(NODES, node)
@@ -189,18 +226,22 @@ async def report(
 
 async def report_loaded(kube: KubeClient, node: str, **extra: Any) -> dict[str, Any]:
     """Report every driver in the node's spec as Loaded at its spec version, as a healthy agent would."""
-    config = await kube.get(NODE_DRIVER_CONFIGS, node)
-    drivers = [
-        {
-            "name": d["name"],
-            "phase": "Loaded",
-            "version": d["version"],
-            "pid": 4242,
-            "boundDevices": d.get("devices", []),
-        }
-        for d in config["spec"].get("drivers", [])
-    ]
-    return await report(kube, node, drivers=drivers, **extra)
+
+    async def write() -> dict[str, Any]:
+        config = await kube.get(NODE_DRIVER_CONFIGS, node)
+        drivers = [
+            {
+                "name": d["name"],
+                "phase": "Loaded",
+                "version": d["version"],
+                "pid": 4242,
+                "boundDevices": d.get("devices", []),
+            }
+            for d in config["spec"].get("drivers", [])
+        ]
+        return await _write_report(kube, node, drivers=drivers, **extra)
+
+    return await rewritten_on_conflict(write)
 
 
 def available_entry(

@@ -13,7 +13,6 @@ from storage_driver_api.constants import STORAGE_DRIVERS
 from storage_driver_api.kube import KubeClient
 
 from tests.harness.localcluster import ClusterConfig
-from tests.harness.waiting import eventually
 from tests.integration.operator import simulated as sim
 from tests.integration.operator.conftest import Operator
 from tests.integration.operator.test_reconcile import live_node, wait_devices, wait_status
@@ -112,8 +111,8 @@ async def test_directory_autoload_follows_the_files_and_the_devices(
         assert "file:auto.py" not in (await sim.spec_drivers(kube, "auto-1") or {})
         await kube.delete(STORAGE_DRIVERS, "auto-sd")
         await wait_devices(kube, "auto-1", "auto-sd", None)
-        # The agent has nothing of auto-sd left to unload (retried: the operator writes the same object).
-        await eventually(lambda: sim.report_loaded(kube, "auto-1"), what="the report to be written")
+        # The agent has nothing of auto-sd left to unload.
+        await sim.report_loaded(kube, "auto-1")
         await wait_devices(kube, "auto-1", "file:auto.py", ["auto-1-loop0"])
 
         # The device goes: held for the unload delay (30 s by default), then unloaded (by an
