@@ -20,7 +20,13 @@ class LoopDevice:
 
     @property
     def attached(self) -> bool:
-        return Path(f"/sys/block/{self.name}/loop/backing_file").exists()
+        """Attached to our backing file: the loop number may be reused by anyone on the machine
+        once we detach it, and theirs must not be taken for ours (or detached)."""
+        try:
+            backing = Path(f"/sys/block/{self.name}/loop/backing_file").read_text().strip()
+        except OSError:
+            return False
+        return backing.removesuffix(" (deleted)") == str(self.backing_file.resolve())
 
 
 def loop_devices_available() -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from storage_driver_api.constants import STORAGE_DRIVERS
+from storage_driver_api.constants import NODE_DRIVER_CONFIGS, STORAGE_DRIVERS
 from storage_driver_api.kube import EVENTS, KubeClient
 
 from tests.e2e.drivers.test_agent import driver, published_device
@@ -136,12 +136,22 @@ async def load_driver(
     return published, entry
 
 
+EVENT_SUBJECTS: dict[str, Any] = {"NodeDriverConfig": NODE_DRIVER_CONFIGS, "StorageDriver": STORAGE_DRIVERS}
+
+
 async def events_about(kube: KubeClient, kind: str, name: str) -> list[tuple[str, str]]:
+    """The (reason, message) of the Events about the object of that kind and name as it is now:
+    an Event naming another uid is about an earlier object of the same name (Events stay an
+    hour) and does not count."""
+    obj = await kube.get_or_none(EVENT_SUBJECTS[kind], name)
+    uid = (obj or {}).get("metadata", {}).get("uid")
     items, _ = await kube.list(EVENTS, namespace="default")
     return [
         (e["reason"], e.get("message", ""))
         for e in items
-        if (e.get("involvedObject") or {}).get("kind") == kind and e["involvedObject"].get("name") == name
+        if (subject := e.get("involvedObject") or {}).get("kind") == kind
+        and subject.get("name") == name
+        and subject.get("uid") in (None, uid)
     ]
 
 

@@ -9,7 +9,15 @@ from typing import Any
 
 from storage_driver_api.nodedriverconfig import DesiredDriver
 from storage_driver_operator.autoload import FileReason, entry_name, file_drivers, gone, is_file_entry
-from storage_driver_operator.desired import Action, Hold, NodePlan, NodeState, plan_node
+from storage_driver_operator.desired import (
+    Action,
+    Hold,
+    NodePlan,
+    NodeState,
+    Snapshot,
+    plan_cluster,
+    plan_node,
+)
 from storage_driver_operator.matching import Reason
 from storage_driver_operator.views import AvailableFile, ConfigView, DeviceView, StorageDriverView
 
@@ -196,3 +204,22 @@ def test_a_node_without_a_report_autoloads_nothing() -> None:
     result = plan_node(NodeState(node(), (device("loop0"),), cfg, lease()), [], NOW, None, True)
     assert result.drivers == () and result.decisions == {}
     assert plan_node(NodeState(node(), (device("loop0"),), None, lease()), [], NOW, None, True).drivers == ()
+
+
+def test_a_file_that_is_not_autoloaded_says_why_in_its_decision() -> None:
+    """`sdctl plan` and the node's Events show the reason and the message of a declined file."""
+    result = plan(device("loop0"), available=files(auto_py=declared(version=None)))
+    decision = result.decisions[AUTO]
+    assert (decision.action, decision.reason) == (Action.NONE, FileReason.INCOMPLETE)
+    assert decision.message == "auto.py declares no version; autoload needs one"
+
+
+def test_directory_autoload_is_off_unless_the_operator_turns_it_on() -> None:
+    cfg = config(available=files(auto_py=declared()))
+    state = NodeState(node(), (device("loop0"),), cfg, lease())
+    assert plan_node(state, [], NOW).drivers == ()
+    world = Snapshot(
+        nodes={"n1": node()}, devices=(device("loop0"),), configs={"n1": cfg}, leases={"n1": lease()}
+    )
+    assert plan_cluster(world, NOW)["n1"].drivers == ()
+    assert [d.name for d in plan_cluster(world, NOW, autoload=True)["n1"].drivers] == [AUTO]

@@ -499,3 +499,41 @@ def test_the_unload_policy_reaches_the_spec_entry_and_entries_held_back() -> Non
     plan = plan_node(state(cfg=cfg), [forced], NOW)
     assert plan.decisions["drv"].reason == Hold.UNLOAD_DELAY
     assert [d.force_unload for d in plan.drivers] == [True] and plan.changed
+
+
+def test_every_entry_the_node_should_no_longer_run_gets_an_unload_decision() -> None:
+    """Whatever the spec's order: a kept entry before them does not end the scan, nor does a
+    file entry that goes (each unload is an Event and a line of `sdctl plan`)."""
+    kept, deleted = driver("a-kept"), driver("b-deleted")
+    cfg = config(drivers=[entry(kept, ["d1"]), entry(deleted, ["d1"])])
+    plan = plan_node(state(device("d1"), cfg=cfg), [kept], NOW)
+    assert names(plan) == ["a-kept"]
+    assert (plan.decisions["b-deleted"].action, plan.decisions["b-deleted"].reason) == (
+        Action.UNLOAD,
+        Reason.DELETED,
+    )
+    file_entry = entry(driver("file-entry"), ["d1"]).model_copy(update={"name": "file:auto.py"})
+    cfg = config(drivers=[file_entry, entry(deleted, ["d1"])])
+    plan = plan_node(state(device("d1"), cfg=cfg), [], NOW)
+    assert plan.drivers == ()
+    assert {name: d.action for name, d in plan.decisions.items()} == {
+        "file:auto.py": Action.UNLOAD,
+        "b-deleted": Action.UNLOAD,
+    }
+
+
+def test_the_delay_is_written_when_the_spec_already_has_the_entry_but_not_its_time() -> None:
+    """A spec written without the time (a lost write, an operator of an older version): the
+    plan writes it, although the entries stay as they are."""
+    drv = driver(unloadDelaySeconds=30)
+    cfg = config(drivers=[entry(drv, [])])
+    gone = device("d1", present=False, since=NOW - 10)
+    plan = plan_node(state(gone, cfg=cfg), [drv], NOW)
+    assert plan.drivers == cfg.spec_drivers
+    assert plan.changed and plan.unload_after == {"drv": NOW + 20}
+
+
+def test_a_stale_delay_record_is_cleared_from_a_node_that_runs_nothing() -> None:
+    cfg = replace(config(), unload_after={"drv": NOW + 20})
+    plan = plan_node(state(cfg=cfg), [], NOW)
+    assert plan.drivers == () and plan.unload_after == {} and plan.changed
