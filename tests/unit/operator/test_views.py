@@ -7,18 +7,24 @@ import json
 from typing import Any
 
 import pytest
+from storage_driver_api.constants import LEASE_PREFIX
+from storage_driver_api.storagedriver import KernelVersionRange, MinimumPlatform, StorageDriverStatus
 from storage_driver_operator.views import (
     DriverRun,
     config_view,
     device_view,
+    lease_node,
     lease_view,
+    node_view,
     parse_spec,
     parse_time,
+    reported_runs,
+    resource_version,
     rollout_key,
     storage_driver_view,
 )
 
-from tests.unit.operator.builders import device, driver, entry, lease, node
+from tests.unit.operator.builders import config, device, driver, entry, lease, node
 
 
 def test_parse_time() -> None:
@@ -202,8 +208,6 @@ def test_rollout_key_ignores_devices_priority_grace_and_unload_policy() -> None:
 
 
 def test_a_report_from_before_the_nodes_last_boot_counts_for_nothing() -> None:
-    from storage_driver_operator.views import config_view, node_view, reported_runs
-
     node = node_view({"metadata": {"name": "n"}, "status": {"nodeInfo": {"bootID": "boot-2"}}})
     status = {"bootId": "boot-1", "drivers": [{"name": "d", "phase": "Loaded", "pid": 7}]}
     stale = config_view({"metadata": {"name": "n"}, "spec": {}, "status": status})
@@ -263,6 +267,8 @@ def test_an_object_the_api_server_has_not_numbered_yet_is_settled_by_any_report(
     [
         (node(), "name"),
         (DriverRun(phase="Loaded", pid=7), "phase"),
+        (config_view({"metadata": {"name": "n1"}}), "generation"),
+        (config(available=["loop_info.py"]).available["loop_info.py"], "sha256"),
         (device("n1-dev"), "present"),
         (driver(), "generation"),
         (lease(), "renew_time"),
@@ -273,3 +279,192 @@ def test_views_are_values_the_planner_can_share(view: object, field: str) -> Non
     can change under another."""
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(view, field, "other")
+
+
+def test_times_with_an_offset_or_without_a_zone_read_as_the_same_instant() -> None:
+    assert parse_time("1970-01-01T01:01:40+01:00") == 100.0
+    assert parse_time("1969-12-31T23:01:40-01:00") == 100.0
+    assert parse_time("1970-01-01T00:01:40") == 100.0  # no zone: UTC, as the API means it
+
+
+def test_a_time_that_is_not_text_reads_as_unknown() -> None:
+    assert parse_time(100) is None
+    assert parse_time(["1970-01-01T00:01:40Z"]) is None
+    assert parse_time("") is None
+
+
+def test_resource_version_is_the_objects_or_empty() -> None:
+    assert resource_version({"metadata": {"resourceVersion": "4711"}}) == "4711"
+    assert resource_version({"metadata": {}}) == ""
+
+
+def test_only_the_present_condition_decides_whether_a_device_is_present() -> None:
+    """Conditions of other writers, whichever way their types sort, leave presence alone."""
+    at = "1970-01-01T00:00:10Z"
+    later = "1970-01-01T00:00:20Z"
+    conditions = [
+        {"type": "Present", "status": "True", "reason": "Attached", "lastTransitionTime": at},
+        {"type": "Healthy", "status": "False", "reason": "Smart", "lastTransitionTime": later},
+        {"type": "Scrubbed", "status": "False", "reason": "Never", "lastTransitionTime": later},
+    ]
+    view = device_view(
+        from_the_api(
+            {
+                "metadata": {"name": "d"},
+                "spec": {"nodeName": "n1", "type": "loop"},
+                "status": {"conditions": conditions},
+            }
+        )
+    )
+    assert view is not None
+    assert (view.present, view.since) == (True, 10.0)
+
+
+def test_a_driver_loading_before_its_process_is_reported_is_not_stopped() -> None:
+    view = config_view(
+        {"metadata": {"name": "n1"}, "status": {"drivers": [{"name": "drv", "phase": "Loading"}]}}
+    )
+    assert not view.runs["drv"].stopped
+    assert not view.runs["drv"].failed
+
+
+def test_a_config_at_a_high_generation_parsed_from_the_api_is_settled_when_reported() -> None:
+    """Generations are compared by value: 1000 from the metadata and 1000 from the status are
+    two objects once parsed."""
+    view = config_view(
+        from_the_api({"metadata": {"name": "n1", "generation": 1000}, "status": {"observedGeneration": 1000}})
+    )
+    assert view.settled
+    behind = config_view(
+        from_the_api({"metadata": {"name": "n1", "generation": 1001}, "status": {"observedGeneration": 1000}})
+    )
+    assert not behind.settled
+
+
+def test_each_spec_entry_is_found_by_its_own_name() -> None:
+    a, b, c = driver("a"), driver("b"), driver("c")
+    view = config_view(
+        {"metadata": {"name": "n1"}, "spec": {"drivers": [entry(x, ["d1"]).to_api() for x in (a, b, c)]}}
+    )
+    assert [view.entry(name) for name in ("a", "b", "c")] == [entry(x, ["d1"]) for x in (a, b, c)]
+    assert view.entry("bb") is None
+
+
+def test_a_report_from_before_a_reboot_counts_for_nothing_whichever_way_the_boot_ids_sort() -> None:
+    status = {"bootId": "boot-2", "drivers": [{"name": "d", "phase": "Loaded", "pid": 7}]}
+    stale = config_view({"metadata": {"name": "n"}, "spec": {}, "status": status})
+    rebooted = node_view({"metadata": {"name": "n"}, "status": {"nodeInfo": {"bootID": "boot-1"}}})
+    assert reported_runs(stale, rebooted) == {}
+
+
+def test_a_report_of_the_current_boot_parsed_from_the_api_counts() -> None:
+    """Boot ids are compared by value: the Node's and the report's are different strings."""
+    boot = "1f0e9c5e-2b8a-4d6e-9a43-7f3c2d1b0a99"
+    node = node_view(from_the_api({"metadata": {"name": "n"}, "status": {"nodeInfo": {"bootID": boot}}}))
+    status = {"bootId": boot, "drivers": [{"name": "d", "phase": "Loaded", "pid": 7}]}
+    report = config_view(from_the_api({"metadata": {"name": "n"}, "spec": {}, "status": status}))
+    assert reported_runs(report, node)["d"].loaded
+
+
+def test_reordering_a_config_does_not_roll_the_driver() -> None:
+    """The API server may give a config's keys back in another order than they were written."""
+    assert driver(config={"a": 1, "b": {"x": 1, "y": 2}}).rollout_key == (
+        driver(config={"b": {"y": 2, "x": 1}, "a": 1}).rollout_key
+    )
+
+
+def test_a_driver_reported_without_restarts_has_restarted_0_times() -> None:
+    view = config_view(
+        {"metadata": {"name": "n1"}, "status": {"drivers": [{"name": "drv", "phase": "Loaded", "pid": 7}]}}
+    )
+    assert view.runs["drv"].restarts == 0
+    again = config_view(
+        {
+            "metadata": {"name": "n1"},
+            "status": {"drivers": [{"name": "drv", "phase": "Loaded", "restarts": 3}]},
+        }
+    )
+    assert again.runs["drv"].restarts == 3
+
+
+def test_an_unload_blocked_list_that_is_not_a_list_blocks_nothing() -> None:
+    view = config_view(
+        {
+            "metadata": {"name": "n1"},
+            "status": {"drivers": [{"name": "drv", "phase": "Pending", "unloadBlocked": 3}]},
+        }
+    )
+    assert view.runs["drv"].unload_blocked is None
+
+
+def available_file(**item: Any) -> Any:
+    view = config_view(
+        from_the_api({"metadata": {"name": "n1"}, "status": {"available": [{"file": "f.py", **item}]}})
+    )
+    return view.available["f.py"]
+
+
+def test_a_files_declared_minimum_platform_is_read() -> None:
+    declared = {"kernelVersion": {"atLeast": "5.10"}, "os": "linux", "architectures": ["amd64"]}
+    assert available_file(minimumPlatform=declared).minimum_platform == MinimumPlatform(
+        kernel_version=KernelVersionRange(at_least="5.10"), os="linux", architectures=["amd64"]
+    )
+    assert available_file().minimum_platform is None
+
+
+def test_a_files_unreadable_minimum_platform_counts_as_none_declared() -> None:
+    """A range the schema cannot check (its ends the wrong way round): the agent checked the file
+    when it scanned it, so the rest of the report still counts."""
+    wrong = {"kernelVersion": {"atLeast": "6.1", "below": "5.0"}}
+    assert available_file(minimumPlatform=wrong, driverName="D").minimum_platform is None
+    assert available_file(minimumPlatform=wrong, driverName="D").driver_name == "D"
+
+
+def test_a_file_loads_automatically_unless_it_declares_auto_load_false() -> None:
+    assert available_file(autoLoad=True).auto_load
+    assert not available_file(autoLoad=False).auto_load
+    assert available_file().auto_load
+
+
+def test_a_lease_without_a_duration_or_a_renew_time_is_not_fresh() -> None:
+    renewed = lease_view(
+        {"metadata": {"name": "storage-agent-n1"}, "spec": {"renewTime": "1970-01-01T00:01:40Z"}}
+    )
+    assert renewed is not None and not renewed.fresh(100.0)
+    timeless = lease_view({"metadata": {"name": "storage-agent-n1"}, "spec": {"leaseDurationSeconds": 40}})
+    assert timeless is not None and not timeless.fresh(0.0)
+    instant = lease_view(
+        {
+            "metadata": {"name": "storage-agent-n1"},
+            "spec": {"renewTime": "1970-01-01T00:01:40Z", "leaseDurationSeconds": 0},
+        }
+    )
+    assert instant is not None and not instant.fresh(99.0)
+
+
+def test_a_lease_is_its_names_node_whichever_way_another_holders_name_sorts() -> None:
+    for holder in ("a", "z"):
+        lease = {"metadata": {"name": LEASE_PREFIX + "m"}, "spec": {"holderIdentity": holder}}
+        assert lease_node(lease) == "m"
+
+
+def test_a_storage_driver_with_an_unreadable_status_is_read_with_an_empty_one() -> None:
+    """A status another version of the operator wrote: rewritten by the next status update."""
+    view = storage_driver_view(
+        {
+            "metadata": {"name": "drv", "generation": 2},
+            "spec": {
+                "driverName": "D",
+                "version": "1.0.0",
+                "supportedDevices": ["loop"],
+                "source": {"hostPath": {"path": "d.py"}},
+            },
+            "status": {"observedGeneration": 1, "conditions": [{"type": "Ready"}]},
+        }
+    )
+    assert view.status == StorageDriverStatus()
+    assert view.spec is not None and view.generation == 2
+
+
+def test_a_storage_driver_the_api_server_has_not_numbered_yet_has_generation_0() -> None:
+    assert storage_driver_view({"metadata": {"name": "drv"}, "spec": {}}).generation == 0
