@@ -154,94 +154,75 @@ async def report(
     kube: KubeClient,
     node: str,
     *,
-    drivers: list[dict[str, Any]] | None = None,
+    drivers: list[dict[str, Any]] | Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
     available: list[dict[str, Any]] | None = None,
     max_loaded: int | None = None,
     observe: bool = True,
     boot_id: str | None = None,
 ) -> dict[str, Any]:
     """Write the agent's part of a node's NodeDriverConfig (creating it with an empty spec if the
-    operator has not yet). `observe` sets observedGeneration to the current generation."""
-    return await rewritten_on_conflict(
-        lambda: _write_report(
-            kube,
+    operator has not yet). `drivers` may be a function of the object as read; `observe` sets
+    observedGeneration to the current generation."""
+
+    async def write() -> dict[str, Any]:
+        config = await kube.get_or_none(NODE_DRIVER_CONFIGS, node)
+        if config is None:
+            node_obj = await kube.get(NODES, node)
+            body = {
+                "apiVersion": API_VERSION,
+                "kind": "NodeDriverConfig",
+                "metadata": {
+                    "name": node,
+                    "ownerReferences": [
+                        {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_obj["metadata"]["uid"]}
+                    ],
+                },
+                "spec": {"drivers": []},
+            }
+            try:
+                config = await kube.create(NODE_DRIVER_CONFIGS, body)
+            except ApiError as exc:
+                if not exc.conflict:
+                    raise
+                config = await kube.get(NODE_DRIVER_CONFIGS, node)
+        status: dict[str, Any] = dict(config.get("status") or {})
+        if drivers is not None:
+            status["drivers"] = drivers(config) if callable(drivers) else drivers
+        if available is not None:
+            status["available"] = available
+        if max_loaded is not None:
+            status["capacity"] = {"maxLoadedDrivers": max_loaded}
+        if observe:
+            status["observedGeneration"] = config["metadata"]["generation"]
+        if boot_id is not None:
+            status["bootId"] = boot_id
+        return await kube.replace(
+            NODE_DRIVER_CONFIGS,
             node,
-            drivers=drivers,
-            available=available,
-            max_loaded=max_loaded,
-            observe=observe,
-            boot_id=boot_id,
+            {**config, "status": status},
+            subresource="status",
         )
-    )
+
+    return await rewritten_on_conflict(write)
 
 
-async def _write_report(
-    kube: KubeClient,
-    node: str,
-    *,
-    drivers: list[dict[str, Any]] | None = None,
-    available: list[dict[str, Any]] | None = None,
-    max_loaded: int | None = None,
-    observe: bool = True,
-    boot_id: str | None = None,
-) -> dict[str, Any]:
-    config = await kube.get_or_none(NODE_DRIVER_CONFIGS, node)
-    if config is None:
-        node_obj = await kube.get(NODES, node)
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": "NodeDriverConfig",
-            "metadata": {
-                "name": node,
-                "ownerReferences": [
-                    {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_obj["metadata"]["uid"]}
-                ],
-            },
-            "spec": {"drivers": []},
+def loaded_from_spec(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every driver in the node's spec reported Loaded at its spec version."""
+    return [
+        {
+            "name": d["name"],
+            "phase": "Loaded",
+            "version": d["version"],
+            "pid": 4242,
+            "boundDevices": d.get("devices", []),
         }
-        try:
-            config = await kube.create(NODE_DRIVER_CONFIGS, body)
-        except ApiError as exc:
-            if not exc.conflict:
-                raise
-            config = await kube.get(NODE_DRIVER_CONFIGS, node)
-    status: dict[str, Any] = dict(config.get("status") or {})
-    if drivers is not None:
-        status["drivers"] = drivers
-    if available is not None:
-        status["available"] = available
-    if max_loaded is not None:
-        status["capacity"] = {"maxLoadedDrivers": max_loaded}
-    if observe:
-        status["observedGeneration"] = config["metadata"]["generation"]
-    if boot_id is not None:
-        status["bootId"] = boot_id
-    return await kube.replace(
-        NODE_DRIVER_CONFIGS,
-        node,
-        {**config, "status": status},
-        subresource="status",
-    )
+        for d in config["spec"].get("drivers", [])
+    ]
 
 
 async def report_loaded(kube: KubeClient, node: str, **extra: Any) -> dict[str, Any]:
     """Report every driver in the node's spec as Loaded at its spec version, as a healthy agent would."""
-
-    async def write() -> dict[str, Any]:
-        config = await kube.get(NODE_DRIVER_CONFIGS, node)
-        drivers = [
-            {
-                "name": d["name"],
-                "phase": "Loaded",
-                "version": d["version"],
-                "pid": 4242,
-                "boundDevices": d.get("devices", []),
-            }
-            for d in config["spec"].get("drivers", [])
-        ]
-        return await _write_report(kube, node, drivers=drivers, **extra)
-
-    return await rewritten_on_conflict(write)
+    return await report(kube, node, drivers=loaded_from_spec, **extra)
 
 
 def available_entry(

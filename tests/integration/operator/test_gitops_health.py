@@ -67,6 +67,9 @@ async def test_kubectl_wait_returns_when_the_driver_is_loaded(
     await asyncio.sleep(1)
     if waiting.returncode is not None:
         raise AssertionError(f"kubectl wait returned before the driver was loaded: {await finished(waiting)}")
+    # kstatus calls an object without status Current: compare once the operator has written one
+    # (after the node's spec, which is what one_node_with_a_device waits for).
+    await wait_status(kube, "waited", lambda s: "observedGeneration" in s, "the operator's first status")
     assert as_kubectl_sees_it(cluster, "waited").status == kstatus.IN_PROGRESS
     await sim.report_loaded(kube, "gitops-1")
     code, out = await finished(waiting)
