@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -504,3 +505,36 @@ def test_force_unload_comes_from_the_spec_entry() -> None:
     ).spec.drivers[0]
     assert desired_from_api(entry).force_unload is True
     assert desired_from_api(entry.model_copy(update={"force_unload": False})).force_unload is False
+
+
+def test_a_device_freed_after_the_agent_restarted_clears_unload_blocked() -> None:
+    """The previous status comes back from the API as JSON: its condition types equal the
+    agent's names without being the same strings."""
+    report = loaded("loop-info")
+    held = {"d1": ("loop3 mounted at /mnt/data",)}
+    status = build_status(node([DriverReport(report.state, blocked=held)]), frozenset({"d1"}), 0.0, AT)
+    previous = NodeDriverConfig.model_validate({"status": json.loads(json.dumps(status.to_api()))}).status
+    freed = build_status(
+        NodeReport(7, "boot-1", "0.1.0", 100, [report], [], previous=previous), frozenset({"d1"}), 0.0, AT
+    )
+    condition = next(c for c in freed.conditions if c.type == "UnloadBlocked")
+    assert (condition.status, condition.reason) == ("False", "NoDeviceInUse")
+
+
+def test_what_holds_a_device_is_cut_to_512_characters_each() -> None:
+    report = loaded("loop-info")
+    held = {"d1": ("m" * 512, "n" * 600)}
+    status = build_status(node([DriverReport(report.state, blocked=held)]), frozenset({"d1"}), 0.0, AT)
+    assert status.drivers[0].unload_blocked[0].held_by == ["m" * 512, "n" * 512]
+
+
+def test_unload_blocked_names_the_first_five_blocked_drivers() -> None:
+    def blocked(count: int) -> str:
+        reports = [
+            DriverReport(loaded(f"drv-{i}").state, blocked={"d1": (f"holder {i}",)}) for i in range(count)
+        ]
+        status = build_status(node(reports), frozenset({"d1"}), 0.0, AT)
+        return next(c.message for c in status.conditions if c.type == "UnloadBlocked")
+
+    assert [f"drv-{i}: detach blocked" in blocked(6) for i in range(6)] == [True] * 5 + [False]
+    assert blocked(5).count("detach blocked") == 5
