@@ -107,12 +107,21 @@ def kubectl(cfg: localcluster.ClusterConfig, *args: str, check: bool = True, inp
     return result.stdout + result.stderr
 
 
+def wait_established(cfg: localcluster.ClusterConfig, crd: str, timeout: float = 60.0) -> None:
+    """Until the CRD is Established. (Not `kubectl wait`: kubectl 1.20 fails at once, "accessor
+    error", on a CRD the API server has not yet given any status condition.)"""
+    query = '{.status.conditions[?(@.type=="Established")].status}'
+    deadline = time.monotonic() + timeout
+    while kubectl(cfg, "get", f"crd/{crd}", "-o", f"jsonpath={query}", check=False).strip() != "True":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"crd/{crd} not Established within {timeout}s")
+        time.sleep(0.2)
+
+
 def apply_crds(cfg: localcluster.ClusterConfig) -> None:
     kubectl(cfg, "apply", "-f", str(REPO_ROOT / "crds"))
     for crd in ("storagedrivers", "nodedevices", "nodedriverconfigs"):
-        kubectl(
-            cfg, "wait", "--for=condition=Established", f"crd/{crd}.storage.datawarehouse.io", "--timeout=60s"
-        )
+        wait_established(cfg, f"{crd}.storage.datawarehouse.io")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from storage_driver_api.constants import STORAGE_DRIVERS
 from storage_driver_api.kube import KubeClient
 
-from tests.conftest import REPO_ROOT, apply_crds, kubectl, require
+from tests.conftest import REPO_ROOT, apply_crds, kubectl, require, wait_established
 from tests.harness import helm
 from tests.harness.localcluster import ClusterConfig
 from tests.harness.waiting import consistently, eventually
@@ -58,7 +58,7 @@ async def test_install_upgrade_uninstall(
     assert "STATUS: deployed" in out
     assert f"installed as release {NAME} in namespace {NAMESPACE}" in out, "NOTES.txt is shown"
     for crd in PROJECT_CRDS:
-        kubectl(cluster, "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+        wait_established(cluster, crd)
     namespace = release.get("namespace", NAMESPACE)
     assert namespace is not None
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
