@@ -14,35 +14,38 @@ from storage_driver_api.events import EVENT_NAMESPACE, event_body
 from storage_driver_api.kube import EVENTS, LEASES, NODES, TRANSPORT_ERRORS, ApiError, KubeClient
 from storage_driver_api.logs import fields
 
-from storage_driver_agent.drivers.status import merge_patch
+from storage_driver_agent.drivers.status import merge_patch, write_delay
 from storage_driver_agent.stopping import sleep_or_stop, wait_or_stop
 
 log = logging.getLogger(__name__)
 
 COMPONENT: Final = "storage-agent"
 MAX_QUEUED_EVENTS: Final = 1000
-COALESCE_SECONDS: Final = 0.02
 
 
 class StatusWriter:
     """Writes NodeDriverConfig.status whenever the submitted status differs from the last written.
 
-    Submissions coalesce: a burst of changes becomes one write of the newest status. The agent is
-    the status's only writer, so each write is the merge patch from what it wrote last (or what
-    the object held when the agent started) to the new status: only what changed is sent, which
-    the API server processes far faster than a replacement of the whole status."""
+    A status submitted while an action runs is held back for a moment (status.write_delay), so
+    that a quick load costs one write; any other is written at once. Changes submitted while a
+    write is in flight become one write of the newest. The agent is the status's only writer, so
+    each write is the merge patch from what it wrote last (or what the object held when the agent
+    started) to the new status: only what changed is sent, which the API server processes far
+    faster than a replacement of the whole status."""
 
     def __init__(self, kube: KubeClient, name: str):
         self.kube = kube
         self.name = name
         self.latest: dict[str, Any] | None = None
+        self.settling = False  # an action runs: `latest` is about to change again
         self.written: dict[str, Any] | None = None
         self.writes = 0
+        self._held_since: float | None = None
         self._wake = asyncio.Event()
 
-    def submit(self, status: dict[str, Any]) -> None:
-        if status != self.latest:
-            self.latest = status
+    def submit(self, status: dict[str, Any], *, settling: bool = False) -> None:
+        if status != self.latest or settling != self.settling:
+            self.latest, self.settling = status, settling
             self._wake.set()
 
     def server_has(self, status: dict[str, Any]) -> None:
@@ -51,16 +54,23 @@ class StatusWriter:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         delay = 0.2
         while not stop.is_set():
             if not await wait_or_stop(self._wake, stop):
                 return
-            # Changes a few milliseconds apart (a file verified, then its host started) make one write.
-            await sleep_or_stop(stop, COALESCE_SECONDS)
             self._wake.clear()
             status, written = self.latest, self.written
             if status is None or written is None or status == written:
+                self._held_since = None
                 continue
+            now = loop.time()
+            if wait := write_delay(self.settling, self._held_since, now):
+                self._held_since = now if self._held_since is None else self._held_since
+                await wait_or_stop(self._wake, stop, wait)
+                self._wake.set()  # look again: a newer status, or the hold is over
+                continue
+            self._held_since = None
             try:
                 await self.kube.patch(
                     NODE_DRIVER_CONFIGS,

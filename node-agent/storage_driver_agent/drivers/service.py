@@ -53,6 +53,7 @@ from storage_driver_agent.drivers.status import (
     bound_drivers_by_device,
     build_status,
     desired_from_api,
+    settling,
 )
 from storage_driver_agent.drivers.usage import UsageReader
 from storage_driver_agent.drivers.watch import DirectoryWatcher
@@ -513,7 +514,7 @@ class DriverRuntime:
             dt.datetime.now(dt.UTC).replace(microsecond=0),
         )
         self.previous_status = status
-        self.status_writer.submit(status.to_api())
+        self.status_writer.submit(status.to_api(), settling=settling(reports))
         known = {
             name: list((obj.get("status") or {}).get("boundDrivers") or [])
             for name, obj in self.device_objects.items()

@@ -42,6 +42,8 @@ from storage_driver_agent.drivers.statemachine import (
 MESSAGE_MAX: Final = 1024
 UNLOAD_BLOCKED: Final = "UnloadBlocked"
 FACT_VALUE_MAX: Final = 256
+# How long a status may be held back while an action runs (write_delay).
+TRANSITION_HOLD: Final = 0.25
 
 
 def config_json(config: Mapping[str, Any]) -> str:
@@ -259,6 +261,23 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
         elif key not in old or before != value:
             patch[key] = value
     return patch
+
+
+def settling(reports: Iterable[DriverReport]) -> bool:
+    """True while an action runs (a file fetched, a host started or stopped, devices bound):
+    when it ends, the status changes again."""
+    return any(report.in_flight is not None for report in reports)
+
+
+def write_delay(settling: bool, held_since: float | None, now: float, hold: float = TRANSITION_HOLD) -> float:
+    """Seconds to wait before writing a changed status. None when nothing runs. While an action
+    runs, what is left of `hold` since the first status held: a quick load writes only its outcome
+    (Loaded, not Loading first), and that write never queues behind the Loading one; a slow load
+    still shows Loading after `hold`."""
+    if not settling:
+        return 0.0
+    start = now if held_since is None else held_since
+    return max(0.0, start + hold - now)
 
 
 def _names(names: Iterable[str], limit: int = 5) -> str:

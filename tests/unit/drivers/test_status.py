@@ -26,10 +26,12 @@ from storage_driver_agent.drivers.statemachine import (
     Host,
     Refusal,
     SourceRef,
+    Start,
     Stop,
     StopReason,
 )
 from storage_driver_agent.drivers.status import (
+    TRANSITION_HOLD,
     DriverReport,
     LastError,
     NodeReport,
@@ -39,6 +41,8 @@ from storage_driver_agent.drivers.status import (
     desired_from_api,
     driver_status,
     merge_patch,
+    settling,
+    write_delay,
 )
 from storage_driver_agent.drivers.watch import debounce_deadline
 from storage_driver_api.nodedriverconfig import MAX_AVAILABLE, MAX_BOUND_DEVICES, MAX_FACTS, NodeDriverConfig
@@ -210,6 +214,34 @@ def test_bound_drivers_per_device() -> None:
     # A driver without a host (not started, or stopped) binds nothing, wherever it is listed.
     reports = [DriverReport(DriverState("c")), loaded("b", ("d1", "d2")), loaded("a", ("d1",))]
     assert bound_drivers_by_device(reports) == {"d1": ["a", "b"], "d2": ["b"]}
+
+
+def test_settling_while_any_action_runs() -> None:
+    idle = [loaded("a"), DriverReport(DriverState("b"))]
+    assert not settling(idle)
+    assert not settling([])
+    for action in (
+        Fetch(),
+        Start(frozenset({"d1"})),
+        Bind(frozenset({"d1"}), frozenset()),
+        Stop(StopReason.REMOVED),
+    ):
+        running = DriverReport(loaded("c").state, in_flight=action)
+        assert settling([*idle, running]), action
+        assert settling([running, *idle]), action
+
+
+def test_write_delay_holds_a_status_only_while_an_action_runs() -> None:
+    # Nothing runs: written at once, however long something was held before.
+    assert write_delay(False, None, 100.0) == 0.0
+    assert write_delay(False, 99.9, 100.0) == 0.0
+    # The first status held waits the whole hold; later ones only what is left of it.
+    assert write_delay(True, None, 100.0, hold=0.25) == 0.25
+    assert write_delay(True, 100.0, 100.1, hold=0.25) == pytest.approx(0.15)
+    # A hold that is over writes at once (a slow load shows Loading), never a negative wait.
+    assert write_delay(True, 100.0, 100.25, hold=0.25) == 0.0
+    assert write_delay(True, 100.0, 105.0, hold=0.25) == 0.0
+    assert write_delay(True, None, 100.0) == TRANSITION_HOLD
 
 
 # --- small pure helpers ----------------------------------------------------------------------
