@@ -24,7 +24,7 @@ import pyudev
 from storage_driver_api.constants import NODE_DEVICES, NODE_LABEL, node_label_value
 from storage_driver_api.kube import KubeClient, load_kubeconfig
 
-from tests.bench.oncluster import run_on_local_cluster
+from tests.bench.oncluster import clear_node_devices, run_on_local_cluster
 from tests.bench.procstat import rss_peak_kib
 from tests.bench.table import Table, ms, percentile
 from tests.harness import localcluster
@@ -129,9 +129,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
     recorder.start()
     async with KubeClient(load_kubeconfig(cfg.kubeconfig)) as kube:
         await localcluster.ensure_local_node(kube)
-        items, _ = await kube.list(NODE_DEVICES, label_selector=f"{NODE_LABEL}={node_label_value(node)}")
-        for item in items:  # a clean slate for this node
-            await kube.delete(NODE_DEVICES, item["metadata"]["name"])
+        await clear_node_devices(kube, node)
         ready = asyncio.Event()
         watcher = asyncio.create_task(watch(kube, node, observed, ready))
         await ready.wait()

@@ -40,7 +40,7 @@ from storage_driver_api.kube import NAMESPACES, KubeClient, Resource, load_kubec
 
 from tests.bench import apimetrics, trail
 from tests.bench.floor import FLOOR_STAGES_IN, FLOOR_STAGES_OUT, Floor
-from tests.bench.oncluster import run_on_local_cluster
+from tests.bench.oncluster import clear_node_devices, run_on_local_cluster
 from tests.bench.procstat import cpu_seconds, rss_peak_kib
 from tests.bench.table import Table, ms, percentile
 from tests.harness import localcluster
@@ -289,6 +289,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NAMESPACE_DEFAULT}},
             )
         await kube.delete(STORAGE_DRIVERS, DRIVER)
+        await clear_node_devices(kube, node)
         # The control plane's own writes with nothing of ours running, to tell ours from them.
         before = await apimetrics.snapshot(kube)
         await asyncio.sleep(REST_SECONDS)

@@ -11,6 +11,9 @@ import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 
+from storage_driver_api.constants import NODE_DEVICES, NODE_LABEL, node_label_value
+from storage_driver_api.kube import KubeClient
+
 from tests.bench.table import Table
 from tests.conftest import apply_crds
 from tests.harness import localcluster
@@ -42,3 +45,11 @@ def run_on_local_cluster(
         shutil.rmtree(work, ignore_errors=True)
         if started and os.environ.get("SDO_KEEP_CLUSTER") != "1":
             localcluster.down(cfg)
+
+
+async def clear_node_devices(kube: KubeClient, node: str) -> None:
+    """Delete the node's NodeDevices: a clean slate, so that the retention of an earlier run's
+    absent devices does not end (and delete them) in the middle of this run's counts."""
+    items, _ = await kube.list(NODE_DEVICES, label_selector=f"{NODE_LABEL}={node_label_value(node)}")
+    for item in items:
+        await kube.delete(NODE_DEVICES, item["metadata"]["name"])

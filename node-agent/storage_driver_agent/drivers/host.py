@@ -60,6 +60,7 @@ EXIT_OK: Final = 0
 EXIT_LOAD_FAILED: Final = 3
 EXIT_USAGE: Final = 2
 EXIT_TERMINATED: Final = 128 + signal.SIGTERM
+LISTEN_FD_OPTION: Final = "--listen-fd"
 
 log = logging.getLogger("storage_driver_host")
 
@@ -80,6 +81,7 @@ class HostArgs:
     memory_limit: int
     restarts: int
     cgroup: Path | None = None
+    listen_fd: int | None = None
 
 
 def parse_args(argv: list[str] | None) -> HostArgs:
@@ -107,7 +109,41 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cgroup", type=Path, default=None, help="the cgroup to join before loading the driver"
     )
+    parser.add_argument(
+        LISTEN_FD_OPTION,
+        type=int,
+        default=None,
+        help="an inherited socket already listening at --socket (bind_listener); without it the host binds one",
+    )
     return parser
+
+
+def argv_socket(argv: list[str]) -> Path | None:
+    """The --socket a host's command line names (it identifies the host), if any."""
+    try:
+        return Path(argv[argv.index("--socket") + 1])
+    except (ValueError, IndexError):
+        return None
+
+
+def bind_listener(path: Path) -> socket.socket:
+    """A listening socket at `path`, for the agent to connect to; one left by a host of this
+    driver that died is replaced. The launcher binds it before the host starts and hands it over
+    (LISTEN_FD_OPTION): the agent's connect succeeds as soon as the host is spawned and its first
+    request waits in the socket until the host is ready, instead of the agent polling for the
+    socket to appear (and asking the supervisor meanwhile whether the host still lives)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        path.chmod(0o600)
+        listener.listen(4)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 # --- process set-up --------------------------------------------------------------------------
@@ -398,13 +434,10 @@ class DriverHost:
         raise Terminated()
 
     def listen(self) -> socket.socket:
-        self.args.socket.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.args.socket.unlink()  # left by a host of this driver that died
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(self.args.socket))
-        self.args.socket.chmod(0o600)
-        listener.listen(4)
+        if self.args.listen_fd is None:
+            return bind_listener(self.args.socket)
+        listener = socket.socket(fileno=self.args.listen_fd)
+        listener.set_inheritable(False)  # the driver's own processes get no way in
         return listener
 
     def serve(self) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from storage_driver_agent.drivers.host import HOST_MODULE
+from storage_driver_agent.drivers.host import HOST_MODULE, LISTEN_FD_OPTION, argv_socket, bind_listener
 from storage_driver_agent.drivers.proctree import ProcessTrees
 
 LOG_ROTATE_BYTES: Final = 5 * 1024 * 1024
@@ -86,10 +86,9 @@ def rotate_log(path: Path) -> None:
 
 
 def host_socket(argv: list[str]) -> Path:
-    try:
-        return Path(argv[argv.index("--socket") + 1])
-    except (ValueError, IndexError):
-        raise LauncherError("a driver host's argv must name its --socket") from None
+    if (path := argv_socket(argv)) is None:
+        raise LauncherError("a driver host's argv must name its --socket")
+    return path
 
 
 def prepare_host(argv: list[str], log_path: Path, trees: ProcessTrees) -> list[str]:
@@ -108,16 +107,18 @@ def spawn_host(argv: list[str], log_path: Path, trees: ProcessTrees) -> subproce
 
 
 def exec_host(checked: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start a prepared host as a fresh interpreter (the path without the host template)."""
-    with log_path.open("ab") as log:
+    """Start a prepared host as a fresh interpreter (the path without the host template), with
+    its socket already listening (host.bind_listener)."""
+    with log_path.open("ab") as log, bind_listener(host_socket(checked)) as listener:
         return subprocess.Popen(
-            checked,
+            [*checked, LISTEN_FD_OPTION, str(listener.fileno())],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # not in the agent's process group: its signals do not reach hosts
             env=host_env(),
             close_fds=True,
+            pass_fds=[listener.fileno()],
         )
 
 

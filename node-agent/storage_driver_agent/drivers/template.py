@@ -45,6 +45,8 @@ TEMPLATE_MODULE: Final = "storage_driver_agent.drivers.template"
 # Room for a host's command line (names, sha256, paths; ~700 bytes in practice).
 TITLE_ROOM: Final = 4096
 MAX_REQUEST_BYTES: Final = 1 << 20
+# Where a host forked from the template finds its listening socket (host.LISTEN_FD_OPTION).
+LISTENER_FD: Final = 3
 
 
 class TitleError(Exception):
@@ -81,8 +83,9 @@ def threads() -> int:
 # --- in the host (the grandchild) ------------------------------------------------------------
 
 
-def become_host(argv: list[str], log_path: Path, control: socket.socket) -> NoReturn:
-    """Turn this freshly forked process into the driver host `argv` names; never returns."""
+def become_host(argv: list[str], log_path: Path, control: socket.socket, listener: socket.socket) -> NoReturn:
+    """Turn this freshly forked process into the driver host `argv` names, serving `listener`
+    (argv hands it over as LISTENER_FD); never returns."""
     code = 1
     try:
         os.setsid()  # its own session, as a fresh host's: the agent's signals do not reach it
@@ -93,7 +96,9 @@ def become_host(argv: list[str], log_path: Path, control: socket.socket) -> NoRe
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # nothing of the template's is inherited
+        if (listener_fd := listener.detach()) != LISTENER_FD:
+            os.dup2(listener_fd, LISTENER_FD)
+        os.closerange(LISTENER_FD + 1, os.sysconf("SC_OPEN_MAX"))  # nothing else of the template's
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         set_command_line(argv)
@@ -149,25 +154,30 @@ def warm_up() -> None:
 
 
 def fork_host(argv: list[str], log_path: Path, control: socket.socket) -> int:
-    """Fork a host that is not our child; returns its pid."""
+    """Fork a host that is not our child, its socket already listening; returns its pid."""
     if argv[1:3] != ["-m", host.HOST_MODULE]:
         raise ValueError(f"refusing to start {argv[:3]!r}: only '-m {host.HOST_MODULE}' may be started")
+    if (socket_path := host.argv_socket(argv)) is None:
+        raise ValueError("a driver host's argv must name its --socket")
+    argv = [*argv, host.LISTEN_FD_OPTION, str(LISTENER_FD)]
     if not fits(argv):
         raise TitleError(f"a command line of {len(' '.join(argv))} bytes does not fit in {TITLE_ROOM}")
-    read_end, write_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    middle = os.fork()
-    if middle == 0:
-        try:
-            os.close(read_end)
-            pid = os.fork()
-            if pid == 0:
-                os.close(write_end)
-                become_host(argv, log_path, control)
-            os.write(write_end, str(pid).encode())
-        finally:
-            os._exit(0)
+    with host.bind_listener(socket_path) as listener:
+        read_end, write_end = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        middle = os.fork()
+        if middle == 0:
+            try:
+                os.close(read_end)
+                pid = os.fork()
+                if pid == 0:
+                    os.close(write_end)
+                    become_host(argv, log_path, control, listener)
+                os.write(write_end, str(pid).encode())
+            finally:
+                os._exit(0)
+    # The listener is the host's alone now: once the host exits, the agent's connection ends.
     os.close(write_end)
     with os.fdopen(read_end, "rb") as reader:
         answer = reader.read()

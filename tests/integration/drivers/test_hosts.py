@@ -93,6 +93,8 @@ class HostFixture:
         pid = await self.launcher.spawn(name, argv, self.state_dir / "hosts" / f"{name}.log")
         process = HostProcess(pid, self.state_dir / "hosts" / f"{name}.sock")
         conn = await HostConnection.connect(process.socket, alive=lambda: self.launcher.alive(process))
+        # The socket listens from the spawn on (host.bind_listener): the host serves once it answers.
+        await conn.call(Op.HELLO)
         return process, conn
 
     def journal(self, name: str) -> Path:
@@ -366,6 +368,22 @@ async def test_supervised_hosts_outlive_the_agent_and_stop_with_the_supervisor(
 
 async def _gone(pid: int) -> bool:
     return not pid_alive(pid)
+
+
+async def test_a_host_that_dies_before_it_serves_ends_the_agents_request(hosts: HostFixture) -> None:
+    """The launcher binds the host's socket before the host starts, so the agent connects and
+    sends its request at once; a host that exits before serving it (here: an argument it refuses)
+    must end that request then, not leave it waiting for a timeout: no launcher, template or
+    supervisor keeps a copy of the host's listening socket."""
+    sha = write_probe(hosts.driver_dir)
+    argv = hosts.argv("stillborn", sha, adoption_window="soon")  # type: ignore[arg-type]
+    pid = await hosts.launcher.spawn("stillborn", argv, hosts.state_dir / "hosts" / "stillborn.log")
+    process = HostProcess(pid, hosts.state_dir / "hosts" / "stillborn.sock")
+    with pytest.raises(HostGone):
+        conn = await HostConnection.connect(process.socket, alive=lambda: hosts.launcher.alive(process))
+        await conn.call(Op.LOAD, {"config": {}}, timeout=60)
+    await eventually(lambda: _exited(hosts.launcher, process), what="the host to exit")
+    assert await hosts.launcher.exit_status(process) == 2  # argparse's usage error
 
 
 async def test_connecting_to_a_dead_host_fails_fast(hosts: HostFixture) -> None:

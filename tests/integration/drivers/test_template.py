@@ -107,6 +107,10 @@ def socket_inodes(pid: int) -> set[str]:
     return {link for link in links if link.startswith("socket:")}
 
 
+def fd_target(pid: int, fd: int) -> str:
+    return str(Path(f"/proc/{pid}/fd/{fd}").readlink())
+
+
 def write_driver(fixture: HostFixture, name: str, source: str) -> str:
     fixture.driver_dir.mkdir(parents=True, exist_ok=True)
     (fixture.driver_dir / name).write_text(textwrap.dedent(source))
@@ -143,7 +147,14 @@ async def test_a_forked_host_is_a_process_of_its_own_like_a_fresh_one(
     # The command line a fresh host has: ps, the identity check and adoption see no difference.
     group = proctree.choose().group(process.socket)
     expected = [sys.executable, *fixture.argv("forked", sha, memory_limit=LIMIT)[1:]]
-    assert process_args(process.pid) == expected + ([] if group is None else ["--cgroup", str(group)])
+    args = process_args(process.pid)
+    assert args[:-2] == expected + ([] if group is None else ["--cgroup", str(group)])
+    # ... and the socket its launcher bound for it (the number differs: the exec path keeps the
+    # supervisor's), which only the host holds: when it exits, the agent's connection ends.
+    assert args[-2] == "--listen-fd"
+    listener = fd_target(process.pid, int(args[-1]))
+    assert listener.startswith("socket:")
+    assert listener not in socket_inodes(supervisor.pid) | socket_inodes(template)
     # Its memory limit.
     assert address_space_limit(process.pid) == (LIMIT, LIMIT)
     # Nothing of the template's: not its socket to the supervisor.
