@@ -10,7 +10,7 @@ from pydantic import Field
 from storage_driver_sdk.devices import DeviceType
 
 from storage_driver_api.constants import short_hash
-from storage_driver_api.meta import DNS_SUBDOMAIN, ApiModel, Condition, map_list
+from storage_driver_api.meta import DNS_SUBDOMAIN, ApiModel, Condition, atomic_list
 
 # udev properties worth publishing: enough to select on, never the whole environment.
 UDEV_PROPERTY_WHITELIST = (
@@ -122,13 +122,13 @@ class NodeDeviceStatus(ApiModel):
         max_length=4,
         description="Present: True while the device is attached; its lastTransitionTime records arrival "
         "and removal.",
-        json_schema_extra=map_list("type"),
+        json_schema_extra=atomic_list(),
     )
     bound_drivers: list[Annotated[str, Field(max_length=253)]] = Field(
         default_factory=list,
         max_length=32,
         description="StorageDrivers whose driver host has this device attached.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
+        json_schema_extra=atomic_list(),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 from storage_driver_sdk.devices import DeviceType
 
-from storage_driver_api.meta import SEMVER, SHA256, ApiModel, Condition, map_list
+from storage_driver_api.meta import SEMVER, SHA256, ApiModel, Condition, atomic_list
 from storage_driver_api.storagedriver import RELATIVE_PATH, MinimumPlatform
 
 MAX_DRIVERS_PER_NODE = 256
@@ -55,7 +55,7 @@ class DesiredDriver(ApiModel):
         default_factory=list,
         max_length=MAX_BOUND_DEVICES,
         description="NodeDevices (by name) to attach to the driver.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
+        json_schema_extra=atomic_list(),
     )
     priority: int = Field(default=0, ge=-1000, le=1000, description="Priority from the StorageDriver.")
     force_unload: bool = Field(
@@ -71,7 +71,7 @@ class NodeDriverConfigSpec(ApiModel):
         default_factory=list,
         max_length=MAX_DRIVERS_PER_NODE,
         description="Drivers to run, ordered by priority then name.",
-        json_schema_extra=map_list("name"),
+        json_schema_extra=atomic_list(),
     )
 
 
@@ -135,7 +135,7 @@ class DriverStatus(ApiModel):
         default_factory=list,
         max_length=MAX_BOUND_DEVICES,
         description="NodeDevices attached to the driver.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
+        json_schema_extra=atomic_list(),
     )
     last_error: DriverError | None = Field(default=None, description="The last error, if any.")
     unhealthy: str | None = Field(
@@ -149,13 +149,13 @@ class DriverStatus(ApiModel):
         max_length=MAX_BOUND_DEVICES,
         description="Devices whose detach (or the driver's unload) waits because they are in use; "
         "retried until they are free, unless the StorageDriver's unloadPolicy.force is set.",
-        json_schema_extra=map_list("name"),
+        json_schema_extra=atomic_list(),
     )
     devices: list[BoundDevice] = Field(
         default_factory=list,
         max_length=MAX_BOUND_DEVICES,
         description="The attached devices with the facts the driver reported about each.",
-        json_schema_extra=map_list("name"),
+        json_schema_extra=atomic_list(),
     )
 
 
@@ -196,13 +196,13 @@ class NodeDriverConfigStatus(ApiModel):
         default_factory=list,
         max_length=MAX_DRIVERS_PER_NODE,
         description="Per-driver state.",
-        json_schema_extra=map_list("name"),
+        json_schema_extra=atomic_list(),
     )
     available: list[AvailableDriver] = Field(
         default_factory=list,
         max_length=MAX_AVAILABLE,
         description="Drivers found in the node's driver directory.",
-        json_schema_extra=map_list("file"),
+        json_schema_extra=atomic_list(),
     )
     capacity: Capacity = Field(default_factory=Capacity, description="Limits of this node's agent.")
     desired_count: int = Field(default=0, ge=0, description="Drivers in the spec the agent acted on.")
@@ -213,7 +213,7 @@ class NodeDriverConfigStatus(ApiModel):
         max_length=8,
         description="Ready: the agent converged on the spec. UnloadBlocked: a driver's unload or a "
         "device's detach waits for a device in use.",
-        json_schema_extra=map_list("type"),
+        json_schema_extra=atomic_list(),
     )
 
 

@@ -30,9 +30,13 @@ def _scan_changed(root: Path, cache: dict[str, _Cached]) -> dict[str, _Cached]:
     return fresh
 
 
-def _scan_one(root: Path, relative: str) -> _Cached | None:
+def _scan_one(root: Path, relative: str, cached: _Cached | None) -> _Cached | None:
     entry = entry_at(root, relative)
-    return None if entry is None else _Cached(entry.key, scan_path(entry.path, entry.relative))
+    if entry is None:
+        return None
+    if cached is not None and cached.key == entry.key:
+        return cached
+    return _Cached(entry.key, scan_path(entry.path, entry.relative))
 
 
 class Inventory:
@@ -48,8 +52,10 @@ class Inventory:
         return changed
 
     async def refresh(self, relative: str) -> ScannedDriver | None:
-        """Scan one entry now (after the agent wrote it, or before loading it)."""
-        cached = await asyncio.to_thread(_scan_one, self.root, relative)
+        """Scan one entry now (after the agent wrote it, or before loading it), unless its key
+        says it is unchanged since the last scan: 50 drivers of one file, loaded at once, then
+        cost 50 stat calls, not 50 hashes and parses (the host checks the hash again anyway)."""
+        cached = await asyncio.to_thread(_scan_one, self.root, relative, self._cache.get(relative))
         if cached is None:
             self._cache.pop(relative, None)
             return None
