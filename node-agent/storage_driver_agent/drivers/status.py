@@ -270,7 +270,7 @@ def settling(reports: Iterable[DriverReport]) -> bool:
 
 
 def write_delay(settling: bool, held_since: float | None, now: float, hold: float = TRANSITION_HOLD) -> float:
-    """Seconds to wait before writing a changed status. None when nothing runs. While an action
+    """Seconds to wait before writing a changed status: 0 when nothing runs. While an action
     runs, what is left of `hold` since the first status held: a quick load writes only its outcome
     (Loaded, not Loading first), and that write never queues behind the Loading one; a slow load
     still shows Loading after `hold`."""
