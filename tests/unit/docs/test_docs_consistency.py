@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from storage_driver_agent.drivers.status import TRANSITION_HOLD
 from storage_driver_api.nodedevice import DeviceIdentity, NodeDevice, node_device_name
 from storage_driver_sdk.scan import scan_path
 
@@ -151,3 +152,11 @@ def test_every_repository_path_named_exists(name: str) -> None:
         if not list(REPO_ROOT.glob(path.rstrip("/"))):
             missing.append(path)
     assert missing == []
+
+
+def test_the_status_hold_is_the_one_driver_runtime_states() -> None:
+    """Users read that a load over within the hold shows only Loaded (status.write_delay)."""
+    text = " ".join((REPO_ROOT / "docs" / "driver-runtime.md").read_text().split())
+    held = f"{TRANSITION_HOLD * 1000:.0f} ms"
+    assert f"held up to {held}" in text
+    assert f"a load that is over within {held}" in text
