@@ -181,8 +181,8 @@ async def test_load_bind_and_unload_a_real_driver_on_a_real_loop_device(
     assert bound["facts"]["sizeBytes"] == str(4 * 1024 * 1024)
     assert bound["facts"]["backingFile"] == str(device.backing_file)
 
-    node_device = await kube.get(NODE_DEVICES, device_name)
-    assert node_device["status"]["boundDrivers"] == ["loop-info"]
+    # The device's boundDrivers is its own write, a moment after the NodeDriverConfig's status.
+    await eventually(lambda: _bound_devices(kube, device_name, ["loop-info"]), what="boundDrivers")
     full = await status(kube, node)
     assert (full["desiredCount"], full["loadedCount"], full["failedCount"]) == (1, 1, 0)
     assert full["observedGeneration"] == (await kube.get(NODE_DRIVER_CONFIGS, node))["metadata"]["generation"]

@@ -120,8 +120,13 @@ async def test_a_node_deleted_and_created_again_is_collected_and_converges(
     for key, obj in after.items():
         assert obj["metadata"]["uid"] not in old_uids, f"{key} is the old node's object"
         assert owner_uids(obj) == [new_node], f"{key} is not owned by the new Node"
-    bound = (after[f"NodeDevice/{published}"].get("status") or {}).get("boundDrivers")
-    assert bound == [NAME]
+
+    # The device's boundDrivers is its own write, a moment after the NodeDriverConfig's status.
+    async def bound() -> bool:
+        device = await kube.get(NODE_DEVICES, published)
+        return (device.get("status") or {}).get("boundDrivers") == [NAME]
+
+    await eventually(bound, timeout=30, what="the new NodeDevice to name the driver bound to it")
     # One host runs the driver; the journal shows no second copy at any time (every start
     # after the first followed a stop).
     assert list(agent.hosts().values()) == [NAME]
