@@ -132,7 +132,7 @@ async def test_a_node_deleted_and_created_again_is_collected_and_converges(
     assert list(agent.hosts().values()) == [NAME]
     events = [e["event"] for e in journal(trail) if e["event"] in ("start", "stop")]
     assert events[0] == "start" and all(a != b for a, b in itertools.pairwise(events)), events
-    assert events[-1] == "start"
+    assert events[-1] == "start", (events, journal(trail))
 
     async def counted() -> bool:
         sd = await kube.get(STORAGE_DRIVERS, NAME)
