@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage_driver_sdk.scan import ScannedDriver, entries, entry_at, scan_path
+from storage_driver_sdk.scan import Entry, ScannedDriver, entries, entry_at, scan_path
 
 
 @dataclass(frozen=True)
@@ -19,24 +19,20 @@ class _Cached:
     result: ScannedDriver
 
 
+def _scanned(entry: Entry, cached: _Cached | None) -> _Cached:
+    """The entry's scan: the cached one while its key is unchanged, else a new one."""
+    if cached is not None and cached.key == entry.key:
+        return cached
+    return _Cached(entry.key, scan_path(entry.path, entry.relative))
+
+
 def _scan_changed(root: Path, cache: dict[str, _Cached]) -> dict[str, _Cached]:
-    fresh: dict[str, _Cached] = {}
-    for entry in entries(root):
-        cached = cache.get(entry.relative)
-        if cached is not None and cached.key == entry.key:
-            fresh[entry.relative] = cached
-        else:
-            fresh[entry.relative] = _Cached(entry.key, scan_path(entry.path, entry.relative))
-    return fresh
+    return {entry.relative: _scanned(entry, cache.get(entry.relative)) for entry in entries(root)}
 
 
 def _scan_one(root: Path, relative: str, cached: _Cached | None) -> _Cached | None:
     entry = entry_at(root, relative)
-    if entry is None:
-        return None
-    if cached is not None and cached.key == entry.key:
-        return cached
-    return _Cached(entry.key, scan_path(entry.path, entry.relative))
+    return None if entry is None else _scanned(entry, cached)
 
 
 class Inventory:

@@ -71,9 +71,14 @@ def set_command_line(argv: list[str]) -> None:
     ctypes.memmove(start, data.ljust(end - start, b"\0"), end - start)
 
 
+def with_listener(argv: list[str]) -> list[str]:
+    """A host's command line as the template starts it: told where its listening socket is."""
+    return [*argv, host.LISTEN_FD_OPTION, str(LISTENER_FD)]
+
+
 def fits(argv: list[str]) -> bool:
-    """Whether a host's command line fits in the room the template reserves."""
-    return sum(len(a.encode()) + 1 for a in argv) <= TITLE_ROOM
+    """Whether a host's command line, as the template starts it, fits in the room it reserves."""
+    return sum(len(a.encode()) + 1 for a in with_listener(argv)) <= TITLE_ROOM
 
 
 def threads() -> int:
@@ -159,9 +164,9 @@ def fork_host(argv: list[str], log_path: Path, control: socket.socket) -> int:
         raise ValueError(f"refusing to start {argv[:3]!r}: only '-m {host.HOST_MODULE}' may be started")
     if (socket_path := host.argv_socket(argv)) is None:
         raise ValueError("a driver host's argv must name its --socket")
-    argv = [*argv, host.LISTEN_FD_OPTION, str(LISTENER_FD)]
     if not fits(argv):
         raise TitleError(f"a command line of {len(' '.join(argv))} bytes does not fit in {TITLE_ROOM}")
+    argv = with_listener(argv)
     with host.bind_listener(socket_path) as listener:
         read_end, write_end = os.pipe()
         sys.stdout.flush()
