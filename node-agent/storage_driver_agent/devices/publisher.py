@@ -121,12 +121,38 @@ class Publisher:
             )
 
     async def _write_conditions(self, name: str, conditions: list[dict[str, Any]]) -> None:
+        """Replace the condition list, unless another writer changed it since the agent read it."""
         current = self.objects.get(name) or {}
-        version = (current.get("metadata") or {}).get("resourceVersion")
-        patch: Obj = {"status": {"conditions": conditions}}
-        if version:
-            # Other writers own other parts of the status; only a write based on what they last
-            # wrote may replace the condition list.
-            patch["metadata"] = {"resourceVersion": version}
-        self.objects[name] = await self.kube.patch(NODE_DEVICES, name, patch, subresource="status")
+        known = (current.get("status") or {}).get("conditions")
+        if known:
+            # Guard the list itself, not the object's resourceVersion: the driver runtime writes
+            # status.boundDrivers of the same objects, and a resourceVersion guard made the first
+            # write after each binding fail (409) and cost a re-list before the retry.
+            patch: Any = [
+                {"op": "test", "path": "/status/conditions", "value": known},
+                {"op": "replace", "path": "/status/conditions", "value": conditions},
+            ]
+            try:
+                written = await self.kube.patch(
+                    NODE_DEVICES, name, patch, subresource="status", patch_type="json"
+                )
+            except ApiError as exc:
+                # A failed test op is a 422 with no details, like a refused value: the object says which.
+                if exc.status == 422 and await self._conditions_of(name) != known:
+                    raise ApiError(
+                        409, "Conflict", f"another writer changed the conditions of {name}"
+                    ) from exc
+                raise
+        else:
+            # A new object: only a write based on its version may give it a condition list.
+            version = (current.get("metadata") or {}).get("resourceVersion")
+            patch = {"status": {"conditions": conditions}}
+            if version:
+                patch["metadata"] = {"resourceVersion": version}
+            written = await self.kube.patch(NODE_DEVICES, name, patch, subresource="status")
+        self.objects[name] = written
         self.writes += 1
+
+    async def _conditions_of(self, name: str) -> Any:
+        obj = await self.kube.get(NODE_DEVICES, name)
+        return (obj.get("status") or {}).get("conditions")

@@ -246,6 +246,65 @@ async def test_an_event_storm_writes_nothing_and_a_real_change_writes_once(
         assert grown["metadata"]["generation"] == obj["metadata"]["generation"] + 1
 
 
+async def test_a_binding_written_beside_the_agent_costs_its_next_write_nothing_more(
+    cluster: localcluster.ClusterConfig,
+    kube: KubeClient,
+    make_node: Callable[..., Any],
+    loop_devices: Callable[..., LoopDevice],
+) -> None:
+    """The driver runtime writes status.boundDrivers of the NodeDevices the device part publishes:
+    the unplug after it is one status write, with no refused write and no re-list before it."""
+    node = "devices-bound"
+    await make_node(node)
+    loop = loop_devices(size_bytes=4 * MiB)
+    only_ours = replace(FAST, filter=DeviceFilter(include_paths=(str(loop.path),)))
+    async with running_agent(cluster, node, only_ours) as agent:
+        obj = await until_present(kube, node, loop)
+        await eventually(lambda: _settled(agent), what="the agent to settle")
+        name = obj["metadata"]["name"]
+        await kube.patch(
+            NODE_DEVICES, name, {"status": {"boundDrivers": ["loop-info"]}}, subresource="status"
+        )
+        before = agent.kube.responses.copy()
+        await asyncio.to_thread(detach, loop)
+        gone = await until_present(kube, node, loop, state=False)
+        await eventually(lambda: _settled(agent), what="the agent to settle after the unplug")
+        requests = {k: n for k, n in (agent.kube.responses - before).items() if k[0] != "WATCH"}
+        assert requests == {("PATCH", "200"): 1}
+    assert gone["status"]["boundDrivers"] == ["loop-info"]
+
+
+async def test_a_condition_another_writer_added_survives_the_agents_next_write(
+    cluster: localcluster.ClusterConfig,
+    kube: KubeClient,
+    make_node: Callable[..., Any],
+    loop_devices: Callable[..., LoopDevice],
+) -> None:
+    """The agent replaces the condition list only if it is the one it read: a condition written
+    behind its back (a health checker's) is kept, and Present still changes."""
+    node = "devices-conditions"
+    await make_node(node)
+    loop = loop_devices(size_bytes=4 * MiB)
+    only_ours = replace(FAST, filter=DeviceFilter(include_paths=(str(loop.path),)))
+    async with running_agent(cluster, node, only_ours) as agent:
+        obj = await until_present(kube, node, loop)
+        await eventually(lambda: _settled(agent), what="the agent to settle")
+        healthy = {
+            "type": "Healthy",
+            "status": "True",
+            "reason": "Checked",
+            "message": "a health checker's condition",
+            "lastTransitionTime": "2026-12-01T00:00:00Z",
+        }
+        conditions = [*obj["status"]["conditions"], healthy]
+        name = obj["metadata"]["name"]
+        await kube.patch(NODE_DEVICES, name, {"status": {"conditions": conditions}}, subresource="status")
+        await asyncio.to_thread(detach, loop)
+        gone = await until_present(kube, node, loop, state=False)
+    assert healthy in gone["status"]["conditions"]
+    assert [c["type"] for c in gone["status"]["conditions"]] == ["Present", "Healthy"]
+
+
 async def _unchanged(kube: KubeClient, obj: Obj) -> bool:
     current = await kube.get(NODE_DEVICES, obj["metadata"]["name"])
     return bool(current["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"])
