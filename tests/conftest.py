@@ -26,6 +26,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SIMULATED_LABEL = "test.storage.datawarehouse.io/simulated"
 TEST_NAMESPACE_LABEL = "test.storage.datawarehouse.io/namespace"
 LAYER_BY_DIR = {"unit": "unit", "integration": "integration", "e2e": "e2e", "pods": "pods"}
+pytest_plugins = ["tests.harness.unwind"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

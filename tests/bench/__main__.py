@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from tests.bench.table import Table, replace_section
+from tests.harness.unwind import unwind_on_sigterm
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all: {', '.join(modules())})")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md with the results")
     args = parser.parse_args(argv)
+    unwind_on_sigterm()  # a benchmark killed from outside still stops what it started
     selected = args.names or modules()
     for name in selected:
         module_name = name if name.startswith("bench_") else f"bench_{name}"

@@ -4,9 +4,14 @@ controller manager garbage-collects, RBAC denies, and the kernel delivers uevent
 from __future__ import annotations
 
 import base64
+import os
 import select
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +28,7 @@ from storage_driver_api.kube import (
     Resource,
 )
 
+from tests.conftest import REPO_ROOT
 from tests.harness.localcluster import ClusterConfig
 from tests.harness.loopdev import LoopDevice
 from tests.harness.waiting import eventually
@@ -179,3 +185,37 @@ def test_loop_attach_produces_a_kernel_uevent(loop_devices: Callable[..., LoopDe
         if event.sys_name == device.name and event.action in ("add", "change"):
             return
     raise AssertionError(f"no uevent for {device.name} within 10s; saw {seen}")
+
+
+STOPPED_RUN = """
+import pathlib, time
+import pytest
+
+@pytest.fixture
+def something_started():
+    yield
+    pathlib.Path("cleaned-up").write_text("yes")
+
+def test_runs_until_stopped(something_started):
+    pathlib.Path("started").write_text("yes")
+    time.sleep(60)
+"""
+
+
+def test_a_test_run_stopped_with_sigterm_still_runs_its_fixtures_clean_up(tmp_path: Path) -> None:
+    """The plugin every test run loads (tests/conftest.py): a CI timeout or a `kill` leaves no
+    stopped control plane, loop device or driver host behind."""
+    (tmp_path / "test_stopped.py").write_text(STOPPED_RUN)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "tests.harness.unwind", "test_stopped.py"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as run:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert run.poll() is None and time.monotonic() < deadline, run.stdout and run.stdout.read()
+            time.sleep(0.05)
+        run.send_signal(signal.SIGTERM)
+        output, _ = run.communicate(timeout=30)
+    assert (tmp_path / "cleaned-up").exists(), output.decode()
