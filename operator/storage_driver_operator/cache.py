@@ -44,6 +44,18 @@ ChangeFn = Callable[[str, Any, Any], None]
 
 PROGRESS_EVERY_SECONDS = 2.0
 MAX_BACKOFF_SECONDS = 30.0
+QUICK_END_SECONDS = 1.0  # a watch the server ends sooner than this is not its timeout
+
+
+def rewatch_delay(failures: int, watched_seconds: float, jitter: float = 1.0) -> float:
+    """Seconds before listing or watching again. None after a watch the server ended normally (its
+    timeoutSeconds): the next one resumes from the last version, and any wait would only delay
+    the events of that moment. A watch that ended at once, or a failure, backs off instead
+    (0.5 s, then doubling per failure up to 30 s), so that a server closing every watch is not
+    asked again in a loop. `jitter` (0.8-1.2) keeps many operators from retrying in step."""
+    if failures == 0 and watched_seconds >= QUICK_END_SECONDS:
+        return 0.0
+    return min(MAX_BACKOFF_SECONDS, 0.5 * 2.0 ** min(failures, 8)) * jitter
 
 
 def object_name(obj: Obj) -> str:
@@ -260,10 +272,13 @@ class Informer(Generic[V]):
         """List, then watch forever (until cancelled), recovering from every error."""
         failures = 0
         while True:
+            watched = 0.0
             try:
                 if not self.resource_version:
                     await self._list()
+                started = time.monotonic()
                 await self._watch()
+                watched = time.monotonic() - started
                 failures = 0
                 self.last_error = None
             except ApiError as exc:
@@ -281,8 +296,9 @@ class Informer(Generic[V]):
             except (aiohttp.ClientError, OSError, ValueError) as exc:
                 failures += 1
                 self._failed(exc, failures)
-            delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(failures, 8)) * random.uniform(0.8, 1.2)
-            await asyncio.sleep(delay)
+            delay = rewatch_delay(failures, watched, random.uniform(0.8, 1.2))
+            if delay:
+                await asyncio.sleep(delay)
 
     def _failed(self, exc: Exception, failures: int) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}".strip()
