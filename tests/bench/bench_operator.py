@@ -123,7 +123,7 @@ async def delete_collection(
 ) -> None:
     """Delete every object the selector matches: a page of names at a time, IN_FLIGHT deletes at
     once. Not one collection DELETE: kube-apiserver 1.20 lists the whole collection before it
-    deletes one object at a time, until the request's deadline (about a minute) ends it; at 80,000
+    deletes one object at a time, until the request's deadline ends it; at 80,000
     NodeDevices 15 minutes of such calls deleted nothing."""
     stuck_since: float | None = None
     previous: list[str] = []
