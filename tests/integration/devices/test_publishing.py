@@ -198,6 +198,25 @@ async def _settled(agent: DeviceAgent) -> bool:
     return not agent.dirty and agent.published is not None
 
 
+@contextlib.asynccontextmanager
+async def agent_with_one_loop_device(
+    cluster: localcluster.ClusterConfig,
+    kube: KubeClient,
+    make_node: Callable[..., Any],
+    loop_devices: Callable[..., LoopDevice],
+    node: str,
+) -> AsyncIterator[tuple[DeviceAgent, LoopDevice, Obj]]:
+    """An agent for a new Node that publishes only one new loop device: (agent, device, its
+    NodeDevice), once the agent has settled."""
+    await make_node(node)
+    loop = loop_devices(size_bytes=4 * MiB)
+    only_ours = replace(FAST, filter=DeviceFilter(include_paths=(str(loop.path),)))
+    async with running_agent(cluster, node, only_ours) as agent:
+        obj = await until_present(kube, node, loop)
+        await eventually(lambda: _settled(agent), what="the agent to settle")
+        yield agent, loop, obj
+
+
 async def test_an_event_storm_writes_nothing_and_a_real_change_writes_once(
     cluster: localcluster.ClusterConfig,
     kube: KubeClient,
@@ -205,12 +224,7 @@ async def test_an_event_storm_writes_nothing_and_a_real_change_writes_once(
     loop_devices: Callable[..., LoopDevice],
 ) -> None:
     node = "devices-storm"
-    await make_node(node)
-    loop = loop_devices(size_bytes=4 * MiB)
-    only_ours = replace(FAST, filter=DeviceFilter(include_paths=(str(loop.path),)))
-    async with running_agent(cluster, node, only_ours) as agent:
-        obj = await until_present(kube, node, loop)
-        await eventually(lambda: _settled(agent), what="the agent to settle")
+    async with agent_with_one_loop_device(cluster, kube, make_node, loop_devices, node) as (agent, loop, obj):
         writes, seen = agent.publisher.writes, agent.uevents
         uevent = Path(f"/sys/block/{loop.name}/uevent")
 
@@ -255,12 +269,7 @@ async def test_a_binding_written_beside_the_agent_costs_its_next_write_nothing_m
     """The driver runtime writes status.boundDrivers of the NodeDevices the device part publishes:
     the unplug after it is one status write, with no refused write and no re-list before it."""
     node = "devices-bound"
-    await make_node(node)
-    loop = loop_devices(size_bytes=4 * MiB)
-    only_ours = replace(FAST, filter=DeviceFilter(include_paths=(str(loop.path),)))
-    async with running_agent(cluster, node, only_ours) as agent:
-        obj = await until_present(kube, node, loop)
-        await eventually(lambda: _settled(agent), what="the agent to settle")
+    async with agent_with_one_loop_device(cluster, kube, make_node, loop_devices, node) as (agent, loop, obj):
         name = obj["metadata"]["name"]
         await kube.patch(
             NODE_DEVICES, name, {"status": {"boundDrivers": ["loop-info"]}}, subresource="status"
@@ -283,12 +292,7 @@ async def test_a_condition_another_writer_added_survives_the_agents_next_write(
     """The agent replaces the condition list only if it is the one it read: a condition written
     behind its back (a health checker's) is kept, and Present still changes."""
     node = "devices-conditions"
-    await make_node(node)
-    loop = loop_devices(size_bytes=4 * MiB)
-    only_ours = replace(FAST, filter=DeviceFilter(include_paths=(str(loop.path),)))
-    async with running_agent(cluster, node, only_ours) as agent:
-        obj = await until_present(kube, node, loop)
-        await eventually(lambda: _settled(agent), what="the agent to settle")
+    async with agent_with_one_loop_device(cluster, kube, make_node, loop_devices, node) as (_, loop, obj):
         healthy = {
             "type": "Healthy",
             "status": "True",
