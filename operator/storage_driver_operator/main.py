@@ -168,7 +168,7 @@ async def run(options: Options) -> int:
     # each of its runs and never removes them, so a signal that arrives while the follower's kopf
     # is ending (it is told to stop at the election, and may take seconds) would reach that dead
     # run's handler and be lost: this replica's handlers are put back at once when it is elected.
-    stopping = asyncio.Event()
+    stopping = Stopping()
 
     def own_signals() -> None:
         running = asyncio.get_running_loop()
@@ -226,11 +226,11 @@ async def run(options: Options) -> int:
                     server=server,
                     kube=kube,
                 )
-                if not led or stopping.is_set():  # stopped (SIGTERM) while following, or as elected
+                if not led or stopping.is_set():  # a signal or kopf failed while following, or as elected
                     for task in background:
                         task.cancel()
                     await elector.release()
-                    return 0
+                    return exit_code(stopping)
             loop = group.create_task(controller.run(), name="controller")
             sweeper = Sweeper(kube, options.lease_namespace, options.gc_interval)
             sweep = group.create_task(sweeper.run(), name="sweep") if options.gc_interval > 0 else None
@@ -244,7 +244,7 @@ async def run(options: Options) -> int:
             if server is not None:
                 webhook.register(registry, kube, options)
             # kopf returns when a signal reaches its own handlers, or one reached ours before it
-            # installed them (`stopping`).
+            # installed them (`stopping`), or when it failed (logged, `stopping.failure`).
             await run_kopf(registry, options, stopping)
             loop.cancel()
             if sweep is not None:
@@ -254,7 +254,13 @@ async def run(options: Options) -> int:
         if elector is not None:
             await elector.release()  # nothing of this replica writes any more
     log.info("operator stopped", extra=fields(**controller.counters))
-    return 0
+    return exit_code(stopping)
+
+
+def exit_code(stopping: Stopping) -> int:
+    """0 after a signal; 1 when kopf failed, so that the exit does not look like a clean stop
+    and the Deployment's restart shows as an error."""
+    return 1 if stopping.failure else 0
 
 
 def operator_identity() -> Any:  # kopf's Identity, a NewType of str it does not export
@@ -265,7 +271,7 @@ def operator_identity() -> Any:  # kopf's Identity, a NewType of str it does not
 
 async def follow(
     elector: election.LeaderElector,
-    stopping: asyncio.Event,
+    stopping: Stopping,
     *,
     controller: Controller,
     credentials: Credentials,
@@ -274,20 +280,46 @@ async def follow(
     kube: KubeClient,
 ) -> bool:
     """Serve the webhook, health and metrics with kopf until this replica is elected (True) or
-    told to stop (False); kopf then starts again with the leader's handlers."""
+    told to stop or kopf failed (False); kopf then starts again with the leader's handlers."""
     registry = build_registry(
         controller, credentials, options, stop_controller=lambda: None, admission=server, leading=False
     )
     if server is not None:
         webhook.register(registry, kube, options)
-    await run_kopf(registry, options, elector.leading, stopping)
+    await run_kopf(registry, options, stopping, elector.leading)
     return elector.leading.is_set()
 
 
-async def run_kopf(registry: kopf.OperatorRegistry, options: Options, *until: asyncio.Event) -> None:
-    """Run kopf until one of `until` is set or a signal reaches kopf's own handlers. When a signal
-    stops it, kopf leaves the task that waits for its stop flag pending and then waits 5 s for
-    that "hung" task before it returns: the flag is also set at kopf's cleanup, so none is left."""
+class Stopping(asyncio.Event):
+    """Set when the operator must stop: a signal, or kopf failed (`failure` says why)."""
+
+    failure = ""
+
+    def fail(self, failure: str) -> None:
+        self.failure = failure
+        self.set()
+
+
+def kopf_failure(exc: Exception) -> str:
+    """kopf's error in one line: its API errors carry the server's message as their first argument."""
+    message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    return f"{type(exc).__name__}: {message}"
+
+
+async def run_kopf(
+    registry: kopf.OperatorRegistry, options: Options, stopping: Stopping, *until: asyncio.Event
+) -> None:
+    """Run kopf until `stopping` or one of `until` is set or a signal reaches kopf's own handlers.
+    When a signal stops it, kopf leaves the task that waits for its stop flag pending and then
+    waits 5 s for that "hung" task before it returns: the flag is also set at kopf's cleanup, so
+    none is left.
+
+    kopf also stops by itself, raising, when one of its watches fails for good: a request it
+    retried through `error_backoffs` (about a minute) was still refused, e.g. a 403, or the 404
+    of an API server that is starting and does not serve the CRD yet (kopf does not resume a
+    failed watcher: nolar/kopf#1077). Then `stopping` fails with kopf's error, logged here, and the
+    operator stops as on SIGTERM (its Lease handed over) and exits with 1: a standby, or the
+    restarted container, starts afresh with a new list of everything."""
     done = asyncio.Event()
 
     async def set_done_after(flag: asyncio.Event) -> None:
@@ -298,7 +330,7 @@ async def run_kopf(registry: kopf.OperatorRegistry, options: Options, *until: as
     async def release_stop_flag(**_: Any) -> None:
         done.set()
 
-    waiters = [asyncio.create_task(set_done_after(flag)) for flag in until]
+    waiters = [asyncio.create_task(set_done_after(flag)) for flag in (stopping, *until)]
     try:
         await kopf.operator(
             registry=registry,
@@ -308,6 +340,13 @@ async def run_kopf(registry: kopf.OperatorRegistry, options: Options, *until: as
             stop_flag=done,
             identity=operator_identity(),
         )
+    except Exception as exc:  # kopf's own stop (a signal, the flag) returns; anything else is a failure
+        failure = kopf_failure(exc)
+        log.error(
+            "kopf stopped by itself; the operator stops and exits with 1 to be started again",
+            extra=fields(error=failure),
+        )
+        stopping.fail(failure)
     finally:
         for waiter in waiters:
             waiter.cancel()

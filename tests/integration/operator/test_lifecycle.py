@@ -3,21 +3,28 @@ nothing), rolling version changes, the liveness endpoint, and running with no ar
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from storage_driver_api.constants import FINALIZER, NODE_DRIVER_CONFIGS, STORAGE_DRIVERS
-from storage_driver_api.kube import NODES, KubeClient
+from storage_driver_api.kube import LEASES, NODES, KubeClient
 
+from tests.conftest import kubectl, require
+from tests.harness import accounts, helm
 from tests.harness.localcluster import ClusterConfig
 from tests.harness.processes import ComponentProcess, console_script
 from tests.harness.waiting import consistently, eventually
 from tests.integration.operator import simulated as sim
 from tests.integration.operator.conftest import Operator, free_port
 from tests.integration.operator.test_reconcile import devices_of, live_node, wait_devices, wait_status
+
+KOPF_RELEASE = "sdo-kopf"
 
 NodeFactory = Callable[..., Any]
 
@@ -291,3 +298,69 @@ async def test_sigterm_leaves_kopf_no_task_to_wait_for(
     assert "operator stopped" in log
     # kopf 1.45 at DEBUG: "Hung tasks are stopped: ..." after waiting for leftovers, or this.
     assert "Hung tasks stopping is skipped: no tasks given." in log, log[-3000:]
+
+
+def operator_rights(tmp_path: Path, namespace: str) -> list[dict[str, Any]]:
+    """The chart's operator ServiceAccount and RBAC objects, rendered for `namespace`."""
+    objects = helm.template(tmp_path, release=KOPF_RELEASE, namespace=namespace)
+    account = helm.find(objects, "ServiceAccount", "-operator")["metadata"]["name"]
+    bindings = [
+        o
+        for o in objects
+        if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        and any(s.get("name") == account for s in o.get("subjects") or [])
+    ]
+    roles = {b["roleRef"]["name"] for b in bindings}
+    granted = [o for o in objects if o["kind"] in ("ClusterRole", "Role") and o["metadata"]["name"] in roles]
+    return [helm.find(objects, "ServiceAccount", "-operator"), *granted, *bindings]
+
+
+def without_storage_driver_watch(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    changed = copy.deepcopy(objects)
+    for role in changed:
+        for rule in role.get("rules") or []:
+            if rule["resources"] == [STORAGE_DRIVERS.plural]:
+                rule["verbs"] = [verb for verb in rule["verbs"] if verb != "watch"]
+    return changed
+
+
+async def test_kopf_refused_its_storage_driver_watch_stops_the_operator_with_an_error_and_hands_over(
+    clean_cluster: KubeClient, cluster: ClusterConfig, test_namespace: str, tmp_path: Path
+) -> None:
+    """kopf gives up for good when a watch of its own is refused (a 403 or 404 on it, as an API
+    server that is starting answers for a CRD it does not serve yet): it stops every task and
+    returns. The operator must then not look like it stopped cleanly: it says what failed, hands
+    its Lease over at once (a standby leads without waiting the Lease out) and exits non-zero, so
+    that its Deployment starts it again."""
+    require(helm.missing())
+    rights = without_storage_driver_watch(operator_rights(tmp_path, test_namespace))
+    account = rights[0]["metadata"]["name"]
+    kubectl(cluster, "apply", "-f", "-", input=yaml.safe_dump_all(rights))
+    try:
+        token = await accounts.service_account_token(clean_cluster, test_namespace, account)
+        kubeconfig = accounts.write_token_kubeconfig(
+            cluster, tmp_path / "operator.kubeconfig", accounts.username(test_namespace, account), token
+        )
+        handle = Operator(
+            cluster,
+            tmp_path,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--lease-namespace",
+            test_namespace,
+            "--leader-election",
+        )
+        process = await handle.start(wait=False)
+        try:
+            assert process.process is not None
+            code = await asyncio.to_thread(process.process.wait, 120)
+            log = process.log(100_000)
+            assert code == 1, log[-3000:]
+            assert "kopf stopped by itself" in log and STORAGE_DRIVERS.plural in log, log[-3000:]
+            assert "released the leadership" in log, log[-3000:]
+            lease = await clean_cluster.get(LEASES, "storage-operator-leader", test_namespace)
+            assert not lease["spec"].get("holderIdentity"), lease
+        finally:
+            handle.stop()
+    finally:
+        kubectl(cluster, "delete", "--ignore-not-found", "-f", "-", input=yaml.safe_dump_all(rights))
