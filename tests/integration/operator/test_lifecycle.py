@@ -303,16 +303,17 @@ async def test_sigterm_leaves_kopf_no_task_to_wait_for(
 def operator_rights(tmp_path: Path, namespace: str) -> list[dict[str, Any]]:
     """The chart's operator ServiceAccount and RBAC objects, rendered for `namespace`."""
     objects = helm.template(tmp_path, release=KOPF_RELEASE, namespace=namespace)
-    account = helm.find(objects, "ServiceAccount", "-operator")["metadata"]["name"]
+    account = helm.find(objects, "ServiceAccount", "-operator")
+    name = account["metadata"]["name"]
     bindings = [
         o
         for o in objects
         if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
-        and any(s.get("name") == account for s in o.get("subjects") or [])
+        and any(s.get("name") == name for s in o.get("subjects") or [])
     ]
     roles = {b["roleRef"]["name"] for b in bindings}
     granted = [o for o in objects if o["kind"] in ("ClusterRole", "Role") and o["metadata"]["name"] in roles]
-    return [helm.find(objects, "ServiceAccount", "-operator"), *granted, *bindings]
+    return [account, *granted, *bindings]
 
 
 def without_storage_driver_watch(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -329,7 +330,7 @@ async def test_kopf_refused_its_storage_driver_watch_stops_the_operator_with_an_
 ) -> None:
     """kopf gives up for good when a watch of its own is refused (a 403 or 404 on it, as an API
     server that is starting answers for a CRD it does not serve yet): it stops every task and
-    returns. The operator must then not look like it stopped cleanly: it says what failed, hands
+    raises. The operator must then not look like it stopped cleanly: it says what failed, hands
     its Lease over at once (a standby leads without waiting the Lease out) and exits non-zero, so
     that its Deployment starts it again."""
     require(helm.missing())
