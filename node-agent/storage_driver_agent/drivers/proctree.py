@@ -236,8 +236,11 @@ def end_own_tree(group: Path | None, timeout: float = 2.0) -> list[int]:
 
 
 def join(group: Path) -> None:
-    """Move this process into `group` (the host does it first thing, before any driver code)."""
-    (group / "cgroup.procs").write_text(str(os.getpid()))
+    """Move this process into `group` (the host does it first thing, before any driver code),
+    unless it was created there (template.HostForker): a move costs the kernel a grace period."""
+    procs = group / "cgroup.procs"
+    if str(os.getpid()) not in procs.read_text().split():
+        procs.write_text(str(os.getpid()))
 
 
 # --- choosing ---------------------------------------------------------------------------------

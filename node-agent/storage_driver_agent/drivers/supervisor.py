@@ -106,6 +106,7 @@ class Supervisor:
         self.sockets: dict[int, Path] = {}  # pid -> the host's socket (names its process tree)
         self.exit_codes: dict[int, int] = {}
         self.reaped: dict[int, asyncio.Event] = {}  # pid -> set once reaped ("wait" requests)
+        self.host_method: tuple[str, str] | None = None  # as last logged (log_host_method)
         HOSTS.set_function(lambda: len(self.children))
 
     def end_tree(self, pid: int, socket: Path) -> list[int]:
@@ -151,7 +152,9 @@ class Supervisor:
         if self.template is not None and fits(checked):
             for attempt in range(2):
                 try:
-                    return self.template.spawn(checked, log_path)
+                    pid = self.template.spawn(checked, log_path)
+                    self.log_host_method()
+                    return pid
                 except TemplateRefused as exc:
                     log.warning(
                         "the host template refused a host; starting it afresh", extra=fields(error=str(exc))
@@ -165,6 +168,19 @@ class Supervisor:
         # The supervisor reaps with waitpid(-1); Popen must not try to.
         process.returncode = 0
         return process.pid
+
+    def log_host_method(self) -> None:
+        """Say how the template creates hosts, once and whenever it changes."""
+        if self.template is None or self.template.method == self.host_method:
+            return
+        self.host_method = self.template.method
+        if self.host_method is not None and self.host_method[0] == "clone3":
+            log.info("the host template creates driver hosts with clone3: in their cgroup, as our children")
+        elif self.host_method is not None:
+            log.info(
+                "the host template forks driver hosts and they join their cgroup: clone3 is not available",
+                extra=fields(reason=self.host_method[1]),
+            )
 
     def handle(self, op: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
         if op == "spawn":

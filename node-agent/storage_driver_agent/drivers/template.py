@@ -4,15 +4,17 @@
 
 A fresh interpreter per driver host costs tens of milliseconds and ~20 MiB, nearly all of it
 the interpreter and the host module (host.py, the SDK). The supervisor starts one template that
-has imported them, and asks it, over the socket `--fd`, for a host: the template forks, the child
-forks again and exits, and the grandchild becomes the host (new session, its log as stdout and
-stderr, its cgroup and memory limit set by host.main exactly as in a fresh `python -m ...host`),
-then imports only its driver. The grandchild shares the template's pages until it writes them,
-so a host costs little more than its driver.
+has imported them, and asks it, over the socket `--fd`, for a host: the template creates it as
+the supervisor's child, straight in its cgroup (clone3.py), and the new process becomes the host
+(new session, its log as stdout and stderr, its memory limit set by host.main exactly as in a
+fresh `python -m ...host`), then imports only its driver. It shares the template's pages until it
+writes them, so a host costs little more than its driver. Where the kernel refuses clone3 (a
+seccomp profile, an old kernel, a v1 cgroup), the template forks twice instead: the child forks
+the host and exits, and the host joins its cgroup itself.
 
-Because the middle child exits at once, the host is reparented to the nearest subreaper, the
-supervisor, which reaps it and knows its exit status; the template keeps no host as a child, so
-its death (or its restart) takes no host with it. A host rewrites its command line to the one a
+Either way the host is the supervisor's child (created so, or reparented to it as the nearest
+subreaper when the middle child exits), which reaps it and knows its exit status; the template
+keeps no host as a child, so its death (or its restart) takes no host with it. A host rewrites its command line to the one a
 fresh host would have (`python -m storage_driver_agent.drivers.host --name ... --socket ...`), so
 ps, the supervisor's identity check (launcher.is_driver_host) and adoption see no difference;
 `--title-room` only reserves the room in the argument area that the new command line needs.
@@ -34,12 +36,13 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, NoReturn
 
 from storage_driver_sdk.protocol import Response, decode_request
 
-from storage_driver_agent.drivers import host
+from storage_driver_agent.drivers import clone3, host
 
 TEMPLATE_MODULE: Final = "storage_driver_agent.drivers.template"
 # Room for a host's command line (names, sha256, paths; ~700 bytes in practice).
@@ -158,31 +161,62 @@ def warm_up() -> None:
     exec(compile("WARM = 1\n", "<warm>", "exec"), {})
 
 
-def fork_host(argv: list[str], log_path: Path, control: socket.socket) -> int:
-    """Fork a host that is not our child, its socket already listening; returns its pid."""
-    if argv[1:3] != ["-m", host.HOST_MODULE]:
-        raise ValueError(f"refusing to start {argv[:3]!r}: only '-m {host.HOST_MODULE}' may be started")
-    if (socket_path := host.argv_socket(argv)) is None:
-        raise ValueError("a driver host's argv must name its --socket")
-    if not fits(argv):
-        raise TitleError(f"a command line of {len(' '.join(argv))} bytes does not fit in {TITLE_ROOM}")
-    argv = with_listener(argv)
-    with host.bind_listener(socket_path) as listener:
-        read_end, write_end = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        middle = os.fork()
-        if middle == 0:
+class HostForker:
+    """Creates hosts as the supervisor's children: with clone3 straight into their cgroup where the
+    kernel lets us (clone3.py), else by a double fork after which the host joins its cgroup itself
+    (host.main). `why` says why not clone3, for the supervisor's log."""
+
+    def __init__(self) -> None:
+        self.state: clone3.ThreadState | None = None
+        self.why = ""
+        try:
+            self.state = clone3.thread_state()
+        except OSError as exc:
+            self.why = str(exc)
+
+    @property
+    def method(self) -> str:
+        return "clone3" if self.state is not None else "fork"
+
+    def start(self, group: Path | None, child: Callable[[], NoReturn]) -> int:
+        """Run `child` in a new process; returns its pid."""
+        if self.state is not None:
             try:
-                os.close(read_end)
-                pid = os.fork()
+                pid = self._clone(self.state, group)
+            except OSError as exc:
+                if exc.errno in clone3.UNAVAILABLE:  # for good: every host forks from now on
+                    self.state, self.why = None, str(exc)
+            else:
                 if pid == 0:
-                    os.close(write_end)
-                    become_host(argv, log_path, control, listener)
-                os.write(write_end, str(pid).encode())
-            finally:
-                os._exit(0)
-    # The listener is the host's alone now: once the host exits, the agent's connection ends.
+                    child()
+                return pid
+        return double_fork(child)
+
+    @staticmethod
+    def _clone(state: clone3.ThreadState, group: Path | None) -> int:
+        fd = None if group is None else os.open(group, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return clone3.fork(state, fd)
+        finally:  # in both processes
+            if fd is not None:
+                os.close(fd)
+
+
+def double_fork(child: Callable[[], NoReturn]) -> int:
+    """Run `child` in a grandchild whose parent exits at once, so that it is reparented to the
+    nearest subreaper (the supervisor); returns its pid."""
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(read_end)
+            pid = os.fork()
+            if pid == 0:
+                os.close(write_end)
+                child()
+            os.write(write_end, str(pid).encode())
+        finally:
+            os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as reader:
         answer = reader.read()
@@ -192,8 +226,33 @@ def fork_host(argv: list[str], log_path: Path, control: socket.socket) -> int:
     return int(answer)
 
 
+def argv_cgroup(argv: list[str]) -> Path | None:
+    """The --cgroup a host's command line names (the launcher made it), if any."""
+    with contextlib.suppress(ValueError, IndexError):
+        return Path(argv[argv.index("--cgroup") + 1])
+    return None
+
+
+def fork_host(argv: list[str], log_path: Path, control: socket.socket, forker: HostForker) -> int:
+    """Start a host that is not our child, its socket already listening; returns its pid."""
+    if argv[1:3] != ["-m", host.HOST_MODULE]:
+        raise ValueError(f"refusing to start {argv[:3]!r}: only '-m {host.HOST_MODULE}' may be started")
+    if (socket_path := host.argv_socket(argv)) is None:
+        raise ValueError("a driver host's argv must name its --socket")
+    if not fits(argv):
+        raise TitleError(f"a command line of {len(' '.join(argv))} bytes does not fit in {TITLE_ROOM}")
+    argv = with_listener(argv)
+    # The listener is the host's alone once we leave this block: when the host exits, the
+    # agent's connection ends.
+    with host.bind_listener(socket_path) as listener:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return forker.start(argv_cgroup(argv), lambda: become_host(argv, log_path, control, listener))
+
+
 def serve(control: socket.socket) -> int:
     """Answer spawn requests (one JSON line each) until the supervisor closes the socket."""
+    forker = HostForker()
     buffer = b""
     while True:
         data = control.recv(65536)
@@ -206,9 +265,8 @@ def serve(control: socket.socket) -> int:
             line, buffer = buffer.split(b"\n", 1)
             try:
                 request = json.loads(line)
-                reply: dict[str, object] = {
-                    "pid": fork_host([str(a) for a in request["argv"]], Path(request["log"]), control)
-                }
+                pid = fork_host([str(a) for a in request["argv"]], Path(request["log"]), control, forker)
+                reply: dict[str, object] = {"pid": pid, "method": forker.method, "why": forker.why}
             except Exception as exc:
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             control.sendall(json.dumps(reply).encode() + b"\n")

@@ -36,6 +36,9 @@ class HostTemplate:
         self.process: subprocess.Popen[bytes] | None = None
         self.control: socket.socket | None = None
         self._buffer = b""
+        # How the template creates hosts ("clone3" or "fork") and, if not clone3, why, as it
+        # said with its last host.
+        self.method: tuple[str, str] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -91,6 +94,7 @@ class HostTemplate:
         reply = json.loads(line)
         if "pid" not in reply:
             raise TemplateRefused(str(reply.get("error", "no pid in the answer")))
+        self.method = (str(reply.get("method", "")), str(reply.get("why", "")))
         return int(reply["pid"])
 
     def _readline(self) -> bytes:

@@ -6,6 +6,7 @@ hosts; the behaviour shared with fresh hosts is tested in test_hosts.py on both.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from storage_driver_agent.drivers.hostclient import HostConnection, HostGone
 from storage_driver_agent.drivers.launcher import HostProcess, SupervisorLauncher
 from storage_driver_sdk.protocol import Op
 
+from tests.conftest import require
 from tests.harness.drivers import (
     children,
     host_templates,
@@ -69,6 +71,48 @@ class ProbeDriver:
     def detach(self, device): ...
     def stop(self): ...
 """
+
+
+SELF_REPORT = '''
+import ctypes, json, os, signal, subprocess, sys, threading
+from storage_driver_sdk import storage_driver
+
+@storage_driver(name="Probe Driver", version="1.0.0")
+class ProbeDriver:
+    """Writes what its own process looks like from inside to the file its config names."""
+
+    def start(self, config):
+        signals = []
+        signal.signal(signal.SIGUSR1, lambda *_: signals.append("SIGUSR1"))
+        signal.raise_signal(signal.SIGUSR1)  # glibc's raise(): this thread, not the template's
+        tid_address = ctypes.c_void_p()
+        ctypes.CDLL(None).prctl(40, ctypes.byref(tid_address), 0, 0, 0)  # PR_GET_TID_ADDRESS
+        thread = {}
+        worker = threading.Thread(target=lambda: thread.update(tid=threading.get_native_id()))
+        worker.start()
+        worker.join()
+        child = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getppid())"], capture_output=True, text=True, check=True
+        )
+        with open(config["report"], "w") as report:
+            json.dump({
+                "pid": os.getpid(),
+                "signals": signals,
+                "glibc_tid": ctypes.c_int.from_address(tid_address.value).value,
+                "native_tid": threading.get_native_id(),
+                "thread_tid": thread["tid"],
+                "childs_parent": int(child.stdout),
+            }, report)
+
+    def attach(self, device):
+        return {}
+
+    def detach(self, device):
+        pass
+
+    def stop(self):
+        pass
+'''
 
 
 @pytest.fixture
@@ -166,6 +210,31 @@ async def test_a_forked_host_is_a_process_of_its_own_like_a_fresh_one(
     await conn.call(Op.UNLOAD)
     await eventually(lambda: _exited(fixture, process), what="the host to exit")
     assert await fixture.launcher.exit_status(process) == 0
+
+
+async def test_a_host_created_with_clone3_starts_in_its_cgroup_and_is_whole_to_its_driver(
+    supervised: tuple[HostFixture, ComponentProcess], tmp_path: Path
+) -> None:
+    """The template creates hosts with a raw clone3 (drivers/clone3.py): straight in their cgroup,
+    with glibc's per-thread state what a fork() leaves, so a driver's signals, threads and
+    children work as in a fresh process."""
+    fixture, supervisor = supervised
+    trees = proctree.choose()
+    require(None if trees.kind == "cgroup v2" else f"no writable cgroup v2 hierarchy ({trees.reason})")
+    sha = write_driver(fixture, "report.py", SELF_REPORT)
+    process, conn = await spawn_file(fixture, "report", "report.py", sha)
+    await conn.call(Op.LOAD, {"config": {"report": str(tmp_path / "report.json")}})
+    supervisor.wait_for_log("creates driver hosts with clone3")
+    group = trees.group(process.socket)
+    assert group is not None and process.pid in proctree.group_members(group)
+    assert parent_pid(process.pid) == supervisor.pid
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["pid"] == process.pid
+    assert report["signals"] == ["SIGUSR1"]
+    assert report["glibc_tid"] == report["native_tid"] == process.pid
+    assert report["thread_tid"] not in (process.pid, template_of(supervisor))
+    assert report["childs_parent"] == process.pid
+    assert (await conn.call(Op.HELLO))["phase"] == "running"
 
 
 async def test_the_templates_death_leaves_running_drivers_and_a_new_template_serves(
