@@ -70,9 +70,15 @@ class ThreadState:
     set_robust_list: int  # the system call's number on this machine
 
 
-# PyDLL keeps the GIL held across the call, as os.fork() does around fork().
+# PyDLL keeps the GIL held across the call, as os.fork() does around fork(). The functions are
+# looked up once, here: in the template before its objects are frozen (gc.freeze), not in each
+# child, where the lookup would write (and so copy) shared pages.
 _libc = ctypes.PyDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_before_fork = ctypes.pythonapi.PyOS_BeforeFork
+_after_fork_child = ctypes.pythonapi.PyOS_AfterFork_Child
+_after_fork_parent = ctypes.pythonapi.PyOS_AfterFork_Parent
 
 
 def _failed(what: str) -> OSError:
@@ -96,7 +102,7 @@ def thread_state() -> ThreadState:
     ):
         raise OSError(errno.EINVAL, "the thread id glibc keeps is not at the address the kernel has")
     head, size = ctypes.c_void_p(), ctypes.c_size_t()
-    if _libc.syscall(ctypes.c_long(calls[1]), ctypes.c_long(0), ctypes.byref(head), ctypes.byref(size)) != 0:
+    if _syscall(ctypes.c_long(calls[1]), ctypes.c_long(0), ctypes.byref(head), ctypes.byref(size)) != 0:
         raise _failed("get_robust_list")
     return ThreadState(tid_address.value, head.value or 0, size.value, calls[0])
 
@@ -115,18 +121,18 @@ def fork(state: ThreadState, cgroup_fd: int | None, sibling: bool = True) -> int
         exit_signal=0 if sibling else signal.SIGCHLD,
         cgroup=cgroup_fd or 0,
     )
-    ctypes.pythonapi.PyOS_BeforeFork()
-    pid = _libc.syscall(ctypes.c_long(SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+    _before_fork()
+    pid = _syscall(ctypes.c_long(SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
     if pid == 0:
-        _libc.syscall(
+        _syscall(
             ctypes.c_long(state.set_robust_list),
             ctypes.c_void_p(state.robust_list),
             ctypes.c_size_t(state.robust_list_size),
         )
-        ctypes.pythonapi.PyOS_AfterFork_Child()
+        _after_fork_child()
         return 0
     error = _failed("clone3") if pid < 0 else None
-    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    _after_fork_parent()
     if error is not None:
         raise error
     return int(pid)

@@ -250,9 +250,8 @@ def fork_host(argv: list[str], log_path: Path, control: socket.socket, forker: H
         return forker.start(argv_cgroup(argv), lambda: become_host(argv, log_path, control, listener))
 
 
-def serve(control: socket.socket) -> int:
+def serve(control: socket.socket, forker: HostForker) -> int:
     """Answer spawn requests (one JSON line each) until the supervisor closes the socket."""
-    forker = HostForker()
     buffer = b""
     while True:
         data = control.recv(65536)
@@ -287,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         set_command_line([sys.executable, "-m", TEMPLATE_MODULE])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor ends it by closing the socket
     warm_up()
+    forker = HostForker()
     # What the template has allocated so far stays put: the collector does not touch it in the
     # hosts, so their copies of those pages stay shared.
     gc.collect()
     gc.freeze()
-    return serve(control)
+    return serve(control, forker)
 
 
 if __name__ == "__main__":
