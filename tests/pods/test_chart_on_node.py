@@ -187,6 +187,12 @@ async def test_hotplug_loads_the_driver_in_the_supervisor_pod_and_unplug_unloads
     supervisor_uid = installed.pod("supervisor")["metadata"]["uid"]
     assert f"pod{supervisor_uid}" in hosts[0].cgroup, hosts[0].cgroup
     assert entry.get("pid"), entry
+    # The privileged supervisor container runs without a seccomp filter: its template creates the
+    # host in its cgroup with clone3, the fast path, not the double fork and join.
+    supervisor_log = installed.kubectl(
+        "-n", NAMESPACE, "logs", installed.pod("supervisor")["metadata"]["name"]
+    )
+    assert "creates driver hosts with clone3" in supervisor_log, supervisor_log[-2000:]
 
     await asyncio.to_thread(subprocess.run, ["losetup", "--detach", str(loop.path)], check=True)
 
