@@ -12,11 +12,10 @@ import sys
 from storage_driver_api.kube import KubeClient, KubeConfigError, load_credentials
 from storage_driver_api.logs import fields, setup_logging
 
-from storage_driver_agent import health, metrics
+from storage_driver_agent import health, metrics, metricsserver
 from storage_driver_agent.config import AgentConfig
 from storage_driver_agent.devices import service as devices
 from storage_driver_agent.drivers import service as drivers
-from storage_driver_agent.drivers import supervisor
 
 log = logging.getLogger("storage_driver_agent")
 
@@ -72,17 +71,13 @@ async def run(config: AgentConfig, device_options: devices.Options, driver_optio
         if config.health_address:
             group.create_task(health.serve(config.health_address, ready, stop))
         if config.metrics_address:
-            group.create_task(metrics.serve(config.metrics_address, metrics.REGISTRY, stop))
+            group.create_task(metricsserver.serve(config.metrics_address, metrics.REGISTRY, stop))
     # Driver hosts keep running: an agent restart must not unload anything (drivers.service).
     log.info("agent stopped", extra=fields(node=config.node_name))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["supervise"]:
-        # `storage-agent supervise`: the long-lived process that starts and reaps driver hosts.
-        return supervisor.main(argv[1:])
     args = build_parser().parse_args(argv)
     config = AgentConfig.from_args(args)
     setup_logging("storage-agent", config.log_level, config.log_format)

@@ -1,5 +1,5 @@
-"""Prometheus metrics of the agent (and the HTTP endpoint the supervisor's share), served on
-`--metrics HOST:PORT` at /metrics; the chart's PodMonitor scrapes them (docs/metrics.md).
+"""Prometheus metrics of the agent, served on `--metrics HOST:PORT` at /metrics
+(metricsserver.py); the chart's PodMonitor scrapes them (docs/metrics.md).
 
 Events (loads, unloads, crashes, health checks, watch lists) are counted where they happen, in
 the metric objects below. State (devices, drivers by phase, API answers) is read when scraped,
@@ -14,7 +14,6 @@ so that the unload that removed it is still counted. Device `type` and driver `p
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -22,17 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import prometheus_client
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as CounterMetric
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from storage_driver_api.logs import fields
 from storage_driver_api.nodedevice import is_present
 from storage_driver_api.nodedriverconfig import DriverPhase
 from storage_driver_sdk.devices import ALL_DEVICE_TYPES
-
-from storage_driver_agent.config import parse_address
 
 log = logging.getLogger("storage_driver_agent.metrics")
 
@@ -40,9 +35,6 @@ PREFIX: Final = "storage_driver_agent"
 PHASES: Final = tuple(phase.value for phase in DriverPhase)
 # From a fraction of a second (a small driver, no device) to the default --load-timeout (60 s).
 DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-# Without this every counter also gets a `_created` series, which no dashboard here reads.
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry()
 prometheus_client.ProcessCollector(registry=REGISTRY)
@@ -204,31 +196,3 @@ class _StateCollector(Collector):
 
 
 REGISTRY.register(_StateCollector())
-
-
-async def serve(address: str, registry: CollectorRegistry, stop: asyncio.Event) -> None:
-    """Serve `registry` on http://HOST:PORT/metrics until `stop`."""
-
-    async def handle(_: web.Request) -> web.Response:
-        return web.Response(
-            body=prometheus_client.generate_latest(registry),
-            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
-        )
-
-    app = web.Application()
-    app.router.add_get("/metrics", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    host, port = parse_address(address)
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise SystemExit(
-            f"cannot serve metrics on {address}: {exc}; choose another --metrics address"
-        ) from exc
-    log.info("metrics serving", extra=fields(address=f"{host}:{port}", path="/metrics"))
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()

@@ -33,7 +33,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 from storage_driver_api.logs import fields, setup_logging
 
-from storage_driver_agent import metrics
+from storage_driver_agent import metricsserver
 from storage_driver_agent.config import health_address
 from storage_driver_agent.drivers import proctree
 from storage_driver_agent.drivers.launcher import (
@@ -331,7 +331,7 @@ class Supervisor:
         self.start_template()
         async with server, asyncio.TaskGroup() as group:
             if self.metrics_address:
-                group.create_task(metrics.serve(self.metrics_address, REGISTRY, stop))
+                group.create_task(metricsserver.serve(self.metrics_address, REGISTRY, stop))
             await stop.wait()
         server.close()
         with contextlib.suppress(FileNotFoundError):
