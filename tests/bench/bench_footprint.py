@@ -406,7 +406,8 @@ def footprint_table(windows: list[Window], loads: list[float]) -> Table:
             "requests: every request the agent made in the window, by verb (its own "
             "storage_driver_agent_api_requests_total); 'written' lists what the API server counted "
             f"written of {', '.join(PROJECT_RESOURCES)} (apiserver_request_total; only the agent writes "
-            "them in this run, the control plane's own Leases apart). Uevents the agent received from "
+            "them in this run, apart from the control plane's Leases and the local node's kubelet, which "
+            "renews its node Lease with a PUT every 10 s; the agent renews its own with a PATCH). Uevents the agent received from "
             "other work on this machine during the windows: "
             + ", ".join(f"{w.uevents} ({w.drivers} drivers)" for w in windows)
             + f". 1-minute load average {min(loads):.1f} to {max(loads):.1f} ({os.cpu_count()} cores, shared)."
