@@ -645,6 +645,9 @@ def interrupt(signum: int, frame: object) -> None:
 def run_up(cluster: localcluster.ClusterConfig) -> int:
     # Stopped from outside (a CI timeout, kill): clean up as after Ctrl-C.
     signal.signal(signal.SIGTERM, interrupt)
+    # Ctrl-C stops it even when it was started with SIGINT ignored, as a shell without job
+    # control starts a background job's commands: asyncio.run then handles it as usual.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         asyncio.run(up(cluster))
     except (DemoError, KeyboardInterrupt) as exc:
