@@ -2,8 +2,8 @@
 
 The supervisor is a process of its own that starts and reaps driver hosts; it needs none of the
 agent's API client, resource models or device discovery. So `supervise` is dispatched before
-any of them is imported, which keeps pydantic and the models (about 11 MiB) out of it
-(docs/benchmarks.md, the footprint).
+any of them is imported, which keeps pydantic, the models and the API client out of it: about
+14 MiB of RSS (docs/benchmarks.md, the footprint).
 """
 
 from __future__ import annotations
