@@ -54,11 +54,17 @@ def _load_hypothesis_profile() -> None:
     settings.load_profile("shared-machine")
 
 
+# The report of a test's call, for fixtures that add what a failure needs (tests/pods).
+CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """In CI every prerequisite exists, so a skip is a broken environment: report it as a failure."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call":
+        item.stash[CALL_REPORT] = report
     if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from storage_driver_api.kube import KubeClient, load_kubeconfig
 
-from tests.conftest import REPO_ROOT, _remove_all, apply_crds, kubectl, require
+from tests.conftest import CALL_REPORT, REPO_ROOT, _remove_all, apply_crds, kubectl, require
 from tests.harness import helm, localcluster, podprocesses
 from tests.harness.localcluster import ClusterConfig
 from tests.harness.waiting import eventually
@@ -80,6 +80,33 @@ async def wait_all_ready(installed: Installed, timeout: float = 180) -> None:
         print(installed.kubectl("-n", NAMESPACE, "get", "pods", "-o", "wide"))
         print(installed.kubectl("-n", NAMESPACE, "describe", "pods"))
         raise
+
+
+def describe(installed: Installed) -> str:
+    """What a failed test's reader needs and the pods take with them when they go: every pod with
+    its restarts, the driver hosts on the node, and the last lines of each container's log (and of
+    its previous run, when it restarted)."""
+    parts = [installed.kubectl("-n", NAMESPACE, "get", "pods", "-o", "wide")]
+    parts.append("driver hosts on the node: " + repr(podprocesses.image_driver_hosts()))
+    for component in COMPONENTS:
+        for pod in installed.release.pods(component):
+            name = pod["metadata"]["name"]
+            restarted = any(s["restartCount"] for s in pod["status"].get("containerStatuses") or [])
+            for previous in [[], ["--previous"]] if restarted else [[]]:
+                logs = kubectl(
+                    installed.cluster, "-n", NAMESPACE, "logs", name, "--tail=60", *previous, check=False
+                )
+                parts.append(f"--- {name} {' '.join(previous)}".rstrip() + f" ---\n{logs}")
+    return "\n".join(parts)
+
+
+@pytest.fixture(autouse=True)
+def describe_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed test prints describe() of the release it ran against."""
+    yield
+    report = request.node.stash.get(CALL_REPORT, None)
+    if report is not None and report.failed and "installed" in request.fixturenames:
+        print(describe(request.getfixturevalue("installed")))
 
 
 async def _clean_slate(cluster: ClusterConfig) -> None:

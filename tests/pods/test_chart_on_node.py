@@ -406,6 +406,16 @@ async def test_directory_autoload_loads_the_dropped_in_file_without_a_storage_dr
     loop) loads on the node's loop device with no StorageDriver; turned off, it unloads."""
     entry_name = autoload.entry_name(DRIVER_FILE.name)
     assert not (await kube.list(STORAGE_DRIVERS))[0]
+
+    async def rolled_out() -> bool:  # the next tests find the operator's pods all Ready again
+        deployment = installed.release.get("deployment", f"{installed.release.fullname}-operator", NAMESPACE)
+        pods = installed.pods("operator")
+        return (
+            deployment is not None
+            and len(pods) == deployment["spec"]["replicas"]
+            and all(map(pod_ready, pods))
+        )
+
     installed.release.upgrade("--reuse-values", "--set", "operator.directoryAutoload=true")
     try:
         loop = loop_devices(size_bytes=unique_size(16))
@@ -428,25 +438,16 @@ async def test_directory_autoload_loads_the_dropped_in_file_without_a_storage_dr
         )
         assert len(driver_hosts(installed)) == 1
     finally:
+        # Rolled out even when the test failed, so that its failure is not the next tests' too.
         installed.release.upgrade("--reuse-values", "--set", "operator.directoryAutoload=false")
+        await eventually(
+            rolled_out, timeout=150, interval=0.5, what="the operator's pods Ready after the upgrades"
+        )
 
     async def unloaded() -> bool:
         return not await driver_status(kube, entry_name) and not driver_hosts(installed)
 
     await eventually(unloaded, timeout=150, what=f"{entry_name} unloaded once autoload is off")
-
-    async def rolled_out() -> bool:  # the next tests find the operator's pods all Ready again
-        deployment = installed.release.get("deployment", f"{installed.release.fullname}-operator", NAMESPACE)
-        pods = installed.pods("operator")
-        return (
-            deployment is not None
-            and len(pods) == deployment["spec"]["replicas"]
-            and all(map(pod_ready, pods))
-        )
-
-    await eventually(
-        rolled_out, timeout=150, interval=0.5, what="the operator's pods Ready after the upgrades"
-    )
 
 
 # --- 7. a device in use, as the node's mount table shows it --------------------------------------
