@@ -17,6 +17,7 @@ from typing import Any
 
 _FIELDS = "sdo_fields"
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_KOPF_INTERNAL = {_FIELDS, "k8s_ref", "k8s_skip", "settings"}
 
 
 def fields(**values: Any) -> dict[str, Any]:
@@ -38,9 +39,13 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         entry.update(getattr(record, _FIELDS, {}))
-        # kopf and others attach their own extras (e.g. k8s object references).
+        # kopf and others attach their own extras: kopf's object reference is kept (as "object",
+        # the key kopf's own JSON formatter uses), its settings (a repr of every setting, 2.5 KB
+        # on each of its lines) and its posting flag are not.
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and key != _FIELDS and not key.startswith("_"):
+            if key == "k8s_ref" and isinstance(value, dict):
+                entry.setdefault("object", value)
+            elif key not in _STANDARD and key not in _KOPF_INTERNAL and not key.startswith("_"):
                 entry.setdefault(key, value if isinstance(value, str | int | float | bool) else str(value))
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)

@@ -362,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     options = Options.from_args(build_parser().parse_args(argv))
     setup_logging("storage-operator", options.log_level, options.log_format)
+    webhook.quiet_admissions()
     return asyncio.run(run(options))
 
 

@@ -38,6 +38,28 @@ log = logging.getLogger("storage_driver_operator.webhook")
 MAX_PODS = 10_000  # one entry per agent pod; pods are replaced, never edited into another node
 
 
+class AdmittedAtDebug(logging.Filter):
+    """kopf logs every request its webhook admits at INFO ("Webhook 'agent-leases' succeeded."):
+    a line per agent write, so per node every 10 s for its Lease alone. Admitting is the webhook's
+    steady state, so those lines go to DEBUG; a refusal is still logged as a warning (above)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if (
+            record.levelno == logging.INFO
+            and message.startswith("Webhook ")
+            and message.endswith(" succeeded.")
+        ):
+            record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_admissions() -> None:
+    """Install AdmittedAtDebug on kopf's per-object logger (where kopf logs handler outcomes)."""
+    logging.getLogger("kopf.objects").addFilter(AdmittedAtDebug())
+
+
 class PodResolver:
     """The agent's Pod for a token's pod name. A pod's uid and spec.nodeName never change, so a
     pod once seen with the token's uid is kept (bounded) and the webhook asks the API once per pod."""
