@@ -7,7 +7,8 @@ installed with them; the operator, agent and supervisor run as pods, the driver 
 supervisor's container. The example loop StorageDriver is applied with `unloadDelaySeconds: 0`
 and a deviceSelector for this benchmark's device size, and each of the attaches is timed
 stage by stage exactly as `bench_hotplug` does for local processes, from watches of the node's
-NodeDevices and NodeDriverConfig.
+NodeDevices and NodeDriverConfig. SDO_BENCH_LOGS=DIR keeps the pods' logs there (they go with
+the release).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from storage_driver_api.constants import (
 )
 from storage_driver_api.kube import KubeClient, load_kubeconfig
 
+from tests.bench import procstat
 from tests.bench.bench_hotplug import (
     ATTACHES,
     DRIVER,
@@ -44,11 +46,15 @@ from tests.bench.bench_hotplug import (
 )
 from tests.bench.oncluster import run_on_local_cluster
 from tests.bench.table import Table
-from tests.harness import localcluster
+from tests.conftest import kubectl
+from tests.harness import localcluster, podprocesses
+from tests.harness.drivers import host_templates
 from tests.integration.chart.release import Release, delete_namespace
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RELEASE = "sdo-bench"
+COMPONENTS = ("operator", "agent", "supervisor")
+REST_SECONDS = 60.0  # at rest after the hot-plugs, before the footprint is read
 
 
 def images(cfg: localcluster.ClusterConfig) -> None:
@@ -122,11 +128,14 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
                 for stage, value in zip(STAGES_OUT, timings_out, strict=True):
                     outs[stage].append(value)
                 await asyncio.sleep(0.3)
+            footprint = await at_rest(cfg, release)
         finally:
             await kube.delete(STORAGE_DRIVERS, DRIVER)
             await asyncio.sleep(2.0)  # the operator pod releases its finalizer
             for task in watchers:
                 task.cancel()
+            if logs := os.environ.get("SDO_BENCH_LOGS"):
+                await asyncio.to_thread(keep_logs, cfg, release, Path(logs))
             release.uninstall(check=False)
             delete_namespace(cfg, RELEASE, wait=False)
     table = Table(
@@ -141,7 +150,60 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
         ),
     )
     add_stages(table, ins, outs)
-    return [table]
+    return [table, footprint]
+
+
+def keep_logs(cfg: localcluster.ClusterConfig, release: Release, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for component in COMPONENTS:
+        for pod in release.pods(component):
+            log = kubectl(cfg, "-n", RELEASE, "logs", pod["metadata"]["name"], check=False)
+            (directory / f"pods-{component}.log").write_text(log)
+
+
+def container_processes(cfg: localcluster.ClusterConfig, release: Release) -> dict[str, int]:
+    """Each component's container process (its pid 1 as containerd knows it), and the
+    supervisor's host template."""
+    found = {}
+    for component in COMPONENTS:
+        (pod,) = release.pods(component)
+        found[f"{component} pod"] = podprocesses.container_main_process(cfg, pod, component).pid
+    for template in host_templates(found["supervisor pod"]):
+        found["host template (supervisor pod)"] = template
+    return found
+
+
+async def at_rest(cfg: localcluster.ClusterConfig, release: Release) -> Table:
+    """Memory and CPU of the chart's containers over REST_SECONDS at rest, read from the node's
+    /proc as for local processes (bench_footprint), with the chart's in-cluster credentials and
+    the images' interpreter."""
+    pids = await asyncio.to_thread(container_processes, cfg, release)
+    cpu = {name: procstat.cpu_seconds(pid) for name, pid in pids.items()}
+    load = os.getloadavg()[0]
+    await asyncio.sleep(REST_SECONDS)
+    table = Table(
+        "The chart's pods at rest after the hot-plugs (target: agent <= 60 MB, CPU near zero)",
+        ["process", "RSS", "USS / PSS", "CPU"],
+        command="python -m tests.bench pods --write",
+        notes=(
+            f"The same release {REST_SECONDS:.0f} s after the last detach, no driver loaded: each "
+            "container's process from the node's /proc (RSS = VmRSS, USS and PSS from "
+            "smaps_rollup, CPU = user+system time over the window, 100% = one core; MiB = KiB / "
+            "1024). The agent here runs with the pod's service account, as the chart runs it; "
+            "bench_footprint measures local processes with a kubeconfig. 1-minute load average "
+            f"{load:.1f} to {os.getloadavg()[0]:.1f} (2 cores, shared)."
+        ),
+    )
+    for name, pid in pids.items():
+        uss, pss = procstat.smaps_kib(pid)
+        used = (procstat.cpu_seconds(pid) - cpu[name]) / REST_SECONDS
+        table.add(
+            name,
+            procstat.mib(procstat.rss_kib(pid)),
+            f"{uss / 1024:.1f} / {procstat.mib(pss)}",
+            f"{used:.2%}",
+        )
+    return table
 
 
 def run() -> list[Table]:
