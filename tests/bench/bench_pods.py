@@ -82,6 +82,12 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
     )
     manifest["spec"]["unloadDelaySeconds"] = 0
     manifest["spec"]["deviceSelector"] = [{"key": "sizeBytes", "operator": "In", "values": [str(size)]}]
+    others = [n for n in kubectl(cfg, "get", "nodes", "-o", "name").split() if n != f"node/{node}"]
+    if others:  # the agent DaemonSet would schedule a pod on each, and the release never be Ready
+        raise RuntimeError(
+            f"{len(others)} Nodes besides {node} (e.g. {others[0]}), left by another benchmark "
+            "(SDO_BENCH_KEEP=1): run it again without SDO_BENCH_KEEP to remove them"
+        )
     release = Release(cfg, RELEASE, RELEASE, run_pods=True)
     release.uninstall(check=False)
     delete_namespace(cfg, RELEASE)
@@ -93,6 +99,7 @@ async def measure(cfg: localcluster.ClusterConfig, work: Path) -> list[Table]:
     )  # fmt: skip
     while not await asyncio.to_thread(pods_ready, release):
         if time.monotonic() - installed_at > 180:
+            release.uninstall(check=False)
             raise TimeoutError("the release's pods did not become Ready in 180 s")
         await asyncio.sleep(0.2)
     ready_after = time.monotonic() - installed_at
