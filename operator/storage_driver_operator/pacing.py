@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Under a stream of changes that write nothing (agents reporting status), planning may take at
-# most this share of the operator's time: after a plan that took d seconds it rests 4 d (at most
-# the burst window, so that no change waits longer than it did behind the window alone).
+# most this share of the operator's time: after a plan that took d seconds it rests 4 d.
 PLANNING_SHARE = 0.2
 
 
@@ -39,7 +38,7 @@ class Pacing:
         is written at once, which is what a device unplugged just after a load needs."""
         rest = 0.0
         if self.ended_at is not None:
-            rest = self.ended_at + min(self.took * (1 / PLANNING_SHARE - 1), self.window) - now
+            rest = self.ended_at + self.took * (1 / PLANNING_SHARE - 1) - now
         return max(burst_delay(now, self.wrote_at, self.window), rest, 0.0)
 
     def planned(self, started: float, ended: float, planning: float, wrote: bool) -> None:
