@@ -17,7 +17,8 @@ from typing import Any
 
 _FIELDS = "sdo_fields"
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
-_KOPF_INTERNAL = {_FIELDS, "k8s_ref", "k8s_skip", "settings"}
+# Record attributes not rendered as extras: our own fields (merged above) and kopf's internals.
+_NOT_EXTRAS = {_FIELDS, "k8s_ref", "k8s_skip", "settings"}
 
 
 def fields(**values: Any) -> dict[str, Any]:
@@ -45,7 +46,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key == "k8s_ref" and isinstance(value, dict):
                 entry.setdefault("object", value)
-            elif key not in _STANDARD and key not in _KOPF_INTERNAL and not key.startswith("_"):
+            elif key not in _STANDARD and key not in _NOT_EXTRAS and not key.startswith("_"):
                 entry.setdefault(key, value if isinstance(value, str | int | float | bool) else str(value))
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
