@@ -49,8 +49,12 @@ class StatusWriter:
             self._wake.set()
 
     def server_has(self, status: dict[str, Any]) -> None:
-        """The status the object holds (it was read, or the object was recreated)."""
+        """The status a new object holds (first read, or the object was deleted and created
+        again). What was submitted before is dropped: it was computed for the old object's spec,
+        and a recreated object's generation starts again at the same small numbers, so written
+        to the new one it would claim a spec not yet acted on. The next submit is written."""
         self.written = status
+        self.latest, self.settling, self._held_since = None, False, None
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:

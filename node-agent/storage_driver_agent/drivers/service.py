@@ -381,8 +381,9 @@ class DriverRuntime:
             self.config_uid = None
             self.config_missing.set()
             return
-        if metadata.get("uid") != self.config_uid:
-            # A new object (first sight, or recreated): write status relative to what it holds.
+        new_object = metadata.get("uid") != self.config_uid
+        if new_object:
+            # First sight, or recreated: write status relative to what it holds.
             if self.previous_status is None:
                 with contextlib.suppress(ValidationError):
                     self.previous_status = NodeDriverConfigStatus.model_validate(obj.get("status") or {})
@@ -405,6 +406,10 @@ class DriverRuntime:
             )
         self.reconciler.set_spec(desired, generation)
         self.spec_synced.set()
+        if new_object and self.ready.is_set():
+            # A recreated object gets a status computed from its own spec (the writer dropped
+            # the old one's), even when the reconciler finds nothing to do.
+            self.publish()
 
     async def ensure_config(self, stop: asyncio.Event) -> None:
         """Create the node's NodeDriverConfig (empty spec, owned by the Node) whenever it is missing."""

@@ -162,6 +162,48 @@ def stops(trail: Path) -> int:
     return sum(1 for e in journal(trail) if e["event"] == "stop")
 
 
+async def test_a_node_driver_config_deleted_by_hand_comes_back_with_the_truth(
+    clean_cluster: KubeClient,
+    agent: Agent,
+    operator: Operator,
+    loop_devices: Callable[..., LoopDevice],
+) -> None:
+    """`kubectl delete nodedriverconfig <node>` while a driver runs: the object comes back (a new
+    uid), and its status, once it claims the spec's generation, says what runs on the node. The
+    status the agent last wrote for the old object (Loaded, at a generation the new object shares)
+    is never written to the new one: it would claim a spec the agent has not acted on (the agent
+    acts on the empty spec it created, and the driver starts again once the operator writes its
+    own)."""
+    kube = clean_cluster
+    agent.start()
+    device = loop_devices(size_bytes=unique_size())
+    trail = agent.root / "probe.journal"
+    published, _ = await load_driver(kube, agent, device, trail, NAME)
+    old = (await kube.get(NODE_DRIVER_CONFIGS, agent.node))["metadata"]["uid"]
+
+    await kube.delete(NODE_DRIVER_CONFIGS, agent.node)
+
+    async def claimed() -> dict[str, Any] | None:
+        config = await kube.get_or_none(NODE_DRIVER_CONFIGS, agent.node)
+        if config is None or config["metadata"]["uid"] == old:
+            return None
+        status = config.get("status") or {}
+        if status.get("observedGeneration") != config["metadata"]["generation"]:
+            return None
+        entry = next((d for d in status.get("drivers") or [] if d["name"] == NAME), None)
+        return entry if entry and entry["phase"] == "Loaded" else None
+
+    entry = await eventually(claimed, timeout=60, what="the recreated NodeDriverConfig to report the driver")
+    assert entry is not None and entry.get("boundDevices") == [published]
+    config = await kube.get(NODE_DRIVER_CONFIGS, agent.node)
+    assert owner_uids(config) == [(await kube.get(NODES, agent.node))["metadata"]["uid"]]
+    # Read the moment the status says Loaded: a host runs the driver, and the journal's last
+    # word is a start (a stop after it would mean the status describes a host already gone).
+    assert list(agent.hosts().values()) == [NAME]
+    events = [e["event"] for e in journal(trail) if e["event"] in ("start", "stop")]
+    assert events[-1] == "start" and all(a != b for a, b in itertools.pairwise(events)), events
+
+
 async def test_deleted_while_the_operator_is_down_it_unloads_when_the_operator_returns(
     clean_cluster: KubeClient, agent: Agent, operator: Operator, loop_devices: Callable[..., LoopDevice]
 ) -> None:

@@ -148,3 +148,22 @@ async def test_nothing_is_written_when_the_status_is_what_the_server_has(
     status_writer.submit(phases(a="Loaded"), settling=True)
     await asyncio.sleep(TRANSITION_HOLD + 0.1)
     assert kube.patches == []
+
+
+async def test_a_recreated_object_gets_only_a_status_submitted_for_it(
+    writer: tuple[StatusWriter, RecordingKube],
+) -> None:
+    """The node's NodeDriverConfig deleted and created again (its Node was): the status last
+    submitted for the old object (the driver Loaded, at the old object's generation, which a new
+    object shares) is not written to the new one, which would then claim a spec not acted on."""
+    status_writer, kube = writer
+    loaded = {"observedGeneration": 1, **phases(a="Loaded")}
+    status_writer.submit(loaded)
+    await written(kube, 1)
+    status_writer.server_has({})  # the new object, its status empty
+    await asyncio.sleep(TRANSITION_HOLD + 0.1)
+    assert kube.patches == [loaded]
+    # What the agent computes for the new object's spec is written, whatever it says.
+    status_writer.submit(loaded)
+    await written(kube, 2)
+    assert kube.patches == [loaded, loaded]
