@@ -40,7 +40,7 @@ from storage_driver_operator.cache import Informer
 from storage_driver_operator.desired import NodePlan, NodeState, Rollout, plan_node, plan_rollouts
 from storage_driver_operator.metrics import DriverStats, InformerStats, Snapshot
 from storage_driver_operator.options import Options
-from storage_driver_operator.pacing import burst_delay
+from storage_driver_operator.pacing import Pacing
 from storage_driver_operator.status import NodeDriverState, Observed, aggregate, observe, transitions
 from storage_driver_operator.views import (
     ConfigView,
@@ -235,8 +235,10 @@ class Controller:
     def sorted_drivers(self) -> list[StorageDriverView]:
         return [self.drivers.items[name] for name in sorted(self.drivers.items)]
 
-    async def _plan_batch(self, batch: set[str]) -> None:
-        now = self.clock()
+    async def _plan_batch(self, batch: set[str]) -> tuple[bool, float]:
+        """Plan the batch's nodes and write the specs that changed: whether any did, and the
+        seconds the planning took (the writes left out)."""
+        now, started = self.clock(), time.monotonic()
         drivers = self.sorted_drivers()
         self.rollouts = plan_rollouts(drivers, self.configs.items.values())
         for rollout in self.rollouts.values():
@@ -254,10 +256,12 @@ class Controller:
                 heapq.heappush(self._timers, (plan.recheck_at, name))
             if plan.changed:
                 changed.append(plan)
+        planning = time.monotonic() - started
         if changed:
             await asyncio.gather(*(self._write(plan) for plan in changed))
         self._status_due.set()
         self._notify()
+        return bool(changed), planning
 
     def _retry_later(self, node: str) -> None:
         failures = self._failures.get(node, 0) + 1
@@ -456,20 +460,19 @@ class Controller:
             self._dirty.add(node)
 
     async def _planner(self) -> None:
-        planned_at: float | None = None
+        pacing = Pacing(self.options.coalesce_seconds)
         while True:
             await self._wait_for_work()
             self.last_tick = self.clock()
-            if self._dirty and (
-                delay := burst_delay(self.clock(), planned_at, self.options.coalesce_seconds)
-            ):
+            if self._dirty and (delay := pacing.delay(time.monotonic())):
                 await asyncio.sleep(delay)  # a burst is on: gather the rest of it
             self._due_timers()
             if not self._dirty:
                 continue
-            planned_at = self.clock()
+            started = time.monotonic()  # pacing measures durations: not the injectable wall clock
             batch, self._dirty = self._dirty, set()
-            await self._plan_batch(batch)
+            wrote, planning = await self._plan_batch(batch)
+            pacing.planned(started, time.monotonic(), planning, wrote)
 
     async def _status_writer(self) -> None:
         while True:
