@@ -4,9 +4,10 @@ changed), NodeDevice.status.boundDrivers, Kubernetes Events, and the node's live
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from storage_driver_api.constants import API_VERSION, NODE_DEVICES, NODE_DRIVER_CONFIGS, lease_name
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 COMPONENT: Final = "storage-agent"
 MAX_QUEUED_EVENTS: Final = 1000
+# The longest the agent's other writes wait for a due status write (one the API server keeps
+# refusing must not hold the Events and boundDrivers back for long).
+STATUS_FIRST_SECONDS: Final = 1.0
 
 
 class StatusWriter:
@@ -31,7 +35,10 @@ class StatusWriter:
     write is in flight become one write of the newest. The agent is the status's only writer, so
     each write is the merge patch from what it wrote last (or what the object held when the agent
     started) to the new status: only what changed is sent, which the API server processes far
-    faster than a replacement of the whole status."""
+    faster than a replacement of the whole status.
+
+    A due status write goes before the agent's other writes (`first`): it is what the operator
+    and users wait for, and on a small API server parallel writes slow each other down."""
 
     def __init__(self, kube: KubeClient, name: str):
         self.kube = kube
@@ -42,11 +49,16 @@ class StatusWriter:
         self.writes = 0
         self._held_since: float | None = None
         self._wake = asyncio.Event()
+        self._in_flight = False
+        self._missing = False  # the last write found no object: written once it exists
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def submit(self, status: dict[str, Any], *, settling: bool = False) -> None:
         if status != self.latest or settling != self.settling:
             self.latest, self.settling = status, settling
             self._wake.set()
+            self._update_idle()
 
     def server_has(self, status: dict[str, Any]) -> None:
         """The status a new object holds (first read, or the object was deleted and created
@@ -55,7 +67,28 @@ class StatusWriter:
         to the new one it would claim a spec not yet acted on. The next submit is written."""
         self.written = status
         self.latest, self.settling, self._held_since = None, False, None
+        self._missing = False
         self._wake.set()
+        self._update_idle()
+
+    def _update_idle(self) -> None:
+        due = (
+            not self.settling
+            and not self._missing
+            and self.latest is not None
+            and self.written is not None
+            and self.latest != self.written
+        )
+        if self._in_flight or due:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def first(self) -> None:
+        """Returns once no status write is due or in flight (a held one is not due), or after
+        STATUS_FIRST_SECONDS."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), STATUS_FIRST_SECONDS)
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -75,6 +108,7 @@ class StatusWriter:
                 self._wake.set()  # look again: a newer status, or the hold is over
                 continue
             self._held_since = None
+            self._in_flight = True
             try:
                 await self.kube.patch(
                     NODE_DRIVER_CONFIGS,
@@ -86,6 +120,7 @@ class StatusWriter:
                 self.writes += 1
                 delay = 0.2
             except ApiError as exc:
+                self._missing = exc.not_found
                 if not exc.not_found:  # missing: written again once the object exists
                     log.warning("cannot write NodeDriverConfig status", extra=fields(error=str(exc)))
                     await sleep_or_stop(stop, delay)
@@ -96,14 +131,18 @@ class StatusWriter:
                 await sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 10.0)
                 self._wake.set()
+            finally:
+                self._in_flight = False
+                self._update_idle()
 
 
 class BindingWriter:
     """Keeps NodeDevice.status.boundDrivers equal to the drivers whose hosts have the device
     attached; patches only the devices whose list changed, and only that field."""
 
-    def __init__(self, kube: KubeClient):
+    def __init__(self, kube: KubeClient, first: Callable[[], Awaitable[None]] | None = None):
         self.kube = kube
+        self.first = first  # waits for writes that go before ours
         self.sent: dict[str, list[str]] = {}
         self._wanted: dict[str, list[str]] = {}
         self._known: dict[str, list[str]] = {}
@@ -124,6 +163,8 @@ class BindingWriter:
                 wanted = self._wanted.get(device, [])
                 if self.sent.get(device, current) == wanted:
                     continue
+                if self.first is not None:
+                    await self.first()
                 try:
                     await self.kube.patch(
                         NODE_DEVICES, device, {"status": {"boundDrivers": wanted}}, subresource="status"
@@ -155,6 +196,7 @@ class EventRecorder:
         self.kube = kube
         self.node = node
         self.config_uid = config_uid
+        self.first: Callable[[], Awaitable[None]] | None = None  # waits for writes that go before ours
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_QUEUED_EVENTS)
         self.emitted: list[tuple[str, str]] = []  # (reason, message), the most recent ones
 
@@ -188,6 +230,8 @@ class EventRecorder:
                 getter.cancel()
                 return
             body = getter.result()
+            if self.first is not None:
+                await self.first()
             try:
                 await self.kube.create(EVENTS, body, namespace=EVENT_NAMESPACE)
             except (ApiError, *TRANSPORT_ERRORS) as exc:

@@ -352,7 +352,9 @@ class DriverRuntime:
             usage=UsageReader(options.mountinfo, options.host_root),
         )
         self.status_writer = StatusWriter(kube, self.node)
-        self.binding_writer = BindingWriter(kube)
+        # The status first: the operator and users wait for it; Events and boundDrivers follow.
+        self.binding_writer = BindingWriter(kube, self.status_writer.first)
+        self.events.first = self.status_writer.first
         self.lease = LeaseKeeper(
             kube, self.node, config.namespace, options.lease_duration, options.lease_renew
         )

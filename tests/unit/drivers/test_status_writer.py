@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from storage_driver_agent.drivers.report import StatusWriter
+from storage_driver_agent.drivers.report import STATUS_FIRST_SECONDS, StatusWriter
 from storage_driver_agent.drivers.status import TRANSITION_HOLD
+from storage_driver_api.kube import ApiError
 
 
 class RecordingKube:
@@ -167,3 +168,43 @@ async def test_a_recreated_object_gets_only_a_status_submitted_for_it(
     status_writer.submit(loaded)
     await written(kube, 2)
     assert kube.patches == [loaded, loaded]
+
+
+async def test_the_agents_other_writes_wait_for_a_due_status_write(
+    writer: tuple[StatusWriter, RecordingKube],
+) -> None:
+    """Events and boundDrivers go after the status (report.BindingWriter, EventRecorder wait on
+    `first`): a due or in-flight status write holds them back; a held one (an action still
+    runs) does not."""
+    status_writer, kube = writer
+    kube.gate.clear()
+    status_writer.submit(phases(a="Loaded"))
+    others = asyncio.create_task(status_writer.first())
+    await turns()
+    assert kube.in_flight == 1 and not others.done()
+    kube.gate.set()
+    await asyncio.wait_for(others, 1)
+    assert kube.patches == [{"drivers": [{"name": "a", "phase": "Loaded"}]}]
+    status_writer.submit(phases(a="Unloading"), settling=True)  # held: the others go at once
+    await asyncio.wait_for(status_writer.first(), 0.1)
+    assert len(kube.patches) == 1
+
+
+async def test_a_status_write_that_keeps_failing_holds_the_others_back_a_second_at_most() -> None:
+    class Refusing(RecordingKube):
+        async def patch(
+            self, resource: Any, name: str, body: dict[str, Any], **kwargs: Any
+        ) -> dict[str, Any]:
+            raise ApiError(500, "InternalError", "etcd is down")
+
+    status_writer = StatusWriter(Refusing(), "node-1")  # type: ignore[arg-type]
+    status_writer.server_has({})
+    stop = asyncio.Event()
+    task = asyncio.create_task(status_writer.run(stop))
+    status_writer.submit(phases(a="Loaded"))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await status_writer.first()
+    assert STATUS_FIRST_SECONDS - 0.1 <= loop.time() - began < STATUS_FIRST_SECONDS + 1
+    stop.set()
+    await asyncio.wait_for(task, 5)
