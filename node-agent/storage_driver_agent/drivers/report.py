@@ -192,11 +192,17 @@ class BindingWriter:
 class EventRecorder:
     """Emits core/v1 Events about the node's NodeDriverConfig without blocking the caller."""
 
-    def __init__(self, kube: KubeClient, node: str, config_uid: Callable[[], str | None]):
+    def __init__(
+        self,
+        kube: KubeClient,
+        node: str,
+        config_uid: Callable[[], str | None],
+        first: Callable[[], Awaitable[None]] | None = None,
+    ):
         self.kube = kube
         self.node = node
         self.config_uid = config_uid
-        self.first: Callable[[], Awaitable[None]] | None = None  # waits for writes that go before ours
+        self.first = first  # waits for writes that go before ours
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(MAX_QUEUED_EVENTS)
         self.emitted: list[tuple[str, str]] = []  # (reason, message), the most recent ones
 

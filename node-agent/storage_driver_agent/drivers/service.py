@@ -330,7 +330,9 @@ class DriverRuntime:
             log.log(logging.INFO if trees.base is not None else logging.WARNING, proctree.describe(trees))
             trees.remove_empty(self.settings.hosts_dir)
         self.launcher = make_launcher(options.launcher, config.state_dir, trees)
-        self.events = EventRecorder(kube, self.node, lambda: self.config_uid)
+        self.status_writer = StatusWriter(kube, self.node)
+        # The status first: the operator and users wait for it; Events and boundDrivers follow.
+        self.events = EventRecorder(kube, self.node, lambda: self.config_uid, self.status_writer.first)
         self.fetcher = SourceFetcher(
             options.driver_dir,
             kube,
@@ -351,10 +353,7 @@ class DriverRuntime:
             on_change=self.publish,
             usage=UsageReader(options.mountinfo, options.host_root),
         )
-        self.status_writer = StatusWriter(kube, self.node)
-        # The status first: the operator and users wait for it; Events and boundDrivers follow.
         self.binding_writer = BindingWriter(kube, self.status_writer.first)
-        self.events.first = self.status_writer.first
         self.lease = LeaseKeeper(
             kube, self.node, config.namespace, options.lease_duration, options.lease_renew
         )

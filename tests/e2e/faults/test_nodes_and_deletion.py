@@ -12,7 +12,6 @@ real storage-operator, a real storage-agent and its driver hosts, and a real loo
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from storage_driver_operator.views import parse_time
 
 from tests.e2e.drivers.test_agent import driver
 from tests.e2e.faults.conftest import load_driver, unique_size
+from tests.e2e.faults.nothing_lost import starts_and_stops
 from tests.harness.drivers import Agent, journal, pid_alive
 from tests.harness.loopdev import LoopDevice
 from tests.harness.waiting import consistently, eventually
@@ -56,6 +56,16 @@ async def per_node_objects(kube: KubeClient, agent: Agent) -> dict[str, dict[str
     for item in devices:
         found[f"NodeDevice/{item['metadata']['name']}"] = item
     return found
+
+
+def reported_loaded(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The probe driver's status entry when the NodeDriverConfig's status claims its current
+    generation and says the driver is Loaded."""
+    status = (config or {}).get("status") or {}
+    if config is None or status.get("observedGeneration") != config["metadata"]["generation"]:
+        return None
+    entry = next((d for d in status.get("drivers") or [] if d["name"] == NAME), None)
+    return dict(entry) if entry and entry["phase"] == "Loaded" else None
 
 
 async def test_a_node_deleted_and_created_again_is_collected_and_converges(
@@ -91,14 +101,8 @@ async def test_a_node_deleted_and_created_again_is_collected_and_converges(
     assert new_node != old_node
 
     async def converged() -> dict[str, Any] | None:
-        config = await kube.get_or_none(NODE_DRIVER_CONFIGS, agent.node)
-        status = (config or {}).get("status") or {}
-        if config is None or status.get("observedGeneration") != config["metadata"]["generation"]:
-            return None
-        entry = next((d for d in status.get("drivers") or [] if d["name"] == NAME), None)
-        if not entry or entry["phase"] != "Loaded" or entry.get("boundDevices") != [published]:
-            return None
-        return dict(entry)
+        entry = reported_loaded(await kube.get_or_none(NODE_DRIVER_CONFIGS, agent.node))
+        return entry if entry and entry.get("boundDevices") == [published] else None
 
     try:
         entry = await eventually(converged, timeout=90, what="the new node to run the driver with its device")
@@ -130,9 +134,8 @@ async def test_a_node_deleted_and_created_again_is_collected_and_converges(
     # One host runs the driver; the journal shows no second copy at any time (every start
     # after the first followed a stop).
     assert list(agent.hosts().values()) == [NAME]
-    events = [e["event"] for e in journal(trail) if e["event"] in ("start", "stop")]
-    assert events[0] == "start" and all(a != b for a, b in itertools.pairwise(events)), events
-    assert events[-1] == "start", (events, journal(trail))
+    starts, stops = starts_and_stops(trail)
+    assert starts == stops + 1, journal(trail)
 
     async def counted() -> bool:
         sd = await kube.get(STORAGE_DRIVERS, NAME)
@@ -185,13 +188,7 @@ async def test_a_node_driver_config_deleted_by_hand_comes_back_with_the_truth(
 
     async def claimed() -> dict[str, Any] | None:
         config = await kube.get_or_none(NODE_DRIVER_CONFIGS, agent.node)
-        if config is None or config["metadata"]["uid"] == old:
-            return None
-        status = config.get("status") or {}
-        if status.get("observedGeneration") != config["metadata"]["generation"]:
-            return None
-        entry = next((d for d in status.get("drivers") or [] if d["name"] == NAME), None)
-        return entry if entry and entry["phase"] == "Loaded" else None
+        return reported_loaded(config) if config is not None and config["metadata"]["uid"] != old else None
 
     entry = await eventually(claimed, timeout=60, what="the recreated NodeDriverConfig to report the driver")
     assert entry is not None and entry.get("boundDevices") == [published]
@@ -200,8 +197,8 @@ async def test_a_node_driver_config_deleted_by_hand_comes_back_with_the_truth(
     # Read the moment the status says Loaded: a host runs the driver, and the journal's last
     # word is a start (a stop after it would mean the status describes a host already gone).
     assert list(agent.hosts().values()) == [NAME]
-    events = [e["event"] for e in journal(trail) if e["event"] in ("start", "stop")]
-    assert events[-1] == "start" and all(a != b for a, b in itertools.pairwise(events)), events
+    starts, stops = starts_and_stops(trail)
+    assert starts == stops + 1, journal(trail)
 
 
 async def test_deleted_while_the_operator_is_down_it_unloads_when_the_operator_returns(
